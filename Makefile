@@ -1,0 +1,30 @@
+# Two commands on a fresh machine:
+#   make demo   set everything up, then train the small CNN on the embedded digits data
+#   make test   set everything up, then run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+
+.PHONY: venv demo test bench clean
+
+# torch goes in first, pinned: anything that depends on torch would otherwise pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(BIN)/resprout train data=digits model=cnn epochs=3 seed=0
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python -m benchmarks.foundation
+
+clean:
+	rm -rf $(VENV) runs report .pytest_cache

@@ -1,0 +1,1 @@
+"""Analysis: reports, tables and plots read from the results store, and model cost. Reads models, never trains."""

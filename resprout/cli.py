@@ -1,0 +1,178 @@
+"""The ``resprout`` command.
+
+::
+
+    resprout train [CONFIG.toml|.yaml] [key=value ...] [--out DIR] [--json]
+    resprout resume DIR [device=... threads=...] [--json]
+    resprout runs [--json]
+    resprout report DIR [DIR...] [--out DIR]
+    resprout profile model=NAME [key=value ...] [--json]
+    resprout keys
+
+A mistake in a key, value, path or file prints one line on stderr and exits with code 2; a diverged run exits
+with 3, an interrupted one with 130 (its checkpoint is saved: ``resprout resume DIR`` continues it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from resprout.errors import ConfigError, ResproutError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (and exit code 2), like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
+    files = [a for a in args if "=" not in a]
+    if len(files) > 1:
+        raise ConfigError(f"expected at most one config file and key=value pairs, got {', '.join(files)}")
+    return (files[0] if files else None), [a for a in args if "=" in a]
+
+
+def _print_json(obj: dict) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _summary(result: dict) -> str:
+    lines = [f"run {result['run_id'] or '(not saved)'}: {result['run_dir'] or ''}"]
+    for member, m in result["final"].items():
+        best = result["best"].get(member, {})
+        text = f"  {member}: final test top1 {100 * m['top1']:.2f}  top5 {100 * m['top5']:.2f}"
+        if best:
+            text += (f"  | best {best['selected_on']} top1 {100 * best['top1']:.2f} "
+                     f"(generation {best['generation']}, epoch {best['epoch']})")
+        lines.append(text)
+    return "\n".join(lines)
+
+
+# -- commands ------------------------------------------------------------------------------------------------------------
+def cmd_train(ns: argparse.Namespace) -> int:
+    from resprout.config import load_config
+    from resprout.run import train
+
+    path, overrides = _split_config_args(ns.args)
+    cfg = load_config(path, overrides)
+    result = train(cfg, out=ns.out, store=ns.store, progress="none" if ns.quiet else cfg.progress)
+    if ns.json:
+        _print_json(result)
+    else:
+        print(_summary(result))
+    return 0
+
+
+def cmd_resume(ns: argparse.Namespace) -> int:
+    from resprout.config import parse_overrides
+    from resprout.run import resume
+
+    runtime = parse_overrides(ns.overrides)
+    result = resume(ns.run_dir, progress="none" if ns.quiet else runtime.pop("progress", "auto"), **runtime)
+    if ns.json:
+        _print_json(result)
+    else:
+        print(_summary(result))
+    return 0
+
+
+def cmd_runs(ns: argparse.Namespace) -> int:
+    from resprout.analysis.report import list_runs
+    from resprout.analysis.tables import format_table
+
+    headers, rows, records = list_runs(ns.store)
+    if ns.json:
+        _print_json({"runs": records})
+    elif not rows:
+        print("no runs yet")
+    else:
+        print(format_table(headers, rows))
+    return 0
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    from resprout.analysis.report import write_report
+
+    out = Path(ns.out) if ns.out else Path("report")
+    text, files = write_report([Path(d) for d in ns.run_dirs], out)
+    print(text)
+    for f in files:
+        print(f"wrote {f}", file=sys.stderr)
+    return 0
+
+
+def cmd_profile(ns: argparse.Namespace) -> int:
+    from resprout.analysis.cost import profile_command
+
+    result, text = profile_command(ns.args)
+    if ns.json:
+        _print_json(result)
+    else:
+        print(text)
+    return 0
+
+
+def cmd_keys(ns: argparse.Namespace) -> int:
+    from resprout.analysis.tables import format_table
+    from resprout.config import describe_keys
+
+    print(format_table(["key", "default", "meaning"], describe_keys()))
+    print("\nplus model.<option>, data.<option> and <method>.<option> (see the README)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="resprout", description="Regrow the idle capacity of small-data networks: Knowledge "
+                "Evolution, Neural Rejuvenation, Filter Grafting, KTAN and their baselines.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a run", description="Train a run. Keys: `resprout keys`.")
+    t.add_argument("args", nargs="*", metavar="CONFIG|key=value")
+    t.add_argument("--out", help="run directory (default: a new one under runs/)")
+    t.add_argument("--store", help="results store (default: $RESPROUT_STORE or runs/resprout.db)")
+    t.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.set_defaults(fn=cmd_train)
+
+    r = sub.add_parser("resume", help="continue a run from its checkpoint")
+    r.add_argument("run_dir")
+    r.add_argument("overrides", nargs="*", metavar="device=|threads=|progress=")
+    r.add_argument("--json", action="store_true")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(fn=cmd_resume)
+
+    ls = sub.add_parser("runs", help="list the runs in the results store")
+    ls.add_argument("--store")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(fn=cmd_runs)
+
+    rep = sub.add_parser("report", help="compare runs: a table (mean +- std over seeds) and PNG curves")
+    rep.add_argument("run_dirs", nargs="+", metavar="DIR")
+    rep.add_argument("--out", help="where to write report.md and the plots (default: ./report)")
+    rep.set_defaults(fn=cmd_report)
+
+    pr = sub.add_parser("profile", help="parameters and multiply-accumulates of a model")
+    pr.add_argument("args", nargs="+", metavar="key=value")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(fn=cmd_profile)
+
+    k = sub.add_parser("keys", help="list the configuration keys")
+    k.set_defaults(fn=cmd_keys)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        ns = build_parser().parse_args(argv)
+        return ns.fn(ns)
+    except ResproutError as e:
+        print(f"resprout: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("resprout: aborted; the last checkpoint is kept", file=sys.stderr)
+        return 130

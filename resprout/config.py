@@ -1,0 +1,407 @@
+"""Typed run configuration: one dataclass, filled from a TOML/YAML file and ``key=value`` overrides.
+
+Every key is validated before anything runs. A bad key or value raises :class:`~resprout.errors.ConfigError` with
+one line naming the key and what is allowed.
+
+Three families of keys are open-ended and validated later by whoever owns them:
+
+* ``model.<option>`` (e.g. ``model.depth=40``) goes to the model builder,
+* ``data.<option>`` (e.g. ``data.labels=coarse``) goes to the data source,
+* ``<method>.<option>`` (e.g. ``ls.smoothing=0.2``) goes to that method's options dataclass.
+
+In a TOML/YAML file, method options are tables (``[ls]`` with ``smoothing = 0.2``); model and data options are
+the tables ``[model_options]`` and ``[data_options]`` (``model`` and ``data`` themselves name the architecture and
+the source).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from resprout.errors import ConfigError
+
+
+def option(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
+         max: float | None = None, min_exclusive: bool = False) -> Any:
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# Keys that may differ between a run and its resumption (where it runs, not what it computes).
+RUNTIME_KEYS = ("device", "threads", "progress")
+
+
+@dataclass
+class Config:
+    """Everything a run needs. Defaults train the small CNN on digits."""
+
+    # -- data ---------------------------------------------------------------------------------------------------
+    data: str = option("digits", "data source: digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder, synthetic")
+    data_path: str | None = option(None, "directory of the data source (default: where the source is found)")
+    per_class: int | None = option(None, "keep N seeded training images per class (small-data experiments)", min=1)
+    val_split: float = option(0.0, "fraction of train carved out as validation when the source has none", min=0.0, max=0.95)
+    data_seed: int = option(0, "seed of the per_class subset and the validation carve (kept fixed across seeds)", min=0)
+    image_size: int | None = option(None, "pad (if larger) or resize (if smaller) images to this size", min=4)
+    channels: int | None = option(None, "convert images to 1 or 3 channels", choices=(1, 3))
+    augment: str = option("auto", "train augmentation", choices=("auto", "none", "crop", "flip", "crop+flip"))
+    crop_padding: int | None = option(None, "padding of the random crop (default: image_size // 8)", min=0)
+    data_options: dict = option({}, "options of the data source (data.<key>=...)")
+    # -- model --------------------------------------------------------------------------------------------------
+    model: str = option("cnn", "architecture name (see `resprout profile`), or tv:<name> / timm:<name>")
+    width: float | None = option(None, "channel width multiplier of the model", min=0.0, min_exclusive=True)
+    stem: str | None = option(None, "ResNet stem", choices=("cifar", "imagenet"))
+    model_options: dict = option({}, "other options of the model (model.<key>=...)")
+    # -- method -------------------------------------------------------------------------------------------------
+    method: str = option("ce", "training method, or several joined by '+' (e.g. ke+ls)")
+    method_options: dict = option({}, "options of the methods (<method>.<key>=...)")
+    # -- schedule -----------------------------------------------------------------------------------------------
+    epochs: int = option(10, "epochs per generation", min=1)
+    generations: int = option(1, "generations (KE, Born-Again, ...): epochs x generations in all", min=1)
+    seed: int = option(0, "seed of initialization, data order and augmentation", min=0)
+    batch_size: int = option(64, "training batch size (global, over all processes)", min=1)
+    eval_batch_size: int = option(512, "evaluation batch size", min=1)
+    optimizer: str = option("sgd", "optimizer", choices=("sgd", "adam"))
+    lr: float = option(0.1, "peak learning rate", min=0.0, min_exclusive=True)
+    momentum: float = option(0.9, "SGD momentum", min=0.0, max=1.0)
+    nesterov: bool = option(False, "Nesterov momentum (SGD)")
+    betas: list = option([0.9, 0.999], "Adam betas")
+    weight_decay: float = option(5e-4, "weight decay", min=0.0)
+    decay_bn_bias: bool = option(True, "apply weight decay to BN parameters and biases too")
+    schedule: str = option("cosine", "learning-rate schedule", choices=("cosine", "step", "constant"))
+    warmup_epochs: float = option(0.0, "linear warmup at the start of every generation, in epochs", min=0.0)
+    milestones: list = option([], "epochs at which the step schedule multiplies the rate by gamma (default: 50%, 75%)")
+    gamma: float = option(0.1, "step-schedule factor", min=0.0, min_exclusive=True)
+    # -- runtime ------------------------------------------------------------------------------------------------
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    threads: int | None = option(None, "CPU threads (default: torch's choice)", min=1)
+    channels_last: bool = option(False, "channels-last memory format (faster convolutions on CPU and GPU)")
+    checkpoint_every: int = option(1, "write a checkpoint every N epochs (and at the end of every generation)", min=1)
+    checkpoint_minutes: float = option(10.0, "also checkpoint inside an epoch after this many minutes (0 = never)", min=0.0)
+    progress: str = option("auto", "progress output", choices=("auto", "bar", "plain", "none"))
+
+    # ---------------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict:
+        """The keys that decide what a run computes: everything but where and how it is shown."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+
+    def fingerprint(self, *, without_seed: bool = False) -> str:
+        ident = self.identity()
+        if without_seed:
+            ident.pop("seed")
+        blob = json.dumps(ident, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def model_kwargs(self) -> dict:
+        kw = dict(self.model_options)
+        if self.width is not None:
+            kw["width"] = self.width
+        if self.stem is not None:
+            kw["stem"] = self.stem
+        return kw
+
+    def method_names(self) -> list[str]:
+        return [m.strip() for m in self.method.split("+") if m.strip()]
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+# Keys that only a file or a prefixed key can fill.
+_OPEN_FIELDS = {"data_options": "data", "model_options": "model", "method_options": None}
+KEYS = [k for k in FIELDS if k not in _OPEN_FIELDS]
+
+
+# -- parsing --------------------------------------------------------------------------------------------------------
+def _base_type(tp: Any) -> tuple[type, bool]:
+    """(the type, whether None is allowed) of a field annotation like ``int | None``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def parse_scalar(text: str) -> Any:
+    """Turn an untyped ``key=value`` string into a Python value (for open-ended option families)."""
+    low = text.strip().lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("none", "null"):
+        return None
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    if "," in text:
+        return [parse_scalar(t) for t in text.split(",") if t.strip()]
+    return text
+
+
+def coerce(key: str, value: Any, tp: Any, *, allow_none: bool = False) -> Any:
+    """Convert ``value`` (a string from the command line, or a TOML/YAML value) to type ``tp``, or raise."""
+    if value is None or (allow_none and isinstance(value, str) and value.strip().lower() in ("none", "null")):
+        if allow_none:
+            return None
+        raise ConfigError(f"{key} cannot be empty")
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            low = str(value).strip().lower()
+            if low in ("true", "yes", "on", "1"):
+                return True
+            if low in ("false", "no", "off", "0"):
+                return False
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            if not isinstance(value, (str, int, float)):
+                raise ValueError
+            return str(value)
+        if tp is list:
+            if isinstance(value, str):
+                return [parse_scalar(v) for v in value.split(",") if v.strip()]
+            if isinstance(value, (list, tuple)):
+                return list(value)
+            return [value]
+        if tp is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+    except (TypeError, ValueError):
+        pass
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             list: "a comma-separated list", dict: "a table"}
+    raise ConfigError(f"bad value for {key}: {value!r} (expected {names.get(tp, tp.__name__)})")
+
+
+def check_range(key: str, value: Any, meta: dict) -> None:
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        allowed = ", ".join(str(c) for c in choices)
+        raise ConfigError(f"bad value for {key}: {value!r} (allowed: {allowed})")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
+        op = ">" if meta.get("min_exclusive") else ">="
+        raise ConfigError(f"bad value for {key}: {value!r} (must be {op} {lo})")
+    if hi is not None and value > hi:
+        raise ConfigError(f"bad value for {key}: {value!r} (must be <= {hi})")
+
+
+def _unknown_key(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, KEYS, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return ConfigError(f"unknown key {key!r}{hint}; allowed: {', '.join(KEYS)}, model.<option>, data.<option>, "
+                       f"<method>.<option>")
+
+
+def _set(values: dict, key: str, value: Any, *, from_text: bool) -> None:
+    """Put one key into the raw ``values`` dict, routing dotted keys to their option family."""
+    if "." in key:
+        family, _, opt = key.partition(".")
+        if not family or not opt:
+            raise _unknown_key(key)
+        v = parse_scalar(value) if from_text and isinstance(value, str) else value
+        if family == "model":
+            values.setdefault("model_options", {})[opt] = v
+        elif family == "data":
+            values.setdefault("data_options", {})[opt] = v
+        else:
+            values.setdefault("method_options", {}).setdefault(family, {})[opt] = v
+        return
+    if key not in FIELDS or key in _OPEN_FIELDS:
+        raise _unknown_key(key)
+    values[key] = value
+
+
+def _flatten_file(raw: dict, source: str) -> dict:
+    """TOML/YAML tables become dotted keys: ``[ls] smoothing = 0.2`` is ``ls.smoothing=0.2``."""
+    values: dict = {}
+    for key, value in raw.items():
+        key = str(key)
+        if key in ("data_options", "model_options") and isinstance(value, dict):
+            # `data` and `model` name the source and architecture, so their options come as these tables
+            for sub, v in value.items():
+                _set(values, f"{_OPEN_FIELDS[key]}.{sub}", v, from_text=False)
+        elif key == "method_options" and isinstance(value, dict):
+            for method, opts in value.items():
+                for sub, v in (opts or {}).items():
+                    _set(values, f"{method}.{sub}", v, from_text=False)
+        elif isinstance(value, dict) and key not in FIELDS:
+            for sub, v in value.items():
+                _set(values, f"{key}.{sub}", v, from_text=False)
+        else:
+            try:
+                _set(values, key, value, from_text=False)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
+    return values
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The keys of a ``.toml``, ``.yaml`` or ``.yml`` file, flattened to dotted keys."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".toml":
+            with p.open("rb") as fh:
+                raw = tomllib.load(fh)
+        elif suffix in (".yaml", ".yml"):
+            import yaml  # a declared dependency; imported here so TOML users do not pay for it
+
+            with p.open() as fh:
+                raw = yaml.safe_load(fh) or {}
+        else:
+            raise ConfigError(f"config file {str(p)!r} must end in .toml, .yaml or .yml")
+    except ConfigError:
+        raise
+    except Exception as e:  # a parse error of either format: show its one-line reason
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"cannot parse {str(p)!r}: {reason}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a table of keys")
+    return _flatten_file(raw, str(p))
+
+
+def split_pairs(items: list[str]) -> dict[str, str]:
+    """``["epochs=3", "ls.smoothing=0.2"]`` -> ``{"epochs": "3", "ls.smoothing": "0.2"}``."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"bad argument {item!r}: expected key=value")
+        pairs[key] = value
+    return pairs
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["epochs=3", "ls.smoothing=0.2"]`` -> raw config values (strings, typed later)."""
+    values: dict = {}
+    for key, value in split_pairs(items).items():
+        _set(values, key, value, from_text=True)
+    return values
+
+
+def merge(*layers: dict) -> dict:
+    out: dict = {}
+    for layer in layers:
+        for k, v in layer.items():
+            if k in _OPEN_FIELDS and isinstance(v, dict):
+                target = out.setdefault(k, {})
+                for sub, sv in v.items():
+                    if isinstance(sv, dict) and isinstance(target.get(sub), dict):
+                        target[sub] = {**target[sub], **sv}
+                    else:
+                        target[sub] = sv
+            else:
+                out[k] = v
+    return out
+
+
+def make_config(values: dict | None = None, **kwargs: Any) -> Config:
+    """Build and validate a :class:`Config` from raw values (strings or typed) and keyword arguments."""
+    raw: dict = {}
+    for src in (values or {}), kwargs:
+        for k, v in src.items():
+            if k in _OPEN_FIELDS:
+                raw = merge(raw, {k: v})
+            else:
+                _set(raw, k, v, from_text=isinstance(v, str))
+    typed: dict = {}
+    for key, value in raw.items():
+        f = FIELDS[key]
+        tp, allow_none = _base_type(_HINTS[key])
+        v = coerce(key, value, tp, allow_none=allow_none)
+        if tp is list:
+            v = [coerce(f"{key}[]", x, float) if key in ("milestones", "betas") else x for x in v]
+        check_range(key, v, f.metadata)
+        typed[key] = v
+    cfg = Config(**typed)
+    _check_consistency(cfg)
+    return cfg
+
+
+def _check_consistency(cfg: Config) -> None:
+    if not cfg.method_names():
+        raise ConfigError("method cannot be empty; e.g. method=ce")
+    for m in cfg.milestones:
+        if not 0 < m < cfg.epochs:
+            raise ConfigError(f"bad value for milestones: {m} (each must lie between 0 and epochs={cfg.epochs})")
+    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
+        raise ConfigError(f"bad value for betas: {cfg.betas} (two numbers in [0, 1))")
+    if cfg.warmup_epochs > cfg.epochs:
+        raise ConfigError(f"bad value for warmup_epochs: {cfg.warmup_epochs} (at most epochs={cfg.epochs})")
+    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+        raise ConfigError(f"bad value for device: {cfg.device!r} (allowed: auto, cpu, cuda, cuda:N)")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """File (optional) then ``key=value`` overrides, validated."""
+    file_values = read_config_file(path) if path else {}
+    return make_config(merge(file_values, parse_overrides(overrides or [])))
+
+
+def config_from_dict(d: dict) -> Config:
+    """Rebuild a config saved with :meth:`Config.to_dict` (run directories, checkpoints)."""
+    known = {k: v for k, v in d.items() if k in FIELDS}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ConfigError(f"saved configuration has unknown keys {unknown}: written by another resprout version?")
+    return make_config(known)
+
+
+def describe_keys() -> list[tuple[str, str, str]]:
+    """(key, default, help) of every key, for ``--help`` and the README."""
+    rows = []
+    for name in KEYS:
+        f = FIELDS[name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        rows.append((name, repr(default), f.metadata["help"]))
+    return rows
+
+
+def fill_options(cls: type, values: dict, *, prefix: str | None) -> Any:
+    """Fill an options dataclass (of a method, say) from raw values, validating names, types and ranges.
+
+    Fields may carry the same metadata as :class:`Config` fields (``choices``, ``min``, ``max``).
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    full = (lambda k: f"{prefix}.{k}") if prefix else (lambda k: k)
+    typed = {}
+    for key, value in values.items():
+        if key not in fields:
+            allowed = ", ".join(full(k) for k in fields) or "none"
+            raise ConfigError(f"unknown {'option' if prefix else 'key'} {full(key)}; allowed: {allowed}")
+        tp, allow_none = _base_type(hints[key])
+        typed[key] = coerce(full(key), value, tp, allow_none=allow_none)
+        check_range(full(key), typed[key], fields[key].metadata)
+    return cls(**typed)

@@ -1,0 +1,298 @@
+"""Low-level readers of the on-disk formats resprout's data sources understand.
+
+Every reader turns a problem with a file into a one-line :class:`~resprout.errors.DataError` that names the file,
+never a traceback, and never skips a file silently:
+
+* :func:`read_idx` -- MNIST-style IDX files (optionally gzip-compressed), parsed with numpy from bytes;
+* :func:`load_cifar_pickle` -- the python-pickle CIFAR batches, through an unpickler that only builds numpy arrays
+  and plain containers (a pickle that references anything else is refused before anything is called);
+* :func:`read_image` / :func:`scan_class_tree` -- image files read with Pillow and class-per-folder trees.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import pickle
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resprout.errors import DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "is_image_file",
+    "load_cifar_pickle",
+    "read_idx",
+    "read_image",
+    "scan_class_tree",
+]
+
+
+def one_line(text: object) -> str:
+    """``text`` as a single line (error reasons from libraries sometimes span several)."""
+    return " ".join(str(text).split())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# IDX (MNIST, Fashion-MNIST)
+# ---------------------------------------------------------------------------------------------------------------
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_IDX_UBYTE = 0x08
+
+
+def _read_bytes(path: Path) -> tuple[bytes, bool]:
+    """The content of ``path``, gunzipped if it is gzip data; and whether the content is complete.
+
+    A gzip stream that stops early is not an error here: the bytes recovered so far are returned with
+    ``complete=False`` so the caller can say how much of what the header promises is missing.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path} cannot be read: {one_line(e.strerror or e)}") from None
+    if not raw.startswith(_GZIP_MAGIC):
+        return raw, True
+    chunks: list[bytes] = []
+    rest = raw
+    try:
+        while rest:
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            chunks.append(d.decompress(rest))
+            if not d.eof:
+                chunks.append(d.flush())
+                return b"".join(chunks), False
+            rest = d.unused_data
+            # Concatenated gzip members are one stream; anything else after the end (e.g. zero padding) is not.
+            if rest and not rest.startswith(_GZIP_MAGIC):
+                if rest.strip(b"\x00"):
+                    raise DataError(f"{path} is not a valid gzip file: {len(rest)} stray bytes after the end")
+                break
+    except zlib.error as e:
+        raise DataError(f"{path} is not a valid gzip file: {one_line(e)}") from None
+    return b"".join(chunks), True
+
+
+def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
+    """Read an IDX file of unsigned bytes with ``ndim`` dimensions (3 for images, 1 for labels), raw or gzipped.
+
+    The result is a writable, C-contiguous uint8 array. The magic number (``0x00000800 + ndim``), the dimensions
+    and the byte count promised by the header are checked.
+    """
+    path = Path(path)
+    data, complete = _read_bytes(path)
+    header_len = 4 + 4 * ndim
+    expected_magic = (_IDX_UBYTE << 8) | ndim
+    if len(data) < 4:
+        raise DataError(f"{path} is truncated: {len(data)} bytes, too short for an IDX header")
+    magic = int.from_bytes(data[:4], "big")
+    if magic != expected_magic:
+        what = "an IDX image file" if ndim == 3 else ("an IDX label file" if ndim == 1 else f"a {ndim}-d IDX file")
+        raise DataError(f"{path} has magic number 0x{magic:08x}, expected 0x{expected_magic:08x} ({what})")
+    if len(data) < header_len:
+        raise DataError(f"{path} is truncated: {len(data)} bytes, too short for its {header_len}-byte IDX header")
+    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if ndim >= 2 and any(d == 0 for d in dims[1:]):
+        raise DataError(f"{path} has an empty item shape {'x'.join(map(str, dims[1:]))} in its header")
+    expected = int(np.prod(dims, dtype=np.int64))
+    found = len(data) - header_len
+    if found < expected or not complete:
+        if ndim == 3:
+            promised = f"{dims[0]} images of {dims[1]}x{dims[2]}"
+        elif ndim == 1:
+            promised = f"{dims[0]} labels"
+        else:
+            promised = f"shape {'x'.join(map(str, dims))}"
+        if found < expected:
+            raise DataError(f"{path} is truncated: header says {promised} ({expected} bytes), found {found}")
+        raise DataError(f"{path} is truncated: the gzip stream ends before its end marker")
+    if found > expected:
+        raise DataError(f"{path} has {found - expected} bytes more than its header promises ({expected} bytes)")
+    arr = np.frombuffer(data, dtype=np.uint8, count=expected, offset=header_len).reshape(dims)
+    return np.array(arr, copy=True, order="C")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CIFAR pickles
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    """The few callables a pickled numpy array (or numpy scalar) needs, under every module name numpy used."""
+    try:
+        from numpy._core import multiarray, numeric  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+    for mod in ("numpy.core", "numpy._core"):
+        allowed[(f"{mod}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{mod}.multiarray", "scalar")] = multiarray.scalar
+        if hasattr(numeric, "_frombuffer"):
+            allowed[(f"{mod}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+_SAFE_BUILTINS = {
+    # Plain containers and scalars. Protocol 0-2 pickles of bytes go through _codecs.encode.
+    ("builtins", "list"): list,
+    ("builtins", "dict"): dict,
+    ("builtins", "tuple"): tuple,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "bytearray"): bytearray,
+    ("builtins", "bytes"): bytes,
+    ("builtins", "str"): str,
+    ("builtins", "int"): int,
+    ("builtins", "float"): float,
+    ("builtins", "complex"): complex,
+    ("builtins", "bool"): bool,
+    ("__builtin__", "set"): set,
+    ("__builtin__", "frozenset"): frozenset,
+    ("__builtin__", "bytearray"): bytearray,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that can only build numpy arrays, numpy scalars and plain containers."""
+
+    _allowed: dict[tuple[str, str], Any] | None = None
+
+    def __init__(self, file: Any, path: Path):
+        super().__init__(file, encoding="bytes")
+        self._path = path
+        if _CifarUnpickler._allowed is None:
+            _CifarUnpickler._allowed = {**_SAFE_BUILTINS, **_numpy_globals()}
+
+    def find_class(self, module: str, name: str) -> Any:
+        obj = (self._allowed or {}).get((module, name))
+        if obj is None:
+            raise _Refused(f"{module}.{name}")
+        return obj
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise _Refused(f"persistent id {one_line(repr(pid))[:60]}")
+
+
+class _Refused(Exception):
+    """Raised inside the unpickler for a reference it will not resolve."""
+
+
+def load_cifar_pickle(path: str | os.PathLike) -> dict[str, Any]:
+    """Unpickle one CIFAR batch (or meta) file into a dict with ``str`` keys.
+
+    The file is read with ``encoding="bytes"`` (as the original Python 2 pickles need); bytes keys are decoded so
+    ``b"data"`` and ``"data"`` both become ``"data"``. Only numpy arrays, numpy scalars and plain containers can be
+    built: a reference to anything else (``os.system``, say) is refused before it is called.
+    """
+    path = Path(path)
+    try:
+        fh = path.open("rb")
+    except OSError as e:
+        raise DataError(f"{path} cannot be read: {one_line(e.strerror or e)}") from None
+    with fh:
+        try:
+            obj = _CifarUnpickler(fh, path).load()
+        except _Refused as e:
+            raise DataError(f"{path} is not a CIFAR pickle: it references {e}") from None
+        except DataError:
+            raise
+        except MemoryError:
+            raise DataError(f"{path} is truncated or corrupt: it asks for more memory than there is") from None
+        except Exception as e:  # truncated or corrupt: EOFError, UnpicklingError, ValueError, struct.error, ...
+            reason = one_line(e) or type(e).__name__
+            raise DataError(f"{path} is truncated or corrupt (not a readable pickle): {reason}") from None
+        trailing = fh.read(1)
+    if trailing:
+        raise DataError(f"{path} is corrupt: it has data after the end of the pickle")
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} is not a CIFAR pickle: it holds a {type(obj).__name__}, expected a dict")
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        if isinstance(key, bytes):
+            key = key.decode("latin-1")
+        out[str(key)] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Image files and class-per-folder trees
+# ---------------------------------------------------------------------------------------------------------------
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def is_image_file(name: str) -> bool:
+    """Whether ``name`` has an image extension (case-insensitive) and is not hidden."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def read_image(path: Path, mode: str, size: int | None = None) -> np.ndarray:
+    """One image as a uint8 array of shape (H, W) for ``mode="L"`` or (H, W, 3) for ``mode="RGB"``.
+
+    With ``size``, the image is resized to ``size`` x ``size`` (bilinear, antialiased) unless it already is.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "PA") and "transparency" in im.info:
+                im = im.convert("RGBA")
+            if im.mode != mode:
+                im = im.convert(mode)
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except DataError:
+        raise
+    except Exception as e:  # OSError, UnidentifiedImageError, DecompressionBombError, SyntaxError, ValueError...
+        reason = one_line(e) or type(e).__name__
+        raise DataError(f"{path} cannot be read: {reason}") from None
+    if arr.ndim != (2 if mode == "L" else 3):
+        raise DataError(f"{path} cannot be read: unexpected decoded shape {arr.shape}")
+    return arr
+
+
+def _walk_images(folder: Path) -> list[Path]:
+    """Every image file under ``folder`` (recursively, hidden entries ignored), in sorted order."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if is_image_file(name):
+                found.append(Path(dirpath) / name)
+    return found
+
+
+def scan_class_tree(root: Path) -> dict[str, list[Path]]:
+    """The image files of a ``root/<class>/...`` tree, by class name (sorted), each list sorted.
+
+    Errors (one line, naming the folder or file): ``root`` missing or not a folder, no class folders, a class folder
+    with no images, an image file directly in ``root`` (it would belong to no class).
+    """
+    if not root.exists():
+        raise DataError(f"{root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder")
+    classes: dict[str, list[Path]] = {}
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            files = _walk_images(Path(entry.path))
+            if not files:
+                raise DataError(f"{Path(entry.path)} has no images")
+            classes[entry.name] = files
+        elif is_image_file(entry.name):
+            raise DataError(f"{Path(entry.path)} is not inside a class folder (expected {root}/<class>/<image>)")
+    if not classes:
+        raise DataError(f"{root} has no class folders (expected {root}/<class>/<image>)")
+    return classes

@@ -1,0 +1,142 @@
+"""Checkpoint files: atomic, written in the background, loaded safely.
+
+A checkpoint is written to a temporary file in the same directory, flushed to disk (fsync), renamed over the old
+one and the directory entry is flushed too: at every moment the file on disk is either the previous complete
+checkpoint or the new complete one, whatever kills the process.
+
+Writing happens on a background thread from a snapshot (copies of every tensor, taken at a step boundary), so
+training goes on while the bytes reach the disk. Loading always uses ``torch.load(weights_only=True)``: a
+checkpoint holds tensors, numbers, strings, lists and dicts, and nothing that could run code.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resprout.errors import CheckpointError
+
+FORMAT = "resprout.checkpoint"
+WEIGHTS_FORMAT = "resprout.weights"
+VERSION = 1
+
+
+def snapshot(obj: Any) -> Any:
+    """A deep copy in which every tensor is copied to the CPU, so later in-place updates cannot tear it."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [snapshot(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(snapshot(v) for v in obj)
+    return obj
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` that never leaves a partial file at ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(directory: str | Path) -> None:
+    """Delete temporary files left by a writer that was killed mid-write."""
+    for p in Path(directory).glob(".*.tmp-*"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+class AsyncWriter:
+    """Writes snapshots on one background thread, in order. ``wait()`` blocks until all are on disk."""
+
+    def __init__(self, max_pending: int = 2) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="resprout-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                self._queue.task_done()
+                return
+            obj, path = job
+            try:
+                atomic_save(obj, path)
+            except BaseException as e:  # kept and re-raised in the training thread
+                self._error = e
+            finally:
+                self._queue.task_done()
+
+    def save(self, obj: Any, path: str | Path, *, copy: bool = True) -> None:
+        self._raise_pending()
+        self._queue.put((snapshot(obj) if copy else obj, Path(path)))
+
+    def wait(self) -> None:
+        self._queue.join()
+        self._raise_pending()
+
+    def close(self) -> None:
+        self.wait()
+        self._queue.put(None)
+        self._thread.join()
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise CheckpointError(f"writing a checkpoint failed: {err}") from err
+
+
+def load_file(path: str | Path, expected_format: str = FORMAT) -> dict:
+    """Load and check a resprout file; one clear line for a missing, corrupted or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path} is corrupted or not a checkpoint ({reason}); nothing was changed") from None
+    except Exception as e:  # the weights-only unpickler refuses foreign objects with various errors
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path} is not a resprout checkpoint ({reason[:160]}); nothing was changed") from None
+    if not isinstance(obj, dict) or obj.get("format") != expected_format:
+        raise CheckpointError(f"{path} is not a resprout checkpoint (no '{expected_format}' header); "
+                              f"nothing was changed")
+    if obj.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {obj.get('version')}, this resprout reads "
+                              f"version {VERSION}")
+    return obj

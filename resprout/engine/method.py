@@ -1,0 +1,67 @@
+"""The base class of every training method.
+
+A method is a small stateful object that reacts to trainer events (see :mod:`resprout.engine.events`). Its ideas
+live in pure functions beside it (a loss, a mask, a mixing rule), so they can be called from any training loop;
+the class only decides *when* to call them. Methods compose: a run may use several (``method=ke+ls``), and each
+adds its own loss terms and reactions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from resprout.config import fill_options
+from resprout.engine.events import Event
+
+if TYPE_CHECKING:
+    from resprout.engine.trainer import Trainer
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """A method without options."""
+
+
+class Method:
+    """Subclass, set ``name`` (and ``Options``, a dataclass), and define the ``on_<event>`` handlers you need."""
+
+    name: ClassVar[str] = "method"
+    Options: ClassVar[type] = NoOptions
+    #: whether this method supplies the task loss of every trainable member (CE, label smoothing, ...).
+    #: A run without one gets plain cross-entropy added.
+    provides_task_loss: ClassVar[bool] = False
+    #: the batch sampler the method needs ("random", "pk", "class_pair"), or None for the default
+    sampler: ClassVar[str | None] = None
+    sampler_options: ClassVar[dict] = {}
+
+    def __init__(self, options: Any = None, **kwargs: Any) -> None:
+        if options is None:
+            options = fill_options(self.Options, kwargs, prefix=self.name)
+        elif kwargs:
+            raise TypeError("pass either an options object or keyword options, not both")
+        self.options = options
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    def setup(self, trainer: Trainer) -> None:
+        """Called once when the trainer is built (before any checkpoint is loaded): add members here."""
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue after a resume: tensors, numbers, strings, lists and dicts only."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options})"
+
+
+def handlers(methods: list[Method], event: Event) -> list:
+    """The bound handlers of ``event`` that these methods define (base-class no-ops are skipped)."""
+    out = []
+    for m in methods:
+        fn = getattr(type(m), event.handler, None)
+        if fn is not None:
+            out.append(getattr(m, event.handler))
+    return out

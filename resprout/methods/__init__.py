@@ -1,0 +1,73 @@
+"""Training methods, one file per paper or family, and the registry that builds them from a config.
+
+``method=ke+ls`` builds the methods named ``ke`` and ``ls`` with their options (``ke.split_rate=...``). A run
+that names no task loss gets cross-entropy. Register your own with :func:`register_method`.
+"""
+
+from __future__ import annotations
+
+from resprout.config import Config
+from resprout.engine.method import Method
+from resprout.errors import ConfigError
+from resprout.methods.classification import CrossEntropy, LabelSmoothing, smooth_cross_entropy, smooth_labels
+
+_METHODS: dict[str, type[Method]] = {}
+_ALIASES: dict[str, str] = {"label_smoothing": "ls", "label-smoothing": "ls"}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available as ``method=<cls.name>``."""
+    _METHODS[cls.name] = cls
+    return cls
+
+
+for _cls in (CrossEntropy, LabelSmoothing):
+    register_method(_cls)
+
+
+def available_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def canonical_name(name: str) -> str:
+    return _ALIASES.get(name, name)
+
+
+def build_methods(config: Config) -> list[Method]:
+    """The methods of ``config.method``, with their options validated; cross-entropy added if no task loss."""
+    names = [canonical_name(n) for n in config.method_names()]
+    for n in names:
+        if n not in _METHODS:
+            raise ConfigError(f"unknown method {n!r}; available: {', '.join(available_methods())} "
+                              f"(combine with '+', e.g. ke+ls)")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"method {config.method!r} names a method twice")
+    options = {canonical_name(k): v for k, v in config.method_options.items()}
+    for family in options:
+        if family not in names:
+            if family in _METHODS:
+                raise ConfigError(f"options {family}.* given but method {family!r} is not used "
+                                  f"(method={config.method})")
+            raise ConfigError(f"unknown key prefix {family!r}: not a method, 'model' or 'data'")
+    methods = [_METHODS[n](**options.get(n, {})) for n in names]
+    task = [m.name for m in methods if m.provides_task_loss]
+    if len(task) > 1:
+        raise ConfigError(f"methods {' and '.join(task)} both provide the task loss; use one of them")
+    if not task:
+        methods.insert(0, CrossEntropy())
+    samplers = {m.sampler for m in methods if m.sampler}
+    if len(samplers) > 1:
+        raise ConfigError(f"methods need different batch samplers ({', '.join(sorted(samplers))}); "
+                          f"they cannot be combined")
+    return methods
+
+
+def resolved_options(methods: list[Method]) -> dict:
+    """Every method's options with defaults filled in (for the stored configuration)."""
+    import dataclasses
+
+    return {m.name: dataclasses.asdict(m.options) for m in methods if dataclasses.fields(m.options)}
+
+
+__all__ = ["Method", "CrossEntropy", "LabelSmoothing", "smooth_cross_entropy", "smooth_labels", "register_method",
+           "available_methods", "build_methods", "resolved_options"]

@@ -1,0 +1,101 @@
+"""The model registry behind :func:`resprout.models.build_model`.
+
+A model is registered under a name together with the options it accepts and their defaults. ``build_model`` checks
+the options, fills in the defaults and calls the builder as ``builder(in_channels=..., num_classes=..., **options)``.
+Names of the form ``tv:<name>`` and ``timm:<name>`` are not registered; they are built by
+:mod:`resprout.models.external`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+from resprout.errors import ConfigError
+from resprout.models._common import OptionError
+
+Builder = Callable[..., nn.Module]
+
+_REGISTRY: dict[str, tuple[Builder, dict[str, Any]]] = {}
+_EXTERNAL_PREFIXES = ("tv:", "timm:")
+
+
+def register_model(name: str, *, options: Mapping[str, Any]) -> Callable[[Builder], Builder]:
+    """Decorator registering ``builder(*, in_channels, num_classes, **options) -> nn.Module`` under ``name``.
+
+    ``options`` maps every option the builder accepts to its default. The builder is returned unchanged, so one
+    function can be registered under several names by stacking decorators.
+    """
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise ConfigError(f"model name must be a non-empty string without surrounding spaces; got {name!r}")
+    if ":" in name:
+        # "tv:" and "timm:" are reserved for external models; keep every registered name free of the separator.
+        raise ConfigError(f"model name {name!r} must not contain ':' (reserved for tv:<name> and timm:<name>)")
+    if name in _REGISTRY:
+        raise ConfigError(f"model '{name}' is already registered")
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        raise ConfigError(f"options of model '{name}' must be a dict of option name -> default")
+    defaults = dict(options)
+
+    def decorator(builder: Builder) -> Builder:
+        if not callable(builder):
+            raise ConfigError(f"model '{name}' must be registered on a callable; got {builder!r}")
+        _REGISTRY[name] = (builder, defaults)
+        return builder
+
+    return decorator
+
+
+def available_models() -> list[str]:
+    """Sorted names of all registered models (external ``tv:``/``timm:`` names are not listed)."""
+    return sorted(_REGISTRY)
+
+
+def _unknown_model(name: object) -> ConfigError:
+    available = ", ".join(available_models())
+    return ConfigError(f"unknown model {name!r}; available: {available}, tv:<name>, timm:<name>")
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The options ``name`` accepts, with their defaults (a copy).
+
+    External ``tv:``/``timm:`` models return ``{}``: their options are passed to the external factory unchecked.
+    """
+    if isinstance(name, str) and name.startswith(_EXTERNAL_PREFIXES):
+        return {}
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise _unknown_model(name)
+    return dict(_REGISTRY[name][1])
+
+
+def _check_positive_int(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{what} must be an integer >= 1; got {value!r}")
+    return value
+
+
+def build_model(name: str, *, in_channels: int, num_classes: int, **options: Any) -> nn.Module:
+    """Build a freshly initialised model by name.
+
+    Raises :class:`~resprout.errors.ConfigError` for an unknown name, an unknown option or a bad option value.
+    """
+    _check_positive_int(in_channels, "in_channels")
+    _check_positive_int(num_classes, "num_classes")
+    if isinstance(name, str) and name.startswith(_EXTERNAL_PREFIXES):
+        from resprout.models.external import build_external
+
+        return build_external(name, in_channels=in_channels, num_classes=num_classes, **options)
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise _unknown_model(name)
+    builder, defaults = _REGISTRY[name]
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        allowed = ", ".join(sorted(defaults)) or "(none)"
+        raise ConfigError(f"model '{name}': unknown option {unknown[0]!r}; allowed: {allowed}")
+    resolved = {**defaults, **options}
+    try:
+        return builder(in_channels=in_channels, num_classes=num_classes, **resolved)
+    except OptionError as exc:
+        raise ConfigError(f"model '{name}': {exc}") from None

@@ -1,0 +1,265 @@
+"""Runs: from a configuration to a trained, stored, resumable result.
+
+This is the Python face of ``resprout train`` and ``resprout resume``::
+
+    import resprout
+    result = resprout.train(data="digits", model="cnn", epochs=3, seed=0)
+    result["final"]["model"]["top1"]
+
+    # any nn.Module (pass a freshly built one again to resume):
+    result = resprout.train(module=MyNet(), data="fashion-mnist", per_class=100, method="ls", out="runs/mine")
+
+A run directory holds ``run.json`` (the run's id, its resolved configuration and the store it reports to),
+``checkpoint.pt`` (everything a resume needs), ``best-<member>.pt`` (the best weights) and ``train.log``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from resprout import __version__
+from resprout.config import Config, config_from_dict, make_config
+from resprout.data import channel_stats, load_source, prepare
+from resprout.data.augment import default_augment
+from resprout.data.loader import EvalLoader, Normalizer, TrainLoader
+from resprout.data.samplers import make_sampler
+from resprout.engine.checkpoint import atomic_save, remove_stale_temporaries
+from resprout.engine.distributed import DistInfo, broadcast_object, init_from_env
+from resprout.engine.progress import Progress, make_progress
+from resprout.engine.rundir import RUN_FILE, read_run_file, write_run_file
+from resprout.engine.store import Store, default_store_path
+from resprout.engine.trainer import CHECKPOINT_NAME, Trainer
+from resprout.errors import CheckpointError, ConfigError
+from resprout.methods import build_methods, resolved_options
+from resprout.models import build_model
+from resprout.seeding import seed_everything
+
+def resolve_device(name: str, dist: DistInfo | None = None) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu")
+        if name == "cuda" and dist is not None and dist.enabled:
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device, dist: DistInfo) -> dict:
+    """Versions, threads and hardware: stored with every run so that results can be told apart honestly."""
+    return {"resprout": __version__, "git_commit": _git_commit(), "python": sys.version.split()[0],
+            "torch": torch.__version__, "numpy": np.__version__, "platform": platform.platform(),
+            "machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "device": str(device), "cuda": torch.version.cuda, "world_size": dist.world_size,
+            "hostname": socket.gethostname()}
+
+
+# -- building the pieces ------------------------------------------------------------------------------------------------
+def build_dataset(cfg: Config):
+    ds = load_source(cfg.data, cfg.data_path, **cfg.data_options)
+    return prepare(ds, per_class=cfg.per_class, val_split=cfg.val_split, data_seed=cfg.data_seed,
+                   image_size=cfg.image_size, channels=cfg.channels)
+
+
+def build_loaders(cfg: Config, ds, methods, device: torch.device, dist: DistInfo
+                  ) -> tuple[TrainLoader, dict[str, EvalLoader]]:
+    mean, std = channel_stats(ds.train)
+    norm = Normalizer.from_stats(mean, std, device)
+    augment = default_augment(cfg.data) if cfg.augment == "auto" else cfg.augment
+    size = ds.input_shape[1]
+    padding = cfg.crop_padding if cfg.crop_padding is not None else max(1, size // 8)
+    wanted = [m for m in methods if m.sampler]
+    sampler = make_sampler(wanted[0].sampler, **wanted[0].sampler_options) if wanted else None
+    train = TrainLoader(ds.train.images, ds.train.labels, batch_size=cfg.batch_size, normalizer=norm, seed=cfg.seed,
+                        augment=augment, crop_padding=padding, sampler=sampler, device=device,
+                        channels_last=cfg.channels_last, rank=dist.rank, world_size=dist.world_size)
+    evals = {}
+    for split_name in ("val", "test"):
+        split = getattr(ds, split_name)
+        if split is not None:
+            evals[split_name] = EvalLoader(split.images, split.labels, batch_size=cfg.eval_batch_size,
+                                           normalizer=norm, device=device, channels_last=cfg.channels_last,
+                                           rank=dist.rank, world_size=dist.world_size)
+    return train, evals
+
+
+def _check_multi_member(trainer: Trainer, dist: DistInfo) -> None:
+    if dist.enabled and len(trainer.trainable) > 1:
+        raise ConfigError(f"distributed training supports one trainable member; method={trainer.config.method} "
+                          f"trains {len(trainer.trainable)} ({', '.join(m.name for m in trainer.trainable)})")
+
+
+def _resolve(cfg: Config, module: nn.Module | None) -> tuple[Config, list]:
+    """Validate methods and fill their default options into the config (so the stored config is complete)."""
+    if module is not None and not cfg.model.startswith("custom:"):
+        cfg = make_config({**cfg.to_dict(), "model": f"custom:{type(module).__name__}"})
+    methods = build_methods(cfg)
+    cfg = make_config({**cfg.to_dict(), "method_options": resolved_options(methods)})
+    return cfg, methods
+
+
+# -- run directories ------------------------------------------------------------------------------------------------------
+def _default_run_dir(cfg: Config, store_path: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    model = cfg.model.replace(":", "-")
+    base = store_path.parent / f"{stamp}-{cfg.data}-{model}-{cfg.method}-s{cfg.seed}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+def _config_difference(a: dict, b: dict) -> str:
+    diffs = [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return "; ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else "")
+
+
+def _claim_run_dir(cfg: Config, out: Path | None, store_path: Path) -> tuple[Path, str, bool]:
+    """(run directory, run id, whether it continues an existing run) for a new ``train`` call."""
+    if out is None:
+        run_dir = _default_run_dir(cfg, store_path)
+    else:
+        run_dir = out
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"--out {run_dir} exists and is not a directory")
+        if (run_dir / RUN_FILE).exists():
+            info = read_run_file(run_dir)
+            saved = config_from_dict(info["config"])
+            if saved.fingerprint() != cfg.fingerprint():
+                raise CheckpointError(f"{run_dir} holds a run with another configuration "
+                                      f"({_config_difference(saved.identity(), cfg.identity())}); nothing was "
+                                      f"overwritten: choose another --out")
+            return run_dir, info["run_id"], True
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            raise CheckpointError(f"{run_dir} exists, is not empty and is not a resprout run directory; nothing "
+                                  f"was overwritten: choose another --out")
+    run_id = uuid.uuid4().hex[:12]
+    return run_dir, run_id, False
+
+
+# -- the entry points -------------------------------------------------------------------------------------------------------
+def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, store_path: Path | None,
+                   module: nn.Module | None = None, progress: Progress | str = "auto", continuing: bool = False,
+                   dist: DistInfo | None = None) -> Trainer:
+    """Build data, members, methods and the trainer of ``cfg``; load the checkpoint of a continuing run."""
+    device = resolve_device(cfg.device)
+    dist = dist or init_from_env(device)
+    device = resolve_device(cfg.device, dist)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cfg, methods = _resolve(cfg, module)
+    ds = build_dataset(cfg)
+    seed_everything(cfg.seed)
+    model = module
+    if model is None:
+        model = build_model(cfg.model, in_channels=ds.input_shape[0], num_classes=ds.num_classes,
+                            **cfg.model_kwargs())
+    train, evals = build_loaders(cfg, ds, methods, device, dist)
+    store = None
+    if run_dir is not None and dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)
+        store = Store(store_path)
+        if not continuing:
+            info = {"run_id": run_id, "store": str(Path(store_path).resolve()), "config": cfg.to_dict(),
+                    "fingerprint": cfg.fingerprint(), "created": time.time(), "resprout": __version__}
+            write_run_file(run_dir, info)
+        store.register_run(run_id, str(run_dir.resolve()), cfg.to_dict(), cfg.fingerprint(),
+                           cfg.fingerprint(without_seed=True), environment(device, dist))
+    if isinstance(progress, str):
+        progress = make_progress(progress if dist.is_main else "none")
+    trainer = Trainer(cfg, {"model": model}, train, evals, methods, device=device, run_dir=run_dir, store=store,
+                      run_id=run_id, progress=progress, dist=dist)
+    _check_multi_member(trainer, dist)
+    if continuing and run_dir is not None:
+        path = run_dir / CHECKPOINT_NAME
+        if path.exists():
+            trainer.load_checkpoint(path)
+        elif store is not None:  # killed before the first checkpoint: start again, dropping what it logged
+            store.forget_after(run_id, 0, 0)
+    return trainer
+
+
+def _finish(trainer: Trainer, results: dict) -> dict:
+    return {"run_dir": str(trainer.run_dir) if trainer.run_dir else None, "run_id": trainer.run_id,
+            "status": "finished", "method": trainer.config.method, "model": trainer.config.model,
+            "data": trainer.config.data, "seed": trainer.config.seed, **results}
+
+
+def train(config: Config | str | Path | None = None, *, out: str | Path | None = None,
+          module: nn.Module | None = None,
+          store: str | Path | None = None, progress: Progress | str = "auto", save: bool = True,
+          **keys: Any) -> dict:
+    """Train a run and return its results (``run_dir``, ``final``, ``best``, ``generations``).
+
+    ``config`` is a :class:`Config`, a TOML/YAML file, or None; ``keys`` override it (``epochs=3``, or
+    ``method_options={"ls": {"smoothing": 0.2}}``). ``out`` is the run directory (default: a new one beside the
+    store); an existing run directory with the same configuration is continued, one with another configuration is
+    refused. ``save=False`` trains in memory: no directory, no store, no checkpoints.
+    """
+    from resprout.config import load_config
+
+    if isinstance(config, (str, Path)):
+        cfg = load_config(config)
+    else:
+        cfg = config or Config()
+    if keys:
+        cfg = make_config({**cfg.to_dict(), **keys})
+    probe = make_config(cfg.to_dict())  # validated copy used to decide the directory
+    probe, _ = _resolve(probe, module)
+    device = resolve_device(probe.device)
+    dist = init_from_env(device)
+    if not save:
+        trainer = create_trainer(probe, run_dir=None, run_id=None, store_path=None, module=module,
+                                 progress=progress, dist=dist)
+        return _finish(trainer, trainer.fit())
+    store_path = Path(store) if store else default_store_path()
+    claim = _claim_run_dir(probe, Path(out) if out else None, store_path) if dist.is_main else None
+    run_dir, run_id, continuing = broadcast_object(claim, dist)
+    if continuing:
+        store_path = Path(read_run_file(run_dir)["store"])
+    trainer = create_trainer(probe, run_dir=run_dir, run_id=run_id, store_path=store_path, module=module,
+                             progress=progress, continuing=continuing, dist=dist)
+    return _finish(trainer, trainer.fit())
+
+
+def resume(run_dir: str | Path, *, module: nn.Module | None = None, progress: Progress | str = "auto",
+           **runtime: Any) -> dict:
+    """Continue the run in ``run_dir`` from its checkpoint (``runtime`` may change device, threads, progress)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} does not exist")
+    info = read_run_file(run_dir)
+    saved = info["config"]
+    bad = set(runtime) - {"device", "threads", "progress"}
+    if bad:
+        raise ConfigError(f"resume can change only device, threads and progress, not {', '.join(sorted(bad))}")
+    cfg = config_from_dict({**saved, **runtime})
+    if cfg.model.startswith("custom:") and module is None:
+        raise ConfigError(f"{run_dir} trained a custom model ({cfg.model[7:]}); pass a freshly built one: "
+                          f"resprout.resume(dir, module=...)")
+    trainer = create_trainer(cfg, run_dir=run_dir, run_id=info["run_id"], store_path=Path(info["store"]),
+                             module=module, progress=progress, continuing=True)
+    return _finish(trainer, trainer.fit())

@@ -1,0 +1,42 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+# Tests measure mechanics and learning, not speed: keep them from fighting over the two cores.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def isolated_store(tmp_path, monkeypatch):
+    """Every test writes its results store and run directories under its own tmp_path."""
+    monkeypatch.setenv("RESPROUT_STORE", str(tmp_path / "runs" / "resprout.db"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "runs" / "resprout.db"
+
+
+def synthetic(**kw):
+    """Keys of a tiny synthetic run: 8x8 images, 4 classes, learnable in a few epochs."""
+    keys = dict(data="synthetic", data_options={"num_classes": 4, "n_train": 96, "n_test": 48, "image_size": 8},
+                model="cnn", width=0.25, epochs=2, batch_size=32, eval_batch_size=64, lr=0.05, progress="none",
+                threads=1)
+    keys.update(kw)
+    return keys
+
+
+def cli_env(tmp_path):
+    env = dict(os.environ)
+    env["RESPROUT_STORE"] = str(tmp_path / "runs" / "resprout.db")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("CI", None)
+    return env
+
+
+PYTHON = sys.executable
+needs_fashion = pytest.mark.skipif(not FASHION_DIR.is_dir(),
+                                   reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,11 @@ def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
     if len(files) > 1:
         raise ConfigError(f"expected at most one config file and key=value pairs, got {', '.join(files)}")
     return (files[0] if files else None), [a for a in args if "=" in a]
+
+
+def _is_main_process() -> bool:
+    """Under torchrun every process runs the command; only rank 0 reports."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _print_json(obj: dict) -> None:
@@ -61,6 +67,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
     path, overrides = _split_config_args(ns.args)
     cfg = load_config(path, overrides)
     result = train(cfg, out=ns.out, store=ns.store, progress="none" if ns.quiet else cfg.progress)
+    if not _is_main_process():
+        return 0
     if ns.json:
         _print_json(result)
     else:
@@ -74,6 +82,8 @@ def cmd_resume(ns: argparse.Namespace) -> int:
 
     runtime = parse_overrides(ns.overrides)
     result = resume(ns.run_dir, progress="none" if ns.quiet else runtime.pop("progress", "auto"), **runtime)
+    if not _is_main_process():
+        return 0
     if ns.json:
         _print_json(result)
     else:

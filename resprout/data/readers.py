@@ -264,7 +264,13 @@ def read_image(path: Path, mode: str, size: int | None = None) -> np.ndarray:
 def _walk_images(folder: Path) -> list[Path]:
     """Every image file under ``folder`` (recursively, hidden entries ignored), in sorted order."""
     found: list[Path] = []
+    seen: set[tuple[int, int]] = set()  # (device, inode) of visited folders: symlink loops end here
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if is_image_file(name):

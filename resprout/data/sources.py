@@ -284,14 +284,15 @@ def _check_int(key: str, value: Any, lo: int, *, optional: bool = True) -> int |
 
 
 def prepare(ds: Dataset, *, per_class: int | None = None, val_split: float = 0.0, data_seed: int = 0,
-            image_size: int | None = None, channels: int | None = None) -> Dataset:
+            image_size: int | None = None, channels: int | None = None, fit: str = "auto") -> Dataset:
     """The dataset a run trains on, derived from a raw one; ``ds`` is not changed and shares no tensor with it.
 
     * validation: the source's own val split is kept; otherwise ``0 < val_split < 1`` carves a stratified,
       seeded (``data_seed``) val split from the full training set, at least one image per class;
     * ``per_class=N``: exactly N seeded (``data_seed``) training images per class, from what is left of train;
-    * ``image_size=S``: images smaller than S x S are zero-padded centered (28 -> 32), others are resized with
-      antialiased bilinear interpolation (once, in float, rounded back to uint8);
+    * ``image_size=S``: with ``fit="auto"``, images that fit in S x S are zero-padded centered (the classic
+      28 -> 32), others are resized with antialiased bilinear interpolation (once, in float, rounded back to
+      uint8); ``fit="resize"`` always resizes (e.g. 8 -> 32 upsampling), ``fit="pad"`` always pads;
     * ``channels``: 3 on grayscale repeats the channel; 1 on RGB takes the luminance (0.299, 0.587, 0.114).
 
     The test split is never subset: every run of every method sees the whole of it.
@@ -299,6 +300,8 @@ def prepare(ds: Dataset, *, per_class: int | None = None, val_split: float = 0.0
     per_class = _check_int("per_class", per_class, 1)
     data_seed = _check_int("data_seed", data_seed, 0, optional=False)  # type: ignore[assignment]
     image_size = _check_int("image_size", image_size, 1)
+    if fit not in ("auto", "pad", "resize"):
+        raise ConfigError(f"bad value for fit: {fit!r} (allowed: auto, pad, resize)")
     if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
         raise ConfigError(f"bad value for channels: {channels!r} (allowed: 1, 3)")
     if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or not 0.0 <= val_split < 1.0:
@@ -333,7 +336,7 @@ def prepare(ds: Dataset, *, per_class: int | None = None, val_split: float = 0.0
         if idx is not None:
             t = torch.from_numpy(idx.astype(np.int64))
             images, lab = images.index_select(0, t), lab.index_select(0, t)
-        new_images = _transform(images, size, channels)
+        new_images = _transform(images, size, channels, fit)
         if new_images is split.images:
             new_images = split.images.clone(memory_format=torch.contiguous_format)
         new_labels = lab.clone() if lab is split.labels else lab
@@ -353,9 +356,10 @@ def prepare(ds: Dataset, *, per_class: int | None = None, val_split: float = 0.0
 _LUMA = (0.299, 0.587, 0.114)
 
 
-def _transform(images: torch.Tensor, size: tuple[int, int] | None, channels: int | None) -> torch.Tensor:
-    """Images converted to ``channels`` and brought to ``size`` (pad if not smaller, else resize); the input
-    itself when nothing changes."""
+def _transform(images: torch.Tensor, size: tuple[int, int] | None, channels: int | None,
+               fit: str = "auto") -> torch.Tensor:
+    """Images converted to ``channels`` and brought to ``size`` (``fit="auto"``: pad if they fit, else resize);
+    the input itself when nothing changes."""
     n, c, h, w = images.shape
     th, tw = size if size is not None else (h, w)
     tc = channels if channels is not None else c
@@ -363,7 +367,10 @@ def _transform(images: torch.Tensor, size: tuple[int, int] | None, channels: int
         return images
     if tc != c and not (c == 1 and tc == 3) and not (c == 3 and tc == 1):
         raise DataError(f"cannot convert {c}-channel images to {tc} channels (only 1 <-> 3)")
-    pad = th >= h and tw >= w
+    fits = th >= h and tw >= w
+    if fit == "pad" and not fits:
+        raise ConfigError(f"cannot pad {h}x{w} images to {th}x{tw}: they are larger (use fit='auto' or 'resize')")
+    pad = fits and fit != "resize"
     luma = c == 3 and tc == 1
     out_c = 1 if (c == 1 or luma) else c
     out = torch.zeros((n, tc, th, tw), dtype=torch.uint8) if pad else torch.empty((n, tc, th, tw), dtype=torch.uint8)
@@ -500,6 +507,8 @@ def _load_idx(source: str, path: str | os.PathLike | None, classes: list[str]) -
         img_file, lab_file = files[f"{prefix}-images-idx3-ubyte"], files[f"{prefix}-labels-idx1-ubyte"]
         images = readers.read_idx(img_file, 3)
         labels = readers.read_idx(lab_file, 1)
+        if len(images) == 0:
+            raise DataError(f"{img_file} has no images")
         if len(labels) != len(images):
             raise DataError(f"{lab_file} has {len(labels)} labels but {img_file} has {len(images)} images")
         if len(labels) and int(labels.max()) >= len(classes):
@@ -748,7 +757,8 @@ def _layout_split_lists(root: Path) -> tuple[dict[str, list[tuple[Path, int]]], 
     if "val" in lists:
         extra = {c for _, c in lists["val"]} - set(classes)
         if extra:
-            raise DataError(f"{root / 'val.txt'} has classes that {root / 'train.txt'} lacks: {', '.join(sorted(extra))}")
+            raise DataError(f"{root / 'val.txt'} has classes that {root / 'train.txt'} lacks: "
+                            f"{', '.join(sorted(extra))}")
     index = {c: i for i, c in enumerate(classes)}
     return {s: [(f, index[c]) for f, c in entries] for s, entries in lists.items()}, classes
 

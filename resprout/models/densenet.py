@@ -55,7 +55,9 @@ class DenseNetBC(nn.Module):
         growth = scale_channels(growth, width)
         n = (depth - 4) // 6
         channels = 2 * growth
-        features: OrderedDict[str, nn.Module] = OrderedDict(conv0=nn.Conv2d(in_channels, channels, 3, padding=1, bias=False))
+        features: OrderedDict[str, nn.Module] = OrderedDict()
+        # No bias: norm1 of the first dense layer follows.
+        features["conv0"] = nn.Conv2d(in_channels, channels, 3, padding=1, bias=False)
         for b in range(1, 4):
             block = nn.Sequential()
             for i in range(1, n + 1):

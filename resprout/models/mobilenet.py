@@ -16,7 +16,15 @@ from resprout.models._common import check_probability, check_width, init_weights
 from resprout.models.registry import register_model
 
 # (expansion t, output channels c, repeats n, stride of the first block s); stage 2 has s=1 for CIFAR.
-CIFAR_SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+CIFAR_SETTINGS = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 
 
 class ConvBNReLU6(nn.Sequential):

@@ -81,7 +81,7 @@ def cmd_resume(ns: argparse.Namespace) -> int:
     from resprout.run import resume
 
     runtime = parse_overrides(ns.overrides)
-    result = resume(ns.run_dir, progress="none" if ns.quiet else runtime.pop("progress", "auto"), **runtime)
+    result = resume(ns.run_dir, progress="none" if ns.quiet else None, **runtime)
     if not _is_main_process():
         return 0
     if ns.json:

@@ -53,6 +53,8 @@ class Config:
     val_split: float = option(0.0, "fraction of train carved out as validation when the source has none", min=0.0, max=0.95)
     data_seed: int = option(0, "seed of the per_class subset and the validation carve (kept fixed across seeds)", min=0)
     image_size: int | None = option(None, "pad (if larger) or resize (if smaller) images to this size", min=4)
+    image_fit: str = option("auto", "how image_size is reached: auto (pad if larger, else resize), pad, resize",
+                            choices=("auto", "pad", "resize"))
     channels: int | None = option(None, "convert images to 1 or 3 channels", choices=(1, 3))
     augment: str = option("auto", "train augmentation", choices=("auto", "none", "crop", "flip", "crop+flip"))
     crop_padding: int | None = option(None, "padding of the random crop (default: image_size // 8)", min=0)

@@ -79,7 +79,7 @@ def environment(device: torch.device, dist: DistInfo) -> dict:
 def build_dataset(cfg: Config):
     ds = load_source(cfg.data, cfg.data_path, **cfg.data_options)
     return prepare(ds, per_class=cfg.per_class, val_split=cfg.val_split, data_seed=cfg.data_seed,
-                   image_size=cfg.image_size, channels=cfg.channels)
+                   image_size=cfg.image_size, channels=cfg.channels, fit=cfg.image_fit)
 
 
 def build_loaders(cfg: Config, ds, methods, device: torch.device, dist: DistInfo
@@ -161,7 +161,7 @@ def _claim_run_dir(cfg: Config, out: Path | None, store_path: Path) -> tuple[Pat
 
 # -- the entry points -------------------------------------------------------------------------------------------------------
 def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, store_path: Path | None,
-                   module: nn.Module | None = None, progress: Progress | str = "auto", continuing: bool = False,
+                   module: nn.Module | None = None, progress: Progress | str | None = None, continuing: bool = False,
                    dist: DistInfo | None = None) -> Trainer:
     """Build data, members, methods and the trainer of ``cfg``; load the checkpoint of a continuing run."""
     device = resolve_device(cfg.device)
@@ -188,8 +188,8 @@ def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, sto
             write_run_file(run_dir, info)
         store.register_run(run_id, str(run_dir.resolve()), cfg.to_dict(), cfg.fingerprint(),
                            cfg.fingerprint(without_seed=True), environment(device, dist))
-    if isinstance(progress, str):
-        progress = make_progress(progress if dist.is_main else "none")
+    if progress is None or isinstance(progress, str):
+        progress = make_progress((progress or cfg.progress) if dist.is_main else "none")
     trainer = Trainer(cfg, {"model": model}, train, evals, methods, device=device, run_dir=run_dir, store=store,
                       run_id=run_id, progress=progress, dist=dist)
     _check_multi_member(trainer, dist)
@@ -210,7 +210,7 @@ def _finish(trainer: Trainer, results: dict) -> dict:
 
 def train(config: Config | str | Path | None = None, *, out: str | Path | None = None,
           module: nn.Module | None = None,
-          store: str | Path | None = None, progress: Progress | str = "auto", save: bool = True,
+          store: str | Path | None = None, progress: Progress | str | None = None, save: bool = True,
           **keys: Any) -> dict:
     """Train a run and return its results (``run_dir``, ``final``, ``best``, ``generations``).
 
@@ -245,7 +245,7 @@ def train(config: Config | str | Path | None = None, *, out: str | Path | None =
     return _finish(trainer, trainer.fit())
 
 
-def resume(run_dir: str | Path, *, module: nn.Module | None = None, progress: Progress | str = "auto",
+def resume(run_dir: str | Path, *, module: nn.Module | None = None, progress: Progress | str | None = None,
            **runtime: Any) -> dict:
     """Continue the run in ``run_dir`` from its checkpoint (``runtime`` may change device, threads, progress)."""
     run_dir = Path(run_dir)

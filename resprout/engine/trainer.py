@@ -413,7 +413,8 @@ class Trainer:
         self._log_line(line)
         self.epoch += 1
         self.step = 0
-        if self.epoch % self.config.checkpoint_every == 0 or self.epoch == self.config.epochs:
+        # the last epoch of a generation is saved by the generation's end, right after it
+        if self.epoch % self.config.checkpoint_every == 0 and self.epoch < self.config.epochs:
             self.save_checkpoint()
 
     def _update_best(self, name: str, evals: dict[str, dict]) -> None:
@@ -439,7 +440,8 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.started = False
-        self.save_checkpoint()
+        if self.generation < self.config.generations:  # after the last one, fit() saves the finished run
+            self.save_checkpoint()
 
     def _log_line(self, line: str) -> None:
         if self.run_dir and self.dist.is_main:

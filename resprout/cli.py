@@ -39,7 +39,6 @@ def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def _is_main_process() -> bool:
-    """Under torchrun every process runs the command; only rank 0 reports."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -59,6 +58,12 @@ def _summary(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _report_result(result: dict, as_json: bool) -> int:
+    if _is_main_process():  # under torchrun every process ran the command; rank 0 reports
+        _print_json(result) if as_json else print(_summary(result))
+    return 0
+
+
 # -- commands ------------------------------------------------------------------------------------------------------------
 def cmd_train(ns: argparse.Namespace) -> int:
     from resprout.config import load_config
@@ -67,13 +72,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     path, overrides = _split_config_args(ns.args)
     cfg = load_config(path, overrides)
     result = train(cfg, out=ns.out, store=ns.store, progress="none" if ns.quiet else cfg.progress)
-    if not _is_main_process():
-        return 0
-    if ns.json:
-        _print_json(result)
-    else:
-        print(_summary(result))
-    return 0
+    return _report_result(result, ns.json)
 
 
 def cmd_resume(ns: argparse.Namespace) -> int:
@@ -82,13 +81,7 @@ def cmd_resume(ns: argparse.Namespace) -> int:
 
     runtime = parse_overrides(ns.overrides)
     result = resume(ns.run_dir, progress="none" if ns.quiet else None, **runtime)
-    if not _is_main_process():
-        return 0
-    if ns.json:
-        _print_json(result)
-    else:
-        print(_summary(result))
-    return 0
+    return _report_result(result, ns.json)
 
 
 def cmd_runs(ns: argparse.Namespace) -> int:

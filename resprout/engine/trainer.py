@@ -331,6 +331,16 @@ class Trainer:
             raise ConfigError("no method added a loss term; add a task loss such as method=ce")
         total = self._terms[0][2] if len(self._terms) == 1 else torch.stack([v for _, _, v in self._terms]).sum()
         value = total.item()
+        if self.dist.enabled:
+            # every process must take the same decision (stop, or diverge) at the same step, or the others
+            # would wait forever in the next collective: share both flags in one tiny reduction
+            flags = torch.tensor([0.0 if math.isfinite(value) else 1.0, 1.0 if self._stop is not None else 0.0],
+                                 device=self.device)
+            diverged, stop = all_reduce_sum(flags, self.dist).tolist()
+            if diverged and math.isfinite(value):
+                value = math.nan
+            if stop and self._stop is None:
+                self._stop = signal.SIGTERM
         if not math.isfinite(value):
             raise TrainingDiverged(
                 f"loss is {value} at generation {self.generation + 1} epoch {self.epoch + 1} step {self.step + 1}; "

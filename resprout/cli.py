@@ -7,6 +7,7 @@
     resprout runs [--json]
     resprout report DIR [DIR...] [--out DIR]
     resprout profile model=NAME [key=value ...] [--json]
+    resprout slim DIR --out FILE [--bn reestimate|copy] [--json]
     resprout keys
 
 A mistake in a key, value, path or file prints one line on stderr and exits with code 2; a diverged run exits
@@ -50,7 +51,8 @@ def _summary(result: dict) -> str:
     lines = [f"run {result['run_id'] or '(not saved)'}: {result['run_dir'] or ''}"]
     for member, m in result["final"].items():
         best = result["best"].get(member, {})
-        text = f"  {member}: final test top1 {100 * m['top1']:.2f}  top5 {100 * m['top5']:.2f}"
+        text = f"  {member}: final test top1 {100 * m['top1']:.2f}" + \
+            "".join(f"  {k} {100 * m[k]:.2f}" for k in ("top5", "nmi") if k in m)
         if best:
             text += (f"  | best {best['selected_on']} top1 {100 * best['top1']:.2f} "
                      f"(generation {best['generation']}, epoch {best['epoch']})")
@@ -120,6 +122,20 @@ def cmd_profile(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_slim(ns: argparse.Namespace) -> int:
+    from resprout.analysis.slim import export_slim
+
+    meta = export_slim(ns.run_dir, ns.out, bn=ns.bn)
+    if ns.json:
+        _print_json({**meta, "out": str(ns.out)})
+    else:
+        print(f"wrote {ns.out}: {meta['params']:,} parameters ({meta['dense_params']:,} dense), {meta['macs']:,} MACs "
+              f"({meta['dense_macs']:,} dense), test top1 {100 * meta['test_top1']:.2f} "
+              f"(dense {100 * meta['dense_test_top1']:.2f})\n"
+              f"load it with: torch.export.load(open({str(ns.out)!r}, 'rb')).module()  (input: float images in [0, 1])")
+    return 0
+
+
 def cmd_keys(ns: argparse.Namespace) -> int:
     from resprout.analysis.tables import format_table
     from resprout.config import describe_keys
@@ -163,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("args", nargs="+", metavar="key=value")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(fn=cmd_profile)
+
+    sl = sub.add_parser("slim", help="write the slim fit hypothesis of a Knowledge Evolution (kels) run")
+    sl.add_argument("run_dir")
+    sl.add_argument("--out", required=True, help="file to write (a torch.export program)")
+    sl.add_argument("--bn", choices=("reestimate", "copy"), default="reestimate",
+                    help="re-estimate the slim network's BN statistics on training batches (default) or copy them")
+    sl.add_argument("--json", action="store_true")
+    sl.set_defaults(fn=cmd_slim)
 
     k = sub.add_parser("keys", help="list the configuration keys")
     k.set_defaults(fn=cmd_keys)

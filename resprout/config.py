@@ -84,6 +84,7 @@ class Config:
     warmup_epochs: float = option(0.0, "linear warmup at the start of every generation, in epochs", min=0.0)
     milestones: list = option([], "epochs at which the step schedule multiplies the rate by gamma (default: 50%, 75%)")
     gamma: float = option(0.1, "step-schedule factor", min=0.0, min_exclusive=True)
+    eval_every: int = option(1, "evaluate every N epochs (and always at the last epoch of a generation)", min=1)
     # -- runtime ------------------------------------------------------------------------------------------------
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     threads: int | None = option(None, "CPU threads (default: torch's choice)", min=1)

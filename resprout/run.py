@@ -263,3 +263,19 @@ def resume(run_dir: str | Path, *, module: nn.Module | None = None, progress: Pr
     trainer = create_trainer(cfg, run_dir=run_dir, run_id=info["run_id"], store_path=Path(info["store"]),
                              module=module, progress=progress, continuing=True)
     return _finish(trainer, trainer.fit())
+
+
+def open_run(run_dir: str | Path, *, module: nn.Module | None = None, device: str | None = None) -> Trainer:
+    """The trainer of a saved run with its latest checkpoint loaded, for reading (no store, no new checkpoints)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} does not exist")
+    info = read_run_file(run_dir)
+    cfg = config_from_dict({**info["config"], **({"device": device} if device else {}), "progress": "none"})
+    path = run_dir / CHECKPOINT_NAME
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} has no checkpoint yet")
+    trainer = create_trainer(cfg, run_dir=None, run_id=info["run_id"], store_path=None, module=module,
+                             dist=DistInfo())
+    trainer.load_checkpoint(path)
+    return trainer

@@ -1,5 +1,8 @@
 """A run killed with SIGKILL (or stopped with Ctrl-C) and resumed ends exactly like a run never stopped.
 
+The run is a Knowledge Evolution run with label smoothing over two generations, so kills also land between
+generations, around the re-initialization of the reset hypothesis.
+
 Real processes, real signals: the training command runs in a subprocess that is killed at arbitrary moments,
 including inside epochs (the run checkpoints every few steps here, so kills land between, during and right after
 checkpoint writes).
@@ -20,8 +23,8 @@ from resprout.engine.checkpoint import load_file
 from tests.conftest import PYTHON, cli_env
 from tests.test_trainer import assert_same_weights, metric_rows
 
-KEYS = ["data=digits", "model=cnn", "width=0.5", "epochs=5", "batch_size=32", "seed=3", "threads=1",
-        "checkpoint_minutes=0.003", "augment=crop"]
+KEYS = ["data=digits", "model=cnn", "width=0.5", "method=ke+ls", "generations=2", "epochs=3", "batch_size=32",
+        "seed=3", "threads=1", "checkpoint_minutes=0.003", "augment=crop"]
 
 
 def start(args: list[str], tmp_path: Path) -> subprocess.Popen:

@@ -138,7 +138,7 @@ def test_events_fire_in_the_documented_order():
     events = [e for e, *_ in Recorder.log]
     steps = 8  # 256 images / batch 32
     batch = ["batch_start", "after_backward", "after_step", "batch_end"] * steps
-    epoch = ["epoch_start"] + batch + ["epoch_end"]
+    epoch = ["epoch_start"] + batch + ["epoch_end", "after_evaluate"]
     generation = ["generation_start"] + epoch * 2 + ["generation_end"]
     assert events == ["fit_start"] + generation * 2 + ["fit_end"]
     # the position seen by handlers: generation_start of the second generation sees generation 1, epoch 0

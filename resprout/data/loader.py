@@ -91,7 +91,13 @@ class TrainLoader:
 
     def batch(self, generation: int, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This process's share of batch ``step`` of the epoch, augmented and normalized."""
-        idx = _shard(self.plan(generation, epoch)[step], self.rank, self.world_size).to(self.device)
+        idx = self.plan(generation, epoch)[step]
+        if getattr(self.sampler, "paired", False) and self.world_size > 1:
+            anchors, partners = idx.chunk(2)
+            idx = torch.cat([_shard(anchors, self.rank, self.world_size), _shard(partners, self.rank, self.world_size)])
+        else:
+            idx = _shard(idx, self.rank, self.world_size)
+        idx = idx.to(self.device)
         x = self.images.index_select(0, idx).float()
         if self.crop_padding or self.flip:
             g = generator(self.seed, _AUGMENT, generation, epoch, step)

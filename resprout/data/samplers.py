@@ -111,7 +111,11 @@ def make_sampler(name: str, **options) -> Sampler:
     if name == "random":
         return lambda labels, bs, g: random_batches(labels, bs, g)
     if name == "class_pair":
-        return lambda labels, bs, g: class_pair_batches(labels, bs, g)
+        def pairs(labels: torch.Tensor, bs: int, g: torch.Generator) -> list[torch.Tensor]:
+            return class_pair_batches(labels, bs, g)
+
+        pairs.paired = True  # batches are [anchors | partners]: shard the halves alike
+        return pairs
     if name == "pk":
         k = int(options.get("k", 4))
 

@@ -19,7 +19,10 @@ exist, in the order the methods were given. The whole loop, with every point a m
                 on_after_step         weights updated: re-apply masks, exchange weights
                 on_batch_end
             on_epoch_end              the epoch's weights are final; evaluation follows
-            (evaluate every member on val and test, store metrics, keep the best, write the checkpoint)
+            (evaluate every member on val and test (every `eval_every` epochs and at the last), store metrics,
+             keep the best)
+            on_after_evaluate         trainer.last_eval holds this epoch's metrics (only after an evaluation)
+            (write the checkpoint)
         on_generation_end             extra evaluations: trainer.log_generation(member, {...})
     on_fit_end
 
@@ -42,6 +45,7 @@ class Event(str, Enum):
     AFTER_STEP = "after_step"
     BATCH_END = "batch_end"
     EPOCH_END = "epoch_end"
+    AFTER_EVALUATE = "after_evaluate"
     GENERATION_END = "generation_end"
     FIT_END = "fit_end"
 

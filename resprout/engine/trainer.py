@@ -51,6 +51,7 @@ class Member:
     trainable: bool = True
     evaluate: bool = True
     task: bool = True  # trained on the task loss (a classifier); False for discriminators, regressors, ...
+    logits: bool = True  # its output is class logits (train accuracy is counted); False for embeddings
     optim: dict = field(default_factory=dict)
     optimizer: torch.optim.Optimizer | None = None
     forward_module: nn.Module | None = None  # the model, or its DistributedDataParallel wrapper
@@ -88,6 +89,20 @@ def evaluate(model: nn.Module, loader: EvalLoader, dist: DistInfo = DistInfo()) 
     return {"loss": sums[0] / n, "top1": sums[1] / n, "top5": sums[2] / n}
 
 
+def _format_metrics(train: dict, evals: dict[str, dict]) -> str:
+    text = ""
+    if "loss" in train:
+        text += f" train loss {train['loss']:.4f}"
+    if "top1" in train:
+        text += f" top1 {100 * train['top1']:.2f}"
+    for split, m in evals.items():
+        text += f" | {split}" + (f" loss {m['loss']:.4f}" if "loss" in m else "") + f" top1 {100 * m['top1']:.2f}"
+        for key in ("top5", "nmi"):
+            if key in m:
+                text += f" {key} {100 * m[key]:.2f}"
+    return text
+
+
 class Trainer:
     """Trains ``members`` with ``methods`` on ``train`` and evaluates on ``evals`` (``{"val": ..., "test": ...}``)."""
 
@@ -121,6 +136,8 @@ class Trainer:
         self.finished = False
         self.surgery: list[dict] = []
         self.results: dict = {"final": {}, "best": {}, "generations": []}
+        self.last_eval: dict[str, dict[str, dict]] = {}  # member -> split -> metrics of the latest evaluation
+        self.evaluator = None
         self._accum: dict[str, torch.Tensor] = {}
         self._epoch_time = 0.0
         self._terms: list[tuple[str, str, torch.Tensor]] = []
@@ -156,6 +173,12 @@ class Trainer:
 
     def remove_member(self, name: str) -> None:
         del self.members[name]
+
+    def set_model(self, name: str, model: nn.Module) -> None:
+        """Replace a member's network (in ``setup``, e.g. with a new head); later changes go through surgery."""
+        member = self.members[name]
+        member.model = self._place(model)
+        self._wrap(member)
 
     @property
     def trainable(self) -> list[Member]:
@@ -224,17 +247,21 @@ class Trainer:
                 self._frozen_outputs[name] = self.members[name].model(self.inputs)
         return self._frozen_outputs[name]
 
-    def log_generation(self, member: str, metrics: dict[str, float]) -> None:
-        """Record per-generation metrics of a member (kept in the results and the store)."""
-        gens = self.results["generations"]
-        while len(gens) <= self.generation:
-            gens.append({"generation": len(gens) + 1})
-        gens[self.generation].setdefault(member, {}).update({k: float(v) for k, v in metrics.items()})
+    def log_generation(self, member: str, metrics: dict[str, float], *, in_results: bool = True) -> None:
+        """Record per-generation metrics of a member in the store, and (unless ``in_results`` is false, for bulky
+        per-layer detail) in the run's results."""
+        if in_results:
+            gens = self.results["generations"]
+            while len(gens) <= self.generation:
+                gens.append({"generation": len(gens) + 1})
+            gens[self.generation].setdefault(member, {}).update({k: float(v) for k, v in metrics.items()})
         if self.store is not None:
             self.store.log_generation(self.run_id, member, self.generation, metrics)
 
     def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
-        return evaluate(model, self.eval_loaders[split], self.dist)
+        """Metrics of ``model`` on a split: classification by default, or the run's ``evaluator`` (a method may
+        set one, e.g. retrieval metrics for an embedding network; it must return at least ``loss`` and ``top1``)."""
+        return (self.evaluator or evaluate)(model, self.eval_loaders[split], self.dist)
 
     @property
     def selection_split(self) -> str:
@@ -368,7 +395,8 @@ class Trainer:
                 key = f"{member}/loss_{name}"
                 acc[key] = acc.get(key, 0.0) + v.detach().float() * n
             for name, out in self.outputs.items():
-                if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == len(self.targets):
+                if self.members[name].logits and isinstance(out, torch.Tensor) and out.ndim == 2 \
+                        and out.shape[0] == len(self.targets):
                     hit = (out.argmax(1) == self.targets).sum()
                     acc[f"{name}/correct"] = acc.get(f"{name}/correct", 0) + hit
                 acc[f"{name}/count"] = acc.get(f"{name}/count", 0) + n
@@ -395,13 +423,18 @@ class Trainer:
         g, e = self.generation, self.epoch
         lr = self.trainable[0].optimizer.param_groups[0]["lr"] if self.trainable else 0.0
         images = self.train_loader.steps(g, e) * self.train_loader.batch_size
+        every = self.config.eval_every
+        evaluate_now = (e + 1) % every == 0 or e + 1 == self.config.epochs
+        self.last_eval = {}
         parts = [f"gen {g + 1}/{self.config.generations} ep {e + 1}/{self.config.epochs}"]
         for name, member in self.members.items():
             if not member.evaluate:
                 continue
             train = self._train_metrics(name) if member.trainable else {}
-            evals = {split: self.evaluate(member.model, split) for split in self.eval_loaders}
-            self.results["final"][name] = dict(evals.get("test", {}))
+            evals = {split: self.evaluate(member.model, split) for split in self.eval_loaders} if evaluate_now else {}
+            if evals:
+                self.last_eval[name] = evals
+                self.results["final"][name] = dict(evals.get("test", {}))
             if self.store is not None:
                 extra = {"lr": lr, "seconds": self._epoch_time,
                          "images_per_second": images / max(self._epoch_time, 1e-9)} if member.trainable else {}
@@ -409,18 +442,13 @@ class Trainer:
                 for split, metrics in evals.items():
                     self.store.log_epoch(self.run_id, name, g, e, split, metrics)
             self._update_best(name, evals)
-            text = f"{name}:"
-            if "loss" in train:
-                text += f" train loss {train['loss']:.4f}"
-            if "top1" in train:
-                text += f" top1 {100 * train['top1']:.2f}"
-            for split, m in evals.items():
-                text += f" | {split} loss {m['loss']:.4f} top1 {100 * m['top1']:.2f} top5 {100 * m['top5']:.2f}"
-            parts.append(text)
+            parts.append(f"{name}:" + _format_metrics(train, evals))
         parts.append(f"lr {lr:.4g} | {self._epoch_time:.1f}s")
         line = "  ".join(parts)
         self.progress.end_epoch(line)
         self._log_line(line)
+        if self.last_eval:
+            self._emit(Event.AFTER_EVALUATE)
         self.epoch += 1
         self.step = 0
         # the last epoch of a generation is saved by the generation's end, right after it
@@ -434,7 +462,7 @@ class Trainer:
         top1 = evals[split]["top1"]
         best = self.results["best"].get(name)
         if best is None or top1 > best["top1"]:
-            self.results["best"][name] = {"top1": top1, "top5": evals[split]["top5"], "loss": evals[split]["loss"],
+            self.results["best"][name] = {**evals[split],
                                           "selected_on": split, "generation": self.generation + 1,
                                           "epoch": self.epoch + 1,
                                           **({"test_top1": evals["test"]["top1"]} if split != "test" else {})}

@@ -10,6 +10,9 @@ from resprout.config import Config
 from resprout.engine.method import Method
 from resprout.errors import ConfigError
 from resprout.methods.classification import CrossEntropy, LabelSmoothing, smooth_cross_entropy, smooth_labels
+from resprout.methods.distill import ClassWiseSelfKD, kd_loss
+from resprout.methods.evolution import KnowledgeEvolution
+from resprout.methods.metric import TripletMetric
 
 _METHODS: dict[str, type[Method]] = {}
 _ALIASES: dict[str, str] = {"label_smoothing": "ls", "label-smoothing": "ls"}
@@ -21,7 +24,7 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-for _cls in (CrossEntropy, LabelSmoothing):
+for _cls in (CrossEntropy, LabelSmoothing, ClassWiseSelfKD, KnowledgeEvolution, TripletMetric):
     register_method(_cls)
 
 
@@ -69,5 +72,6 @@ def resolved_options(methods: list[Method]) -> dict:
     return {m.name: dataclasses.asdict(m.options) for m in methods if dataclasses.fields(m.options)}
 
 
-__all__ = ["Method", "CrossEntropy", "LabelSmoothing", "smooth_cross_entropy", "smooth_labels", "register_method",
+__all__ = ["Method", "CrossEntropy", "LabelSmoothing", "ClassWiseSelfKD", "KnowledgeEvolution", "kd_loss",
+           "smooth_cross_entropy", "smooth_labels", "register_method",
            "available_methods", "build_methods", "resolved_options"]

@@ -1,0 +1,81 @@
+"""``resprout slim``: the Knowledge Evolution fit hypothesis of a trained run, as a file anyone can load.
+
+The file is a ``torch.export`` program (``torch.export.load(open(path, "rb")).module()``): it needs neither resprout
+nor the model's Python class. The normalization of the training data is built in, so the network takes images as float
+tensors in [0, 1], shape (N, C, H, W); its metadata (classes, input shape, split rate, accuracy) is stored beside
+the program as ``resprout.json`` (see :func:`load_slim`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from resprout.errors import ConfigError
+
+
+class Normalized(nn.Module):
+    """``net((x - mean) / std)``: a network that takes images in [0, 1]."""
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def export_slim(run_dir: str | Path, out: str | Path, *, bn: str = "reestimate") -> dict:
+    """Extract, evaluate and write the slim network of a KE run; returns its metadata."""
+    from resprout.data import channel_stats
+    from resprout.methods.evolution import KnowledgeEvolution, fit_hypothesis, reestimate_batchnorm
+    from resprout.run import build_dataset, open_run
+    from resprout.surgery.profile import profile_model
+
+    trainer = open_run(run_dir, device="cpu")
+    ke = next((m for m in trainer.methods if isinstance(m, KnowledgeEvolution)), None)
+    if ke is None:
+        raise ConfigError(f"{run_dir} is not a Knowledge Evolution run (method={trainer.config.method})")
+    if ke.options.split != "kels":
+        raise ConfigError(f"{run_dir} used ke.split={ke.options.split}: only the kernel-level split (kels) has a "
+                          f"slim network")
+    member = trainer.members[ke.options.member].model
+    shape = ke.input_shape
+    slim = fit_hypothesis(member, shape, ke.options.split_rate)
+    if bn == "reestimate":
+        loader = trainer.train_loader
+        n = min(ke.options.slim_bn_batches, loader.steps(0, 0))
+        reestimate_batchnorm(slim, (loader.batch(0, 0, s)[0] for s in range(n)))
+    slim.eval()
+    dense_metrics = trainer.evaluate(member, "test")
+    slim_metrics = trainer.evaluate(slim, "test")
+    ds = build_dataset(trainer.config)
+    mean, std = channel_stats(ds.train)
+    wrapped = Normalized(slim, mean, std).eval()
+    example = torch.rand(2, *shape)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(wrapped, (example,), dynamic_shapes=({0: batch},))
+    dense_cost, slim_cost = profile_model(member, shape), profile_model(slim, shape)
+    meta = {"input_shape": list(shape), "input_range": [0.0, 1.0], "classes": ds.classes, "mean": mean, "std": std,
+            "split_rate": ke.options.split_rate, "bn": bn, "run_dir": str(Path(run_dir).resolve()),
+            "test_top1": slim_metrics["top1"], "dense_test_top1": dense_metrics["top1"],
+            "params": slim_cost.params, "macs": slim_cost.macs, "dense_params": dense_cost.params,
+            "dense_macs": dense_cost.macs, "generation": trainer.generation}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "wb") as fh:  # through a file object: torch.export insists on a .pt2 suffix for paths
+        torch.export.save(program, fh, extra_files={"resprout.json": json.dumps(meta)})
+    return meta
+
+
+def load_slim(path: str | Path) -> tuple[nn.Module, dict]:
+    """The network and metadata written by :func:`export_slim` (plain ``torch.export``; shown here for users)."""
+    extra = {"resprout.json": ""}
+    with open(path, "rb") as fh:
+        program = torch.export.load(fh, extra_files=extra)
+    return program.module(), json.loads(extra["resprout.json"])

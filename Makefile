@@ -25,6 +25,8 @@ test: venv
 
 bench: venv
 	$(BIN)/python -m benchmarks.foundation
+	$(BIN)/python -m benchmarks.evolution --speed
+	$(BIN)/python -m benchmarks.evolution
 
 clean:
 	rm -rf $(VENV) runs report .pytest_cache

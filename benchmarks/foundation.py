@@ -28,6 +28,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._report import write_section  # noqa: E402
 from resprout.config import make_config  # noqa: E402
 from resprout.data import channel_stats  # noqa: E402
 from resprout.models import build_model  # noqa: E402
@@ -97,10 +98,9 @@ def trainer_run(keys: dict, epochs: int, run_dir: Path | None) -> dict:
     t0 = time.perf_counter()
     trainer.fit()
     wall = time.perf_counter() - t0
-    images = sum(trainer.train_loader.steps(0, e) * trainer.train_loader.batch_size for e in range(epochs))
     n = len(trainer.train_loader.labels)
     return {"img_s": epochs * n / sum(epoch_times), "epoch_s": statistics.mean(epoch_times),
-            "blocked_s": blocked[0], "checkpoints": epochs + 2, "wall_s": wall, "images": images}
+            "blocked_s": blocked[0], "wall_s": wall}
 
 
 def loader_share(keys: dict, steps: int = 30) -> tuple[float, float]:
@@ -178,17 +178,7 @@ def main() -> None:
               "time. The run-vs-run difference includes the background write competing for the two cores and is "
               "within the run-to-run noise (a negative value means the checkpointed runs happened to be faster).",
               ""]
-    out = Path(args.out)
-    text = out.read_text() if out.exists() else ""
-    marker_start, marker_end = "<!-- foundation:start -->", "<!-- foundation:end -->"
-    block = marker_start + "\n" + "\n".join(lines[2:]) + "\n" + marker_end
-    if marker_start in text:
-        head, _, rest = text.partition(marker_start)
-        _, _, tail = rest.partition(marker_end)
-        text = head + block + tail
-    else:
-        text = (text or "# Benchmarks\n\n") + block + "\n"
-    out.write_text(text)
+    write_section("foundation", lines[2:], Path(args.out))
     print("\n".join(lines))
 
 

@@ -50,6 +50,8 @@ class Config:
     data: str = option("digits", "data source: digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder, synthetic")
     data_path: str | None = option(None, "directory of the data source (default: where the source is found)")
     per_class: int | None = option(None, "keep N seeded training images per class (small-data experiments)", min=1)
+    test_per_class: int | None = option(None, "evaluate on a fixed subset of N test images per class (quick "
+                                        "benchmarks; default: the whole test split)", min=1)
     val_split: float = option(0.0, "fraction of train carved out as validation when the source has none", min=0.0, max=0.95)
     data_seed: int = option(0, "seed of the per_class subset and the validation carve (kept fixed across seeds)", min=0)
     image_size: int | None = option(None, "pad (if larger) or resize (if smaller) images to this size", min=4)

@@ -35,7 +35,7 @@ from resprout.data import channel_stats, load_source, prepare
 from resprout.data.augment import default_augment
 from resprout.data.loader import EvalLoader, Normalizer, TrainLoader
 from resprout.data.samplers import make_sampler
-from resprout.engine.checkpoint import atomic_save, remove_stale_temporaries
+from resprout.engine.checkpoint import remove_stale_temporaries
 from resprout.engine.distributed import DistInfo, broadcast_object, init_from_env
 from resprout.engine.progress import Progress, make_progress
 from resprout.engine.rundir import RUN_FILE, read_run_file, write_run_file
@@ -79,7 +79,8 @@ def environment(device: torch.device, dist: DistInfo) -> dict:
 def build_dataset(cfg: Config):
     ds = load_source(cfg.data, cfg.data_path, **cfg.data_options)
     return prepare(ds, per_class=cfg.per_class, val_split=cfg.val_split, data_seed=cfg.data_seed,
-                   image_size=cfg.image_size, channels=cfg.channels, fit=cfg.image_fit)
+                   image_size=cfg.image_size, channels=cfg.channels, fit=cfg.image_fit,
+                   test_per_class=cfg.test_per_class)
 
 
 def build_loaders(cfg: Config, ds, methods, device: torch.device, dist: DistInfo

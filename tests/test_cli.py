@@ -103,6 +103,7 @@ def test_report_compares_seeds_and_writes_plots(tmp_path):
     png = tmp_path / "rep" / "curves.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     assert "curves.png" in (tmp_path / "rep" / "report.md").read_text()
+    assert (tmp_path / "rep" / "generations.png").stat().st_size > 10_000  # the runs have 2 generations
 
 
 def test_profile_json(tmp_path, capsys):

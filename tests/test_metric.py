@@ -365,11 +365,11 @@ def test_a_few_sgd_steps_with_the_loss_raise_recall():
     model = attach_embedding_head(net, dim=16, example_input=train_x[:2])
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
-    def test_recall():
+    def recall_now():
         with torch.no_grad():
             return recall_at_k(model(test_x), test_y, ks=(1,))["recall@1"]
 
-    before = test_recall()
+    before = recall_now()
     losses = []
     for _ in range(150):
         # P x K batch: 4 classes x 5 samples.
@@ -380,7 +380,7 @@ def test_a_few_sgd_steps_with_the_loss_raise_recall():
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    after = test_recall()
+    after = recall_now()
     assert before < 0.6
     assert after > before + 0.25 and after > 0.8, (before, after)
     assert sum(losses[-20:]) < sum(losses[:20])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import resprout
 from resprout.config import make_config, option
 from resprout.engine.checkpoint import load_file
 from resprout.engine.events import Event
@@ -334,3 +332,26 @@ def test_the_progress_bar_shows_eta_and_metrics():
     text = stream.getvalue()
     assert "eta" in text and "gen 1/1 ep 2/2" in text and "test loss" in text
     assert isinstance(make_progress("auto", io.StringIO()), PlainProgress)  # not a terminal: plain lines
+
+
+def test_train_metrics_and_per_member_optimizer_overrides(tmp_path):
+    class Tuned(Method):
+        name = "test_tuned"
+
+        def setup(self, trainer):
+            import copy
+
+            trainer.add_member("adam_peer", copy.deepcopy(trainer.members["model"].model),
+                               optim={"optimizer": "adam", "lr": 0.002})
+
+    register_method(Tuned)
+    cfg = make_config(**synthetic(method="test_tuned", epochs=1))
+    trainer = create_trainer(cfg, run_dir=tmp_path / "run", run_id="r", store_path=tmp_path / "s.db")
+    trainer.fit()
+    opts = {n: m.optimizer for n, m in trainer.members.items()}
+    assert type(opts["model"]).__name__ == "SGD" and opts["model"].param_groups[0]["initial_lr"] == 0.05
+    assert type(opts["adam_peer"]).__name__ == "Adam" and opts["adam_peer"].param_groups[0]["initial_lr"] == 0.002
+    with Store(tmp_path / "s.db") as s:
+        train_rows = {(r[0], r[4]) for r in s.epoch_metrics("r") if r[3] == "train"}
+    for member in ("model", "adam_peer"):
+        assert {(member, "loss"), (member, "top1"), (member, "lr")} <= train_rows

@@ -195,8 +195,48 @@ def plot_curves(runs: list[RunData], out: Path) -> list[Path]:
     return files
 
 
+def plot_generations(runs: list[RunData], out: Path) -> list[Path]:
+    """Per-generation top-1 metrics (dense ``test_top1``, slim ``slim_*top1`` for KE, ...), mean +- std per group;
+    nothing when no run has more than one generation."""
+    groups = {k: g for k, g in _group(runs).items() if g[0].config.get("generations", 1) > 1}
+    if not groups:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = _labels(_group(runs))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, group in groups.items():
+        for member in sorted({m for r in group for m in r.generations}):
+            metrics = sorted({m for r in group for gens in [r.generations.get(member, {})] for vals in gens.values()
+                              for m in vals if m.endswith("top1")})
+            for metric in metrics:
+                n = min(len(r.generations.get(member, {})) for r in group)
+                if n == 0:
+                    continue
+                y = np.array([[r.generations[member][g].get(metric, np.nan) for g in range(n)] for r in group]) * 100
+                x = np.arange(1, n + 1)
+                name = labels[key] + (f" [{member}]" if member != "model" else "") + f" {metric}"
+                line, = ax.plot(x, y.mean(0), marker="o", ms=3, label=name)
+                if len(group) > 1:
+                    sd = y.std(0, ddof=1)
+                    ax.fill_between(x, y.mean(0) - sd, y.mean(0) + sd, color=line.get_color(), alpha=0.15)
+    ax.set(xlabel="generation", ylabel="top-1 (%)", title="per generation (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "generations.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
 def write_report(run_dirs: list[Path], out: Path) -> tuple[str, list[Path]]:
-    """Print-ready text and the files written (``report.md``, ``curves.png``) for the given run directories."""
+    """Print-ready text and the files written (``report.md``, ``curves.png``, and ``generations.png`` when runs
+    have several generations) for the given run directories."""
     runs = []
     for d in run_dirs:
         if not d.is_dir():
@@ -208,7 +248,7 @@ def write_report(run_dirs: list[Path], out: Path) -> tuple[str, list[Path]]:
     gen = generation_table(runs)
     if gen:
         text += "\n\nper generation (test top-1, mean ± std over seeds)\n\n" + format_table(*gen)
-    files = plot_curves(runs, out)
+    files = plot_curves(runs, out) + plot_generations(runs, out)
     md = out / "report.md"
     md.write_text("# resprout report\n\n" + text + "\n\n" + "".join(f"![{f.stem}]({f.name})\n" for f in files))
     return text, [md] + files

@@ -284,7 +284,8 @@ def _check_int(key: str, value: Any, lo: int, *, optional: bool = True) -> int |
 
 
 def prepare(ds: Dataset, *, per_class: int | None = None, val_split: float = 0.0, data_seed: int = 0,
-            image_size: int | None = None, channels: int | None = None, fit: str = "auto") -> Dataset:
+            image_size: int | None = None, channels: int | None = None, fit: str = "auto",
+            test_per_class: int | None = None) -> Dataset:
     """The dataset a run trains on, derived from a raw one; ``ds`` is not changed and shares no tensor with it.
 
     * validation: the source's own val split is kept; otherwise ``0 < val_split < 1`` carves a stratified,
@@ -295,8 +296,11 @@ def prepare(ds: Dataset, *, per_class: int | None = None, val_split: float = 0.0
       uint8); ``fit="resize"`` always resizes (e.g. 8 -> 32 upsampling), ``fit="pad"`` always pads;
     * ``channels``: 3 on grayscale repeats the channel; 1 on RGB takes the luminance (0.299, 0.587, 0.114).
 
-    The test split is never subset: every run of every method sees the whole of it.
+    * ``test_per_class=N``: a fixed subset of N test images per class (for quick benchmarks; seeded by a constant,
+      not by ``data_seed``, so that every run compared sees the same test images). By default every run of every
+      method sees the whole test split.
     """
+    test_per_class = _check_int("test_per_class", test_per_class, 1)
     per_class = _check_int("per_class", per_class, 1)
     data_seed = _check_int("data_seed", data_seed, 0, optional=False)  # type: ignore[assignment]
     image_size = _check_int("image_size", image_size, 1)
@@ -349,7 +353,12 @@ def prepare(ds: Dataset, *, per_class: int | None = None, val_split: float = 0.0
         val = derive(ds.train, val_from_train)
     else:
         val = None
-    test = derive(ds.test, None)
+    test_idx = None
+    if test_per_class is not None:
+        test_labels = ds.test.labels.numpy()
+        groups = _by_class(test_labels, _rank_keys(len(test_labels), _FIXED_TEST_SEED, _SALT_TEST), k)
+        test_idx = np.sort(np.concatenate([idx[:test_per_class] for idx in groups]))
+    test = derive(ds.test, test_idx)
     return Dataset(name=ds.name, train=train, test=test, val=val, classes=list(ds.classes))
 
 

@@ -38,7 +38,8 @@ class PlainProgress(Progress):
         self.message(line)
 
     def message(self, line: str) -> None:
-        print(line, file=self.stream, flush=True)
+        self.stream.write(line + "\n")
+        self.stream.flush()
 
 
 class BarProgress(Progress):

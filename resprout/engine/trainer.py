@@ -71,7 +71,7 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> torch
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: EvalLoader, dist: DistInfo = DistInfo()) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: EvalLoader, dist: DistInfo | None = None) -> dict[str, float]:
     """Loss, top-1 and top-5 accuracy (fractions) of ``model`` on ``loader``, over all processes."""
     was_training = model.training
     model.eval()
@@ -84,7 +84,7 @@ def evaluate(model: nn.Module, loader: EvalLoader, dist: DistInfo = DistInfo()) 
         model.train(was_training)
     if sums is None:
         sums = torch.zeros(4, device=loader.device)
-    sums = all_reduce_sum(sums.double(), dist).tolist()
+    sums = all_reduce_sum(sums.double(), dist or DistInfo()).tolist()
     n = max(sums[3], 1.0)
     return {"loss": sums[0] / n, "top1": sums[1] / n, "top5": sums[2] / n}
 
@@ -109,17 +109,17 @@ class Trainer:
     def __init__(self, config: Config, members: dict[str, nn.Module | Member], train: TrainLoader,
                  evals: dict[str, EvalLoader], methods: list[Method], *, device: torch.device | str = "cpu",
                  run_dir: str | Path | None = None, store: Store | None = None, run_id: str | None = None,
-                 progress: Progress | None = None, dist: DistInfo = DistInfo()) -> None:
+                 progress: Progress | None = None, dist: DistInfo | None = None) -> None:
         self.config = config
         self.device = torch.device(device)
         self.train_loader = train
         self.eval_loaders = evals
         self.methods = list(methods)
         self.run_dir = Path(run_dir) if run_dir else None
-        self.store = store if dist.is_main else None
+        self.store = store if (dist is None or dist.is_main) else None
         self.run_id = run_id
         self.progress = progress or Progress()
-        self.dist = dist
+        self.dist = dist = dist or DistInfo()
         self.schedule = Schedule.from_config(config)
         self.members: dict[str, Member] = {}
         for name, m in members.items():
@@ -166,7 +166,8 @@ class Trainer:
             model.eval()
             for p in model.parameters():
                 p.requires_grad_(False)
-        member = Member(name, model, trainable, evaluate, task and trainable, dict(optim or {}))
+        member = Member(name, model, trainable=trainable, evaluate=evaluate, task=task and trainable,
+                        optim=dict(optim or {}))
         self.members[name] = member
         self._wrap(member)
         return member
@@ -223,14 +224,18 @@ class Trainer:
 
         The member's optimizer is rebuilt (its parameters are new objects) and its distributed wrapper renewed.
         """
-        member = self.members[name]
-        member.model = self._place(get_surgery(op)(member.model, **args))
+        member = self._run_surgery(name, op, args)
         self.surgery.append({"member": name, "op": op, "args": args, "generation": self.generation,
                              "epoch": self.epoch, "step": self.step})
-        self._wrap(member)
         if member.trainable and self.started:
             self.rebuild_optimizer(name)
         return member.model
+
+    def _run_surgery(self, name: str, op: str, args: dict) -> Member:
+        member = self.members[name]
+        member.model = self._place(get_surgery(op)(member.model, **args))
+        self._wrap(member)
+        return member
 
     # -- helpers for methods -----------------------------------------------------------------------------------------
     def add_loss(self, member: str, name: str, value: torch.Tensor) -> None:
@@ -436,7 +441,7 @@ class Trainer:
                 self.last_eval[name] = evals
                 self.results["final"][name] = dict(evals.get("test", {}))
             if self.store is not None:
-                extra = {"lr": lr, "seconds": self._epoch_time,
+                extra = {"lr": member.optimizer.param_groups[0]["lr"], "seconds": self._epoch_time,
                          "images_per_second": images / max(self._epoch_time, 1e-9)} if member.trainable else {}
                 self.store.log_epoch(self.run_id, name, g, e, "train", {**train, **extra})
                 for split, metrics in evals.items():
@@ -562,9 +567,7 @@ class Trainer:
         for rec in state["surgery"]:
             if rec["member"] not in self.members:
                 raise CheckpointError(f"{path}: surgery on unknown member {rec['member']!r}")
-            m = self.members[rec["member"]]
-            m.model = self._place(get_surgery(rec["op"])(m.model, **rec["args"]))
-            self._wrap(m)
+            self._run_surgery(rec["member"], rec["op"], rec["args"])
         self.surgery = list(state["surgery"])
         if names != set(self.members):
             raise CheckpointError(f"{path} holds members {sorted(names)}, this run has {sorted(self.members)}")

@@ -1,0 +1,1 @@
+"""Benchmark scripts; each writes its own section of BENCHMARKS.md."""

@@ -36,7 +36,7 @@ from resprout.data.augment import default_augment
 from resprout.data.loader import EvalLoader, Normalizer, TrainLoader
 from resprout.data.samplers import make_sampler
 from resprout.engine.checkpoint import remove_stale_temporaries
-from resprout.engine.distributed import DistInfo, broadcast_object, init_from_env
+from resprout.engine.distributed import DistInfo, broadcast_object, init_from_env, shutdown
 from resprout.engine.progress import Progress, make_progress
 from resprout.engine.rundir import RUN_FILE, read_run_file, write_run_file
 from resprout.engine.store import Store, default_store_path
@@ -235,15 +235,17 @@ def train(config: Config | str | Path | None = None, *, out: str | Path | None =
     if not save:
         trainer = create_trainer(probe, run_dir=None, run_id=None, store_path=None, module=module,
                                  progress=progress, dist=dist)
-        return _finish(trainer, trainer.fit())
-    store_path = Path(store) if store else default_store_path()
-    claim = _claim_run_dir(probe, Path(out) if out else None, store_path) if dist.is_main else None
-    run_dir, run_id, continuing = broadcast_object(claim, dist)
-    if continuing:
-        store_path = Path(read_run_file(run_dir)["store"])
-    trainer = create_trainer(probe, run_dir=run_dir, run_id=run_id, store_path=store_path, module=module,
-                             progress=progress, continuing=continuing, dist=dist)
-    return _finish(trainer, trainer.fit())
+    else:
+        store_path = Path(store) if store else default_store_path()
+        claim = _claim_run_dir(probe, Path(out) if out else None, store_path) if dist.is_main else None
+        run_dir, run_id, continuing = broadcast_object(claim, dist)
+        if continuing:
+            store_path = Path(read_run_file(run_dir)["store"])
+        trainer = create_trainer(probe, run_dir=run_dir, run_id=run_id, store_path=store_path, module=module,
+                                 progress=progress, continuing=continuing, dist=dist)
+    result = _finish(trainer, trainer.fit())
+    shutdown(dist)  # on an error the group is left to torchrun, which tears the processes down
+    return result
 
 
 def resume(run_dir: str | Path, *, module: nn.Module | None = None, progress: Progress | str | None = None,
@@ -263,7 +265,9 @@ def resume(run_dir: str | Path, *, module: nn.Module | None = None, progress: Pr
                           f"resprout.resume(dir, module=...)")
     trainer = create_trainer(cfg, run_dir=run_dir, run_id=info["run_id"], store_path=Path(info["store"]),
                              module=module, progress=progress, continuing=True)
-    return _finish(trainer, trainer.fit())
+    result = _finish(trainer, trainer.fit())
+    shutdown(trainer.dist)
+    return result
 
 
 def open_run(run_dir: str | Path, *, module: nn.Module | None = None, device: str | None = None) -> Trainer:

@@ -203,3 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("resprout: aborted; the last checkpoint is kept", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

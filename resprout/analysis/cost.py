@@ -81,11 +81,11 @@ def profile_command(args: list[str]) -> tuple[dict, str]:
             rows.append([name, f"{costs['params']:,}", f"{costs['ops']:,}",
                          f"{costs['printed']['mparams']} M / {costs['printed']['gops']} G"])
         else:
-            rows.append([name, f"{costs['params']:,}", f"{costs['macs']:,}", f"{costs['macs'] / 1e6:.2f} M"])
+            rows.append([name, f"{costs['params']:,}", f"{costs['macs']:,}", f"{costs['macs'] / 1e6:.2f}"])
     if split_rate is None:  # one network: keep the flat keys too
         result.update({k: v for k, v in result["dense"].items()})
     headers = (["network", "params (masks counted)", "ops", "as printed by the paper's code"]
-               if keys.convention == "ke-paper" else ["network", "params", "MACs", "MACs"])
+               if keys.convention == "ke-paper" else ["network", "params", "MACs", "MMACs"])
     title = f"{keys.model} on {keys.input}, {keys.classes} classes ({keys.convention} convention)"
     if len(nets) == 1 and keys.convention == "default":
         title += f": {result['params']:,} parameters, {result['macs']:,} MACs ({result['macs'] / 1e6:.2f} M)"

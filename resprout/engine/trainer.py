@@ -284,6 +284,8 @@ class Trainer:
         restore = self._install_signal_handlers()
         self._writer = ckpt.AsyncWriter() if self.run_dir and self.dist.is_main else None
         status = "failed"
+        if self.store is not None:
+            self.store.set_status(self.run_id, "running")
         try:
             if self.finished:
                 status = "finished"

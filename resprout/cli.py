@@ -124,8 +124,9 @@ def cmd_profile(ns: argparse.Namespace) -> int:
 
 def cmd_slim(ns: argparse.Namespace) -> int:
     from resprout.analysis.slim import export_slim
+    from resprout.run import open_run
 
-    meta = export_slim(ns.run_dir, ns.out, bn=ns.bn)
+    meta = export_slim(open_run(ns.run_dir, device="cpu"), ns.out, bn=ns.bn, source=ns.run_dir)
     if ns.json:
         _print_json({**meta, "out": str(ns.out)})
     else:

@@ -193,6 +193,7 @@ def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, sto
         progress = make_progress((progress or cfg.progress) if dist.is_main else "none")
     trainer = Trainer(cfg, {"model": model}, train, evals, methods, device=device, run_dir=run_dir, store=store,
                       run_id=run_id, progress=progress, dist=dist)
+    trainer.dataset = ds
     _check_multi_member(trainer, dist)
     if continuing and run_dir is not None:
         path = run_dir / CHECKPOINT_NAME

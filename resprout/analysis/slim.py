@@ -30,31 +30,22 @@ class Normalized(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-def export_slim(run_dir: str | Path, out: str | Path, *, bn: str = "reestimate") -> dict:
-    """Extract, evaluate and write the slim network of a KE run; returns its metadata."""
+def export_slim(trainer, out: str | Path, *, bn: str = "reestimate", source: str | Path = "the run") -> dict:
+    """Extract, evaluate and write the slim network of a trained KE run (a trainer with its checkpoint loaded,
+    see :func:`resprout.run.open_run`; ``source`` names it in messages); returns the metadata written beside it."""
     from resprout.data import channel_stats
-    from resprout.methods.evolution import KnowledgeEvolution, fit_hypothesis, reestimate_batchnorm
-    from resprout.run import build_dataset, open_run
+    from resprout.methods.evolution import KnowledgeEvolution
     from resprout.surgery.profile import profile_model
 
-    trainer = open_run(run_dir, device="cpu")
     ke = next((m for m in trainer.methods if isinstance(m, KnowledgeEvolution)), None)
     if ke is None:
-        raise ConfigError(f"{run_dir} is not a Knowledge Evolution run (method={trainer.config.method})")
-    if ke.options.split != "kels":
-        raise ConfigError(f"{run_dir} used ke.split={ke.options.split}: only the kernel-level split (kels) has a "
-                          f"slim network")
+        raise ConfigError(f"{source} is not a Knowledge Evolution run (method={trainer.config.method})")
     member = trainer.members[ke.options.member].model
-    shape = ke.input_shape
-    slim = fit_hypothesis(member, shape, ke.options.split_rate)
-    if bn == "reestimate":
-        loader = trainer.train_loader
-        n = min(ke.options.slim_bn_batches, loader.steps(0, 0))
-        reestimate_batchnorm(slim, (loader.batch(0, 0, s)[0] for s in range(n)))
-    slim.eval()
+    shape = trainer.input_shape
+    slim = ke.slim_network(trainer, reestimate_bn=bn == "reestimate").eval()
     dense_metrics = trainer.evaluate(member, "test")
     slim_metrics = trainer.evaluate(slim, "test")
-    ds = build_dataset(trainer.config)
+    ds = trainer.dataset
     mean, std = channel_stats(ds.train)
     wrapped = Normalized(slim, mean, std).eval()
     example = torch.rand(2, *shape)
@@ -62,7 +53,7 @@ def export_slim(run_dir: str | Path, out: str | Path, *, bn: str = "reestimate")
     program = torch.export.export(wrapped, (example,), dynamic_shapes=({0: batch},))
     dense_cost, slim_cost = profile_model(member, shape), profile_model(slim, shape)
     meta = {"input_shape": list(shape), "input_range": [0.0, 1.0], "classes": ds.classes, "mean": mean, "std": std,
-            "split_rate": ke.options.split_rate, "bn": bn, "run_dir": str(Path(run_dir).resolve()),
+            "split_rate": ke.options.split_rate, "bn": bn, "run_dir": str(Path(source).resolve()),
             "test_top1": slim_metrics["top1"], "dense_test_top1": dense_metrics["top1"],
             "params": slim_cost.params, "macs": slim_cost.macs, "dense_params": dense_cost.params,
             "dense_macs": dense_cost.macs, "generation": trainer.generation}

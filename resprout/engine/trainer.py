@@ -137,6 +137,7 @@ class Trainer:
         self.surgery: list[dict] = []
         self.results: dict = {"final": {}, "best": {}, "generations": []}
         self.last_eval: dict[str, dict[str, dict]] = {}  # member -> split -> metrics of the latest evaluation
+        self.dataset = None  # the prepared dataset, when the run was built from a config (resprout.run)
         self.evaluator = None
         self._accum: dict[str, torch.Tensor] = {}
         self._epoch_time = 0.0
@@ -267,6 +268,11 @@ class Trainer:
         """Metrics of ``model`` on a split: classification by default, or the run's ``evaluator`` (a method may
         set one, e.g. retrieval metrics for an embedding network; it must return at least ``loss`` and ``top1``)."""
         return (self.evaluator or evaluate)(model, self.eval_loaders[split], self.dist)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of the training images."""
+        return tuple(self.train_loader.images.shape[1:])
 
     @property
     def selection_split(self) -> str:

@@ -29,7 +29,8 @@ from resprout.config import option
 from resprout.engine.method import Method
 from resprout.errors import ConfigError
 from resprout.seeding import derive_seed
-from resprout.surgery.channels import extract, kels_plan
+from resprout.surgery.channels import example_input, extract, kels_plan, layer_masks, model_device
+from resprout.surgery.profile import profile_model
 
 # -- split masks (Sec. 3.2) ------------------------------------------------------------------------------------------
 
@@ -62,8 +63,6 @@ def kels_masks(model: nn.Module, input_shape: tuple[int, ...], split_rate: float
     chunk, a depthwise convolution the channels of its input. BN and biases are not masked.
     """
     _check_rate(split_rate)
-    from resprout.surgery.channels import layer_masks
-
     _, _, layers = kels_plan(model, input_shape, split_rate)
     return layer_masks(model, layers)
 
@@ -141,10 +140,7 @@ def fit_hypothesis(model: nn.Module, input_shape: tuple[int, ...], split_rate: f
     """
     _check_rate(split_rate)
     graph, plan, _ = kels_plan(model, input_shape, split_rate)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    from resprout.surgery.channels import example_input
-
-    return extract(model, graph, plan, example_input(input_shape, device=device))
+    return extract(model, graph, plan, example_input(input_shape, device=model_device(model)))
 
 
 @torch.no_grad()
@@ -209,7 +205,7 @@ class KnowledgeEvolution(Method):
         if opts.reinit == "initial" and trainer.config.model.startswith("custom:"):
             raise ConfigError("ke.reinit=initial re-draws from the model's builder; a custom module has none "
                               "(use ke.reinit=default or zeros)")
-        self.input_shape = tuple(trainer.train_loader.images.shape[1:])
+        self.input_shape = trainer.input_shape
 
     def on_fit_start(self, trainer) -> None:
         # after every method's setup (another method may have replaced a head), before any generation; the masks
@@ -276,19 +272,32 @@ class KnowledgeEvolution(Method):
             "fit_abs": sum(f for f, _ in magnitudes.values()) / max(len(magnitudes), 1),
             "reset_abs": sum(r for _, r in magnitudes.values()) / max(len(magnitudes), 1)}
         if self.options.split == "kels":
-            slim = fit_hypothesis(model, self.input_shape, self.options.split_rate)
+            slim = self.slim_network(trainer, reestimate_bn=False)
             if self.options.slim_bn in ("copy", "both"):
                 metrics.update({f"slim_{k}": v for k, v in trainer.evaluate(slim, "test").items()})
             if self.options.slim_bn in ("reestimate", "both"):
-                loader, g = trainer.train_loader, trainer.generation
-                n = min(self.options.slim_bn_batches, loader.steps(g, 0))
-                reestimate_batchnorm(slim, (loader.batch(g, 0, s)[0] for s in range(n)))
+                self.reestimate_bn(trainer, slim)
                 metrics.update({f"slim_bnfix_{k}": v for k, v in trainer.evaluate(slim, "test").items()})
-            from resprout.surgery.profile import profile_model
-
-            prof = profile_model(slim, self.input_shape, device=next(slim.parameters()).device)
+            prof = profile_model(slim, self.input_shape, device=model_device(slim))
             metrics.update({"slim_params": prof.params, "slim_macs": prof.macs})
         trainer.log_generation(member, metrics)
+
+    def slim_network(self, trainer, *, reestimate_bn: bool) -> nn.Module:
+        """The evolving member's fit hypothesis as a real network (KELS runs only)."""
+        if self.options.split != "kels":
+            raise ConfigError(f"ke.split={self.options.split}: only the kernel-level split (kels) has a slim network")
+        slim = fit_hypothesis(trainer.members[self.options.member].model, trainer.input_shape,
+                              self.options.split_rate)
+        if reestimate_bn:
+            self.reestimate_bn(trainer, slim)
+        return slim
+
+    def reestimate_bn(self, trainer, slim: nn.Module) -> None:
+        """Re-estimate ``slim``'s BN statistics on the first ``slim_bn_batches`` training batches of the current
+        generation (position-seeded, so a resumed run uses the same batches)."""
+        loader, g = trainer.train_loader, trainer.generation
+        n = min(self.options.slim_bn_batches, loader.steps(g, 0))
+        reestimate_batchnorm(slim, (loader.batch(g, 0, s)[0] for s in range(n)))
 
     # -- state -----------------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -300,12 +309,9 @@ class KnowledgeEvolution(Method):
 
 
 def _num_classes(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    from resprout.surgery.channels import example_input
-
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was = model.training
     model.eval()
     with torch.no_grad():
-        out = model(example_input(input_shape, device=device))
+        out = model(example_input(input_shape, device=model_device(model)))
     model.train(was)
     return out.shape[1]

@@ -423,10 +423,8 @@ class TripletMetric(Method):
         return {"k": self.options.k}
 
     def setup(self, trainer) -> None:
-        shape = tuple(trainer.train_loader.images.shape[1:])
         for m in trainer.task_members:
-            device = next(m.model.parameters()).device
-            example = torch.zeros((2, *shape), device=device)
+            example = torch.zeros((2, *trainer.input_shape), device=trainer.device)
             trainer.set_model(m.name, attach_embedding_head(m.model, self.options.dim, example_input=example))
             m.logits = False
         trainer.evaluator = self.evaluate

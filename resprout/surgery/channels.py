@@ -241,6 +241,11 @@ def zero_outside(model: nn.Module, layers: dict[str, LayerPlan], masks: dict[str
                     t[idx.to(t.device)] = 0
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (CPU for a model without parameters)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def example_input(input_shape: tuple[int, ...], batch: int = 2, device: str | torch.device = "cpu") -> torch.Tensor:
     """A fixed pseudo-random batch for tracing (batch 2: batch-norm in training mode needs more than one value)."""
     g = torch.Generator().manual_seed(0)
@@ -250,7 +255,6 @@ def example_input(input_shape: tuple[int, ...], batch: int = 2, device: str | to
 def kels_plan(model: nn.Module, input_shape: tuple[int, ...], split_rate: float
               ) -> tuple[ChannelGraph, Plan, dict[str, LayerPlan]]:
     """Trace ``model`` and build its KELS plan: (graph, plan per feature map, plan per layer)."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    graph = trace(model, example_input(input_shape, device=device))
+    graph = trace(model, example_input(input_shape, device=model_device(model)))
     plan = prefix_plan(graph, split_rate)
     return graph, plan, layer_plans(graph, plan)

@@ -4,17 +4,33 @@ A surgery changes a model's shapes (removes or adds channels, swaps layers). The
 (member, operation name, arguments) in the checkpoint; a resumed run rebuilds its members from the configuration,
 replays the history to get the same shapes, and only then loads the weights. Arguments must therefore be plain
 data (numbers, strings, lists, dicts), and an operation must produce the same shapes from the same arguments.
+
+An operation returns the new model, or a :class:`SurgeryResult` that also says, per parameter and buffer of the new
+model, which old index every new index along a dimension came from (``-1``: a new one). The trainer uses that map to
+carry the optimizer's state (momentum, Adam moments) over to the kept channels; new channels start at zero.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Union
 
 from torch import nn
 
 from resprout.errors import ConfigError
 
-SurgeryOp = Callable[..., nn.Module]
+#: new tensor name -> {dim: [old index of each new index along dim, or -1 for a new one]}; a name absent from the
+#: map is unchanged (same shape, same values), a name mapped to {} is unchanged too
+IndexMaps = dict[str, dict[int, list[int]]]
+
+
+@dataclass
+class SurgeryResult:
+    model: nn.Module
+    index_maps: IndexMaps = field(default_factory=dict)
+
+
+SurgeryOp = Callable[..., Union[nn.Module, SurgeryResult]]
 _OPS: dict[str, SurgeryOp] = {}
 
 

@@ -28,14 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from resprout.errors import ConfigError
-
-
-def option(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
-         max: float | None = None, min_exclusive: bool = False) -> Any:
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+# The option validator lives in resprout.options; these names stay importable from here.
+from resprout.options import check_range, coerce, fill_options, option, parse_scalar  # noqa: F401
 
 
 # Keys that may differ between a run and its resumption (where it runs, not what it computes).
@@ -69,6 +63,8 @@ class Config:
     # -- method -------------------------------------------------------------------------------------------------
     method: str = option("ce", "training method, or several joined by '+' (e.g. ke+ls)")
     method_options: dict = option({}, "options of the methods (<method>.<key>=...)")
+    member_options: dict = option({}, "optimizer and schedule keys of one member (member.<name>.<key>=..., "
+                                  "e.g. member.discriminator.optimizer=adam)")
     # -- schedule -----------------------------------------------------------------------------------------------
     epochs: int = option(10, "epochs per generation", min=1)
     generations: int = option(1, "generations (KE, Born-Again, ...): epochs x generations in all", min=1)
@@ -101,7 +97,10 @@ class Config:
 
     def identity(self) -> dict:
         """The keys that decide what a run computes: everything but where and how it is shown."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+        ident = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+        if not ident["member_options"]:  # keeps the fingerprints of runs made before the key existed
+            del ident["member_options"]
+        return ident
 
     def fingerprint(self, *, without_seed: bool = False) -> str:
         ident = self.identity()
@@ -125,7 +124,7 @@ class Config:
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _HINTS = typing.get_type_hints(Config)
 # Keys that only a file or a prefixed key can fill.
-_OPEN_FIELDS = {"data_options": "data", "model_options": "model", "method_options": None}
+_OPEN_FIELDS = {"data_options": "data", "model_options": "model", "method_options": None, "member_options": "member"}
 KEYS = [k for k in FIELDS if k not in _OPEN_FIELDS]
 
 
@@ -137,85 +136,6 @@ def _base_type(tp: Any) -> tuple[type, bool]:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return args[0], True
     return tp, False
-
-
-def parse_scalar(text: str) -> Any:
-    """Turn an untyped ``key=value`` string into a Python value (for open-ended option families)."""
-    low = text.strip().lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    if low in ("none", "null"):
-        return None
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    if "," in text:
-        return [parse_scalar(t) for t in text.split(",") if t.strip()]
-    return text
-
-
-def coerce(key: str, value: Any, tp: Any, *, allow_none: bool = False) -> Any:
-    """Convert ``value`` (a string from the command line, or a TOML/YAML value) to type ``tp``, or raise."""
-    if value is None or (allow_none and isinstance(value, str) and value.strip().lower() in ("none", "null")):
-        if allow_none:
-            return None
-        raise ConfigError(f"{key} cannot be empty")
-    try:
-        if tp is bool:
-            if isinstance(value, bool):
-                return value
-            low = str(value).strip().lower()
-            if low in ("true", "yes", "on", "1"):
-                return True
-            if low in ("false", "no", "off", "0"):
-                return False
-            raise ValueError
-        if tp is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value) if not isinstance(value, str) else int(value.strip())
-        if tp is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if tp is str:
-            if not isinstance(value, (str, int, float)):
-                raise ValueError
-            return str(value)
-        if tp is list:
-            if isinstance(value, str):
-                return [parse_scalar(v) for v in value.split(",") if v.strip()]
-            if isinstance(value, (list, tuple)):
-                return list(value)
-            return [value]
-        if tp is dict:
-            if not isinstance(value, dict):
-                raise ValueError
-            return dict(value)
-    except (TypeError, ValueError):
-        pass
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-             list: "a comma-separated list", dict: "a table"}
-    raise ConfigError(f"bad value for {key}: {value!r} (expected {names.get(tp, tp.__name__)})")
-
-
-def check_range(key: str, value: Any, meta: dict) -> None:
-    if value is None:
-        return
-    choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        allowed = ", ".join(str(c) for c in choices)
-        raise ConfigError(f"bad value for {key}: {value!r} (allowed: {allowed})")
-    lo, hi = meta.get("min"), meta.get("max")
-    if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
-        op = ">" if meta.get("min_exclusive") else ">="
-        raise ConfigError(f"bad value for {key}: {value!r} (must be {op} {lo})")
-    if hi is not None and value > hi:
-        raise ConfigError(f"bad value for {key}: {value!r} (must be <= {hi})")
 
 
 def _unknown_key(key: str) -> ConfigError:
@@ -232,7 +152,12 @@ def _set(values: dict, key: str, value: Any, *, from_text: bool) -> None:
         if not family or not opt:
             raise _unknown_key(key)
         v = parse_scalar(value) if from_text and isinstance(value, str) else value
-        if family == "model":
+        if family == "member":
+            name, _, sub = opt.partition(".")
+            if not name or not sub:
+                raise ConfigError(f"bad key {key!r}: expected member.<name>.<key>, e.g. member.discriminator.lr")
+            values.setdefault("member_options", {}).setdefault(name, {})[sub] = value
+        elif family == "model":
             values.setdefault("model_options", {})[opt] = v
         elif family == "data":
             values.setdefault("data_options", {})[opt] = v
@@ -253,10 +178,15 @@ def _flatten_file(raw: dict, source: str) -> dict:
             # `data` and `model` name the source and architecture, so their options come as these tables
             for sub, v in value.items():
                 _set(values, f"{_OPEN_FIELDS[key]}.{sub}", v, from_text=False)
-        elif key == "method_options" and isinstance(value, dict):
+        elif key in ("method_options", "member_options") and isinstance(value, dict):
+            prefix = "member." if key == "member_options" else ""
             for method, opts in value.items():
                 for sub, v in (opts or {}).items():
-                    _set(values, f"{method}.{sub}", v, from_text=False)
+                    _set(values, f"{prefix}{method}.{sub}", v, from_text=False)
+        elif key == "member" and isinstance(value, dict):  # [member.discriminator] lr = ...
+            for name, opts in value.items():
+                for sub, v in (opts or {}).items():
+                    _set(values, f"member.{name}.{sub}", v, from_text=False)
         elif isinstance(value, dict) and key not in FIELDS:
             for sub, v in value.items():
                 _set(values, f"{key}.{sub}", v, from_text=False)
@@ -349,9 +279,35 @@ def make_config(values: dict | None = None, **kwargs: Any) -> Config:
             v = [coerce(f"{key}[]", x, float) if key in ("milestones", "betas") else x for x in v]
         check_range(key, v, f.metadata)
         typed[key] = v
+    if "member_options" in typed:
+        typed["member_options"] = _typed_member_options(typed["member_options"])
     cfg = Config(**typed)
     _check_consistency(cfg)
     return cfg
+
+
+# what a member may set for itself: the optimizer and schedule keys (as in resprout.engine.optim.MEMBER_KEYS)
+MEMBER_KEYS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "betas", "decay_bn_bias", "schedule",
+               "warmup_epochs", "milestones", "gamma")
+
+
+def _typed_member_options(raw: dict) -> dict:
+    """``{member: {key: value}}`` typed and range-checked like the run-wide key of the same name."""
+    out: dict = {}
+    for name, opts in raw.items():
+        if not isinstance(opts, dict):
+            raise ConfigError(f"bad value for member.{name}: expected a table of optimizer keys")
+        for key, value in opts.items():
+            if key not in MEMBER_KEYS:
+                raise ConfigError(f"unknown key member.{name}.{key}; allowed: "
+                                  f"{', '.join(f'member.{name}.{k}' for k in MEMBER_KEYS)}")
+            tp, allow_none = _base_type(_HINTS[key])
+            v = coerce(f"member.{name}.{key}", value, tp, allow_none=allow_none)
+            if tp is list:
+                v = [coerce(f"member.{name}.{key}[]", x, float) for x in v]
+            check_range(f"member.{name}.{key}", v, FIELDS[key].metadata)
+            out.setdefault(name, {})[key] = v
+    return out
 
 
 def _check_consistency(cfg: Config) -> None:
@@ -391,22 +347,3 @@ def describe_keys() -> list[tuple[str, str, str]]:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         rows.append((name, repr(default), f.metadata["help"]))
     return rows
-
-
-def fill_options(cls: type, values: dict, *, prefix: str | None) -> Any:
-    """Fill an options dataclass (of a method, say) from raw values, validating names, types and ranges.
-
-    Fields may carry the same metadata as :class:`Config` fields (``choices``, ``min``, ``max``).
-    """
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    full = (lambda k: f"{prefix}.{k}") if prefix else (lambda k: k)
-    typed = {}
-    for key, value in values.items():
-        if key not in fields:
-            allowed = ", ".join(full(k) for k in fields) or "none"
-            raise ConfigError(f"unknown {'option' if prefix else 'key'} {full(key)}; allowed: {allowed}")
-        tp, allow_none = _base_type(hints[key])
-        typed[key] = coerce(full(key), value, tp, allow_none=allow_none)
-        check_range(full(key), typed[key], fields[key].metadata)
-    return cls(**typed)

@@ -6,8 +6,9 @@ This is the Python face of ``resprout train`` and ``resprout resume``::
     result = resprout.train(data="digits", model="cnn", epochs=3, seed=0)
     result["final"]["model"]["top1"]
 
-    # any nn.Module (pass a freshly built one again to resume):
-    result = resprout.train(module=MyNet(), data="fashion-mnist", per_class=100, method="ls", out="runs/mine")
+    # any nn.Module, or better a factory of one (the seed then sets its initial weights, and methods that need a
+    # fresh network can build one); pass it again to resume:
+    result = resprout.train(module=MyNet, data="fashion-mnist", per_class=100, method="ls", out="runs/mine")
 
 A run directory holds ``run.json`` (the run's id, its resolved configuration and the store it reports to),
 ``checkpoint.pt`` (everything a resume needs), ``best-<member>.pt`` (the best weights) and ``train.log``.
@@ -23,7 +24,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -95,6 +96,11 @@ def build_loaders(cfg: Config, ds, methods, device: torch.device, dist: DistInfo
     train = TrainLoader(ds.train.images, ds.train.labels, batch_size=cfg.batch_size, normalizer=norm, seed=cfg.seed,
                         augment=augment, crop_padding=padding, sampler=sampler, device=device,
                         channels_last=cfg.channels_last, rank=dist.rank, world_size=dist.world_size)
+    return train, build_eval_loaders(cfg, ds, norm, device, dist)
+
+
+def build_eval_loaders(cfg: Config, ds, norm: Normalizer, device: torch.device, dist: DistInfo
+                       ) -> dict[str, EvalLoader]:
     evals = {}
     for split_name in ("val", "test"):
         split = getattr(ds, split_name)
@@ -102,19 +108,41 @@ def build_loaders(cfg: Config, ds, methods, device: torch.device, dist: DistInfo
             evals[split_name] = EvalLoader(split.images, split.labels, batch_size=cfg.eval_batch_size,
                                            normalizer=norm, device=device, channels_last=cfg.channels_last,
                                            rank=dist.rank, world_size=dist.world_size)
-    return train, evals
+    return evals
 
 
-def _check_multi_member(trainer: Trainer, dist: DistInfo) -> None:
-    if dist.enabled and len(trainer.trainable) > 1:
-        raise ConfigError(f"distributed training supports one trainable member; method={trainer.config.method} "
-                          f"trains {len(trainer.trainable)} ({', '.join(m.name for m in trainer.trainable)})")
+ModelFactory = Callable[[], nn.Module]
+
+
+def _make_model(module: nn.Module | ModelFactory | None, cfg: Config, ds) -> tuple[nn.Module, ModelFactory | None]:
+    """The run's model and a factory of fresh ones (for methods that re-draw a network: KE's reinit=initial,
+    Born-Again students). ``module`` is an ``nn.Module``, a factory (a class or function without arguments, called
+    after ``seed`` is set, so the seed decides a custom model's initial weights), or None for ``cfg.model``."""
+    if module is None:
+        def factory() -> nn.Module:
+            return build_model(cfg.model, in_channels=ds.input_shape[0], num_classes=ds.num_classes,
+                               **cfg.model_kwargs())
+    elif isinstance(module, nn.Module):
+        return module, None  # a built network: methods that need a fresh one refuse at the start
+    elif callable(module):
+        def factory() -> nn.Module:
+            net = module()
+            if not isinstance(net, nn.Module):
+                raise ConfigError(f"the model factory returned {type(net).__name__}, not an nn.Module")
+            return net
+    else:
+        raise ConfigError(f"module must be an nn.Module or a factory that builds one, not {type(module).__name__}")
+    return factory(), factory
+
+
+def _module_name(module) -> str:
+    return type(module).__name__ if isinstance(module, nn.Module) else getattr(module, "__name__", "factory")
 
 
 def _resolve(cfg: Config, module: nn.Module | None) -> tuple[Config, list]:
     """Validate methods and fill their default options into the config (so the stored config is complete)."""
     if module is not None and not cfg.model.startswith("custom:"):
-        cfg = make_config({**cfg.to_dict(), "model": f"custom:{type(module).__name__}"})
+        cfg = make_config({**cfg.to_dict(), "model": f"custom:{_module_name(module)}"})
     methods = build_methods(cfg)
     cfg = make_config({**cfg.to_dict(), "method_options": resolved_options(methods)})
     return cfg, methods
@@ -173,11 +201,9 @@ def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, sto
     cfg, methods = _resolve(cfg, module)
     ds = build_dataset(cfg)
     seed_everything(cfg.seed)
-    model = module
-    if model is None:
-        model = build_model(cfg.model, in_channels=ds.input_shape[0], num_classes=ds.num_classes,
-                            **cfg.model_kwargs())
+    model, factory = _make_model(module, cfg, ds)
     train, evals = build_loaders(cfg, ds, methods, device, dist)
+    full_evals = build_eval_loaders(cfg, ds, train.normalize, device, DistInfo()) if dist.enabled else None
     store = None
     if run_dir is not None and dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -192,9 +218,8 @@ def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, sto
     if progress is None or isinstance(progress, str):
         progress = make_progress((progress or cfg.progress) if dist.is_main else "none")
     trainer = Trainer(cfg, {"model": model}, train, evals, methods, device=device, run_dir=run_dir, store=store,
-                      run_id=run_id, progress=progress, dist=dist)
+                      run_id=run_id, progress=progress, dist=dist, full_evals=full_evals, model_factory=factory)
     trainer.dataset = ds
-    _check_multi_member(trainer, dist)
     if continuing and run_dir is not None:
         path = run_dir / CHECKPOINT_NAME
         if path.exists():
@@ -211,7 +236,7 @@ def _finish(trainer: Trainer, results: dict) -> dict:
 
 
 def train(config: Config | str | Path | None = None, *, out: str | Path | None = None,
-          module: nn.Module | None = None,
+          module: nn.Module | ModelFactory | None = None,
           store: str | Path | None = None, progress: Progress | str | None = None, save: bool = True,
           **keys: Any) -> dict:
     """Train a run and return its results (``run_dir``, ``final``, ``best``, ``generations``).

@@ -6,6 +6,8 @@ import json
 import socket
 import subprocess
 
+import torch
+
 from resprout.engine.store import Store
 from tests.conftest import PYTHON, cli_env
 
@@ -42,17 +44,69 @@ def test_ddp_two_processes_train_one_member_and_only_rank_0_writes(tmp_path):
     assert len(epoch_lines) == 3  # progress from rank 0 only
 
 
-def test_ddp_refuses_several_trainable_members():
-    import pytest
+PEER_KEYS = dict(data="synthetic", data_options={"num_classes": 4, "n_train": 256, "n_test": 48, "image_size": 8},
+                 model="cnn", width=0.5, epochs=3, batch_size=32, eval_batch_size=64, lr=0.05, progress="none",
+                 threads=1, seed=4, method="test_peer_average")
 
-    from resprout.config import make_config
-    from resprout.engine.distributed import DistInfo
-    from resprout.errors import ConfigError
-    from resprout.run import _check_multi_member, create_trainer
-    from tests.conftest import synthetic
-    from tests.test_trainer import Peers  # noqa: F401  (registers the two-member method)
+SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+import tests.engine_methods  # registers the test methods
+import resprout
+if sys.argv[1] == "train":
+    resprout.train(**{keys!r}, out=sys.argv[2])
+else:
+    resprout.resume(sys.argv[2], progress="none")
+"""
 
-    trainer = create_trainer(make_config(**synthetic(method="test_peers")), run_dir=None, run_id=None,
-                             store_path=None)
-    with pytest.raises(ConfigError, match="distributed training supports one trainable member"):
-        _check_multi_member(trainer, DistInfo(rank=0, world_size=2))
+
+def run_script(tmp_path, *args: str, nproc: int = 2, crash: str | None = None) -> subprocess.CompletedProcess:
+    from tests.conftest import ROOT
+
+    script = tmp_path / "peers.py"
+    script.write_text(SCRIPT.format(root=str(ROOT), keys=PEER_KEYS))
+    cmd = [PYTHON, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", str(script), *args]
+    env = cli_env(tmp_path)
+    env["OMP_NUM_THREADS"] = "1"
+    if crash:
+        env["RESPROUT_TEST_CRASH"] = crash
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+def test_one_peer_per_rank_averaging_equals_the_same_run_in_one_process_and_resumes_exactly(tmp_path):
+    """Two peers with their own data order average their weights after every epoch: in one process both live
+    there; under torchrun peer k lives on rank k and the average goes through the ring exchange. The weights, the
+    metrics and the checkpoint (gathered to rank 0) are the same, and a crash and resume changes nothing."""
+    from resprout.engine.checkpoint import load_file
+    from resprout.run import train
+    from tests import engine_methods  # noqa: F401
+    from tests.test_trainer import assert_same_weights, metric_rows
+
+    single = tmp_path / "single"
+    train(**PEER_KEYS, out=single)
+    proc = run_script(tmp_path, "train", str(tmp_path / "ranks"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ck = load_file(tmp_path / "ranks" / "checkpoint.pt")
+    assert set(ck["members"]) == {"peer_1", "peer_2"} and len(ck["ranks"]) == 2
+    assert_same_weights(load_file(single / "checkpoint.pt")["members"], ck["members"])
+    assert metric_rows(single) == metric_rows(tmp_path / "ranks")
+    # the peers really differ (own data order) until they are averaged
+    losses = {r[0]: r[-1] for r in metric_rows(single) if r[1:5] == (0, 0, "train", "loss")}
+    assert set(losses) == {"peer_1", "peer_2"} and losses["peer_1"] != losses["peer_2"]
+
+    crashed = tmp_path / "crashed"
+    proc = run_script(tmp_path, "train", str(crashed), crash=f"0,1,3:{tmp_path / 'marker'}")
+    assert proc.returncode != 0 and "simulated crash" in proc.stderr
+    proc = run_script(tmp_path, "resume", str(crashed))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_weights(ck["members"], load_file(crashed / "checkpoint.pt")["members"])
+    assert metric_rows(single) == metric_rows(crashed)
+
+
+def test_ring_exchange_and_gather_in_one_process_are_identities():
+    from resprout.engine.distributed import DistInfo, all_gather_object, ring_exchange
+
+    state = {"w": torch.arange(6.0).view(2, 3), "n": torch.tensor(3)}
+    assert ring_exchange(state, DistInfo()) is state
+    assert all_gather_object({"a": 1}, DistInfo()) == [{"a": 1}]

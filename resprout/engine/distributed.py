@@ -59,6 +59,49 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     return box[0]
 
 
+def all_gather_object(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` in a single process)."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_surgery_args(args: dict, info: DistInfo) -> dict:
+    """Rank 0's surgery arguments on every rank, so that every rank cuts and adds the same channels (a plan
+    computed from a rank's own statistics would otherwise differ between ranks and the replicas would diverge)."""
+    return broadcast_object(args, info)
+
+
+def ring_exchange(state: dict[str, torch.Tensor], info: DistInfo) -> dict[str, torch.Tensor]:
+    """Send ``state`` (a state dict) to rank ``r + 1`` and return the one of rank ``r - 1`` (ring order).
+
+    Grafting's Algorithm 1 mixes each network with the previous one: with one peer per rank this is that
+    exchange. The tensors are flattened into one buffer per dtype, so the ring costs one send and one receive
+    per dtype. A single process gets its own state back."""
+    if not info.enabled:
+        return state
+    keys = list(state)
+    by_dtype: dict[torch.dtype, list[str]] = {}
+    for k in keys:
+        by_dtype.setdefault(state[k].dtype, []).append(k)
+    out: dict[str, torch.Tensor] = {}
+    nxt, prev = (info.rank + 1) % info.world_size, (info.rank - 1) % info.world_size
+    for dtype, names in by_dtype.items():
+        send = torch.cat([state[k].detach().reshape(-1) for k in names])
+        recv = torch.empty_like(send)
+        ops = [dist.P2POp(dist.isend, send, nxt), dist.P2POp(dist.irecv, recv, prev)]
+        for req in dist.batch_isend_irecv(ops):
+            req.wait()
+        offset = 0
+        for k in names:
+            n = state[k].numel()
+            out[k] = recv[offset:offset + n].view_as(state[k]).clone()
+            offset += n
+    return {k: out[k] for k in keys}
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -11,12 +11,14 @@ exist, in the order the methods were given. The whole loop, with every point a m
             on_epoch_start
             for step, (inputs, targets) in enumerate(batches):
                 on_batch_start        trainer.inputs / trainer.targets may be replaced
-                outputs = {name: member(inputs) for every trainable member}
-                on_loss               add loss terms: trainer.add_loss(member, name, value)
-                backward of the sum of all terms
-                on_after_backward     gradients exist: add sub-gradients, mask gradients
-                every optimizer steps
-                on_after_step         weights updated: re-apply masks, exchange weights
+                outputs = {name: member(inputs) for every fed member (trainable, not manual)}
+                for update_step in the methods' update_steps (default: one step, every member, every term):
+                    on_loss           add loss terms: trainer.add_loss(member, name, value), only for the
+                                      members trainer.update_step names (trainer.updates(member))
+                    backward of the sum of the step's terms, into the step's members only
+                    on_after_backward gradients exist: add sub-gradients, mask gradients
+                    the step's optimizers step
+                    on_after_step     weights updated: re-apply masks, exchange weights
                 on_batch_end
             on_epoch_end              the epoch's weights are final; evaluation follows
             (evaluate every member on val and test (every `eval_every` epochs and at the last), store metrics,
@@ -25,6 +27,10 @@ exist, in the order the methods were given. The whole loop, with every point a m
             (write the checkpoint)
         on_generation_end             extra evaluations: trainer.log_generation(member, {...})
     on_fit_end
+
+    on_member_resized                 whenever surgery changed a member's shapes (trainer.resized names it;
+                                      trainer.replaying is true while a resume replays the history): recompute
+                                      masks, re-register hooks. Feature taps are re-attached by the trainer.
 
 A resumed run continues at the step after its checkpoint: events that already ran are not fired again, and
 everything a method needs to continue lives in its ``state_dict``.
@@ -48,6 +54,7 @@ class Event(str, Enum):
     AFTER_EVALUATE = "after_evaluate"
     GENERATION_END = "generation_end"
     FIT_END = "fit_end"
+    MEMBER_RESIZED = "member_resized"
 
     @property
     def handler(self) -> str:

@@ -15,6 +15,7 @@ from resprout.config import fill_options
 from resprout.engine.events import Event
 
 if TYPE_CHECKING:
+    from resprout.engine.members import UpdateStep
     from resprout.engine.trainer import Trainer
 
 
@@ -45,6 +46,13 @@ class Method:
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer) -> None:
         """Called once when the trainer is built (before any checkpoint is loaded): add members here."""
+
+    def update_steps(self, trainer: Trainer) -> list[UpdateStep] | None:
+        """The optimization steps of the current batch, in order (see :class:`~resprout.engine.members.UpdateStep`),
+        or None for the default single step. Called once per batch, after the members' forward. ``on_loss`` runs
+        once per step; ``trainer.update_step`` says which, and ``trainer.updates(member)`` whether it trains a
+        member. What a step computes can be left in ``trainer.scratch`` for the steps after it."""
+        return None
 
     def state_dict(self) -> dict:
         """Everything needed to continue after a resume: tensors, numbers, strings, lists and dicts only."""

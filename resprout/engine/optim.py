@@ -13,9 +13,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from resprout.config import MEMBER_KEYS  # what a member may set for itself; the config validates them
 from resprout.errors import ConfigError
 
 OPTIM_KEYS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "betas", "decay_bn_bias")
+SCHEDULE_KEYS = ("schedule", "warmup_epochs", "milestones", "gamma")
+assert MEMBER_KEYS == OPTIM_KEYS + SCHEDULE_KEYS
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_bn_bias: bool) -> list[dict]:
@@ -74,8 +77,13 @@ class Schedule:
 
     @classmethod
     def from_config(cls, cfg) -> Schedule:
-        milestones = tuple(cfg.milestones) or (0.5 * cfg.epochs, 0.75 * cfg.epochs)
-        return cls(cfg.schedule, cfg.epochs, cfg.warmup_epochs, tuple(sorted(milestones)), cfg.gamma)
+        return cls.from_spec({k: getattr(cfg, k) for k in SCHEDULE_KEYS}, cfg.epochs)
+
+    @classmethod
+    def from_spec(cls, spec: dict, epochs: int) -> Schedule:
+        """From the :data:`SCHEDULE_KEYS` of a dict (the config's, or a member's own)."""
+        milestones = tuple(spec["milestones"]) or (0.5 * epochs, 0.75 * epochs)
+        return cls(spec["schedule"], epochs, spec["warmup_epochs"], tuple(sorted(milestones)), spec["gamma"])
 
 
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:

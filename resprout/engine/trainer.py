@@ -1,119 +1,72 @@
-"""The trainer: named members, generations x epochs, events, exact checkpoints.
+"""The trainer: named members, generations x epochs, update steps, events, exact checkpoints.
 
-A run trains a set of named *members* (``model``; or ``student`` and a frozen ``teacher``; or ``peer_1..K``;
-or a ``discriminator``), each with its own optimizer. Every step forwards each trainable member, asks the methods
-for loss terms, takes one backward pass over their sum and steps every optimizer; the members' parameters are
-disjoint, so this equals separate backward passes, and a method that needs a term to reach only one member detaches
-the others. See :mod:`resprout.engine.events` for the loop and its hook points.
+A run trains a set of named *members* (see :mod:`resprout.engine.members`), each with its own optimizer and
+schedule. Every step forwards each fed member on the batch, then runs the batch's *update steps*: by default one
+step in which the methods add loss terms and one backward over their sum steps every optimizer; a method that
+needs more (a discriminator trained apart from the student, say) declares its own steps with ``update_steps``.
+See :mod:`resprout.engine.events` for the loop and its hook points.
 
-Checkpoints hold the whole position (generation, epoch, step), every member's weights and optimizer, the surgery
-history, method states, global RNG states and the metrics so far. Data order and augmentation are functions of the
-position (see :mod:`resprout.data.loader`), so a run resumed from any checkpoint ends with exactly the weights and
-metrics of a run that was never stopped (same device, same thread count).
+The trainer is split by concern: this file holds the loop and its members; :mod:`resprout.engine.state` surgery
+and checkpoints; :mod:`resprout.engine.evaluation` evaluation and epoch reporting.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from resprout.config import Config
 from resprout.data.loader import EvalLoader, TrainLoader
 from resprout.engine import checkpoint as ckpt
 from resprout.engine.distributed import DistInfo, all_reduce_sum
+from resprout.engine.evaluation import Reporting, classification_metrics, evaluate  # noqa: F401  (re-exported)
 from resprout.engine.events import Event
+from resprout.engine.members import PLACEMENTS, Member, UpdateStep
 from resprout.engine.method import Method, handlers
-from resprout.engine.optim import OPTIM_KEYS, Schedule, build_optimizer, set_lr
+from resprout.engine.optim import MEMBER_KEYS, OPTIM_KEYS, Schedule, build_optimizer, set_lr
 from resprout.engine.progress import Progress
+from resprout.engine.state import CHECKPOINT_NAME, RunState  # noqa: F401  (re-exported)
 from resprout.engine.store import Store
-from resprout.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
-from resprout.seeding import rng_state, set_rng_state
-from resprout.surgery.registry import get_surgery
+from resprout.engine.taps import FeatureTaps
+from resprout.errors import ConfigError, Interrupted, TrainingDiverged
 
-CHECKPOINT_NAME = "checkpoint.pt"
-
-
-@dataclass
-class Member:
-    """One network of a run. ``optim`` overrides optimizer keys of the config for this member only."""
-
-    name: str
-    model: nn.Module
-    trainable: bool = True
-    evaluate: bool = True
-    task: bool = True  # trained on the task loss (a classifier); False for discriminators, regressors, ...
-    logits: bool = True  # its output is class logits (train accuracy is counted); False for embeddings
-    optim: dict = field(default_factory=dict)
-    optimizer: torch.optim.Optimizer | None = None
-    forward_module: nn.Module | None = None  # the model, or its DistributedDataParallel wrapper
-
-    def __call__(self, x: torch.Tensor) -> Any:
-        return (self.forward_module or self.model)(x)
+__all__ = ["CHECKPOINT_NAME", "Member", "Trainer", "UpdateStep", "classification_metrics", "evaluate"]
 
 
-def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """[summed cross-entropy, top-1 correct, top-5 correct, count] of a batch, as one tensor."""
-    loss = F.cross_entropy(logits, targets, reduction="sum")
-    k = min(5, logits.shape[1])
-    topk = logits.topk(k, dim=1).indices
-    hits = topk == targets[:, None]
-    return torch.stack([loss, hits[:, 0].sum().to(loss.dtype), hits.any(1).sum().to(loss.dtype),
-                        torch.tensor(float(len(targets)), device=loss.device)])
+def _stream(loader: TrainLoader, seed: int) -> TrainLoader:
+    """A copy of ``loader`` with its own data order and augmentation (``seed``) that yields whole batches."""
+    out = copy.copy(loader)
+    out.seed, out.rank, out.world_size = seed, 0, 1
+    out._plan_key, out._plan = None, []
+    return out
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: EvalLoader, dist: DistInfo | None = None) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (fractions) of ``model`` on ``loader``, over all processes."""
-    was_training = model.training
-    model.eval()
-    sums = None
-    try:
-        for x, y in loader:
-            batch = classification_metrics(model(x).float(), y)
-            sums = batch if sums is None else sums + batch
-    finally:
-        model.train(was_training)
-    if sums is None:
-        sums = torch.zeros(4, device=loader.device)
-    sums = all_reduce_sum(sums.double(), dist or DistInfo()).tolist()
-    n = max(sums[3], 1.0)
-    return {"loss": sums[0] / n, "top1": sums[1] / n, "top5": sums[2] / n}
+class Trainer(RunState, Reporting):
+    """Trains ``members`` with ``methods`` on ``train`` and evaluates on ``evals`` (``{"val": ..., "test": ...}``).
 
-
-def _format_metrics(train: dict, evals: dict[str, dict]) -> str:
-    text = ""
-    if "loss" in train:
-        text += f" train loss {train['loss']:.4f}"
-    if "top1" in train:
-        text += f" top1 {100 * train['top1']:.2f}"
-    for split, m in evals.items():
-        text += f" | {split}" + (f" loss {m['loss']:.4f}" if "loss" in m else "") + f" top1 {100 * m['top1']:.2f}"
-        for key in ("top5", "nmi"):
-            if key in m:
-                text += f" {key} {100 * m[key]:.2f}"
-    return text
-
-
-class Trainer:
-    """Trains ``members`` with ``methods`` on ``train`` and evaluates on ``evals`` (``{"val": ..., "test": ...}``)."""
+    ``full_evals`` are the same splits unsharded, for runs with per-rank members under torch.distributed (each
+    rank evaluates its own members on the whole split)."""
 
     def __init__(self, config: Config, members: dict[str, nn.Module | Member], train: TrainLoader,
                  evals: dict[str, EvalLoader], methods: list[Method], *, device: torch.device | str = "cpu",
                  run_dir: str | Path | None = None, store: Store | None = None, run_id: str | None = None,
-                 progress: Progress | None = None, dist: DistInfo | None = None) -> None:
+                 progress: Progress | None = None, dist: DistInfo | None = None,
+                 full_evals: dict[str, EvalLoader] | None = None,
+                 model_factory: Callable[[], nn.Module] | None = None) -> None:
         self.config = config
+        self.model_factory = model_factory
         self.device = torch.device(device)
         self.train_loader = train
         self.eval_loaders = evals
+        self.full_eval_loaders = full_evals or evals
         self.methods = list(methods)
         self.run_dir = Path(run_dir) if run_dir else None
         self.store = store if (dist is None or dist.is_main) else None
@@ -121,11 +74,14 @@ class Trainer:
         self.progress = progress or Progress()
         self.dist = dist = dist or DistInfo()
         self.schedule = Schedule.from_config(config)
+        self.taps = FeatureTaps()
         self.members: dict[str, Member] = {}
+        self.per_rank = False
         for name, m in members.items():
             if isinstance(m, Member):
                 self.add_member(m.name, m.model, trainable=m.trainable, evaluate=m.evaluate, task=m.task,
-                                optim=m.optim)
+                                logits=m.logits, manual=m.manual, placement=m.placement, rank=m.rank,
+                                data_seed=m.data_seed, optim=m.optim)
             else:
                 self.add_member(name, m)
         # position: `epoch` epochs of `generation` are done, and `step` steps of the next one
@@ -139,41 +95,62 @@ class Trainer:
         self.last_eval: dict[str, dict[str, dict]] = {}  # member -> split -> metrics of the latest evaluation
         self.dataset = None  # the prepared dataset, when the run was built from a config (resprout.run)
         self.evaluator = None
+        self.update_step: UpdateStep | None = None  # the step being computed (None: the default single step)
+        self.scratch: dict[str, Any] = {}  # per batch: what one update step leaves for a later one
+        self.resized: str | None = None  # the member whose shapes just changed (during on_member_resized)
+        self.replaying = False
         self._accum: dict[str, torch.Tensor] = {}
         self._epoch_time = 0.0
         self._terms: list[tuple[str, str, torch.Tensor]] = []
+        self._manual_terms: set[str] = set()
         self.inputs: torch.Tensor | None = None
         self.targets: torch.Tensor | None = None
+        self._member_batches: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._streams: dict[str, TrainLoader] = {}
         self.outputs: dict[str, Any] = {}
         self._frozen_outputs: dict[str, Any] = {}
         self._stop: int | None = None
+        self._checkpoint_due = False
         self._writer: ckpt.AsyncWriter | None = None
+        self._best_writer: ckpt.AsyncWriter | None = None
         self._last_checkpoint = time.monotonic()
         for m in self.methods:
             m.setup(self)
         self._handlers = {e: handlers(self.methods, e) for e in Event}
+        self._step_methods = [m for m in self.methods if type(m).update_steps is not Method.update_steps]
+        self._configure_members()
 
     # -- members ----------------------------------------------------------------------------------------------------
     def add_member(self, name: str, model: nn.Module, *, trainable: bool = True, evaluate: bool = True,
-                   task: bool = True, optim: dict | None = None) -> Member:
-        """Add a network to the run (methods call this from ``setup``)."""
+                   task: bool = True, logits: bool = True, manual: bool = False, placement: str = "replicated",
+                   rank: int | None = None, data_seed: int | None = None, optim: dict | None = None) -> Member:
+        """Add a network to the run (methods call this from ``setup``).
+
+        ``manual``: the trainer does not feed it the batch (a discriminator, a regressor). ``placement``:
+        ``replicated`` (DDP over all ranks) or ``per_rank`` (it lives on rank ``rank`` only). ``data_seed``: its
+        own data order and augmentation. ``optim``: optimizer and schedule keys for this member (the config's
+        ``member.<name>.<key>`` overrides them)."""
         if name in self.members:
             raise ConfigError(f"member {name!r} exists already")
-        bad = set(optim or {}) - set(OPTIM_KEYS)
+        bad = set(optim or {}) - set(MEMBER_KEYS)
         if bad:
-            raise ConfigError(f"member {name!r}: unknown optimizer keys {sorted(bad)}; allowed: {OPTIM_KEYS}")
+            raise ConfigError(f"member {name!r}: unknown optimizer keys {sorted(bad)}; allowed: {MEMBER_KEYS}")
+        if placement not in PLACEMENTS:
+            raise ConfigError(f"member {name!r}: bad placement {placement!r}; allowed: {', '.join(PLACEMENTS)}")
+        if placement == "per_rank" and (not isinstance(rank, int) or rank < 0):
+            raise ConfigError(f"member {name!r}: placement=per_rank needs the rank it lives on (an integer >= 0)")
         model = self._place(model)
         if not trainable:
-            model.eval()
-            for p in model.parameters():
-                p.requires_grad_(False)
-        member = Member(name, model, trainable=trainable, evaluate=evaluate, task=task and trainable,
+            self._freeze(model)
+        member = Member(name, model, trainable=trainable, evaluate=evaluate, task=task and trainable and not manual,
+                        logits=logits, manual=manual, placement=placement, rank=rank, data_seed=data_seed,
                         optim=dict(optim or {}))
         self.members[name] = member
         self._wrap(member)
         return member
 
     def remove_member(self, name: str) -> None:
+        self.taps.remove(name)
         del self.members[name]
 
     def set_model(self, name: str, model: nn.Module) -> None:
@@ -181,6 +158,14 @@ class Trainer:
         member = self.members[name]
         member.model = self._place(model)
         self._wrap(member)
+        if self.taps.active:
+            self.taps.attach(name, member.model)
+
+    def tap(self, member: str, path: str, *, inputs: bool = False, detach: bool = False) -> None:
+        """Capture the output (and with ``inputs`` the input) of module ``path`` of ``member`` in every forward;
+        read it with ``trainer.taps.output(member, path)``. Taps follow the member through surgery."""
+        self.taps.request(member, path, inputs=inputs, detach=detach)
+        self.taps.attach(member, self.members[member].model)
 
     @property
     def trainable(self) -> list[Member]:
@@ -188,8 +173,16 @@ class Trainer:
 
     @property
     def task_members(self) -> list[Member]:
-        """The trainable classifiers: the members a task loss (CE, label smoothing, ...) applies to."""
-        return [m for m in self.members.values() if m.task]
+        """The local trainable classifiers the current update step trains: the members a task loss (CE, label
+        smoothing, ...) applies to."""
+        return [m for m in self.members.values() if m.task and m.local and self.updates(m.name)]
+
+    def updates(self, name: str) -> bool:
+        """Whether the update step being computed trains member ``name``."""
+        member = self.members[name]
+        if not (member.trainable and member.local):
+            return False
+        return self.update_step is None or name in self.update_step.members
 
     def _place(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
@@ -197,54 +190,85 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         return model
 
+    @staticmethod
+    def _freeze(model: nn.Module) -> None:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+
     def _wrap(self, member: Member) -> None:
         member.forward_module = member.model
-        if self.dist.enabled and member.trainable:
+        if self.dist.enabled and member.trainable and member.placement == "replicated":
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             member.forward_module = DDP(member.model, device_ids=ids)
 
+    def _configure_members(self) -> None:
+        """After every method's setup: config overrides per member, placement, data streams. Refuses up front."""
+        overrides = getattr(self.config, "member_options", {}) or {}
+        for name, opts in overrides.items():
+            if name not in self.members:
+                raise ConfigError(f"member.{name}.* given but this run has no member {name!r} "
+                                  f"(members: {', '.join(self.members)})")
+            self.members[name].optim.update(opts)
+        per_rank = [m for m in self.members.values() if m.placement == "per_rank"]
+        if self.dist.enabled and per_rank:
+            replicated = [m.name for m in self.trainable if m.placement == "replicated"]
+            if replicated:
+                raise ConfigError(f"members {', '.join(replicated)} are replicated and "
+                                  f"{', '.join(m.name for m in per_rank)} per rank; a run uses one placement")
+            for m in per_rank:
+                if m.rank >= self.dist.world_size:
+                    raise ConfigError(f"member {m.name!r} lives on rank {m.rank} but the run has "
+                                      f"{self.dist.world_size} processes")
+                m.local = m.rank == self.dist.rank
+                m.forward_module = m.model
+            self.per_rank = True
+            # every rank trains its own members on whole batches
+            self.train_loader = _stream(self.train_loader, self.train_loader.seed)
+        for m in self.members.values():
+            if m.data_seed is not None and m.local and m.trainable:
+                self._streams[m.name] = _stream(self.train_loader, m.data_seed)
+
     def optim_spec(self, member: Member) -> dict:
-        spec = {k: getattr(self.config, k) for k in OPTIM_KEYS}
+        spec = {k: getattr(self.config, k) for k in MEMBER_KEYS}
         spec.update(member.optim)
         return spec
 
     def rebuild_optimizer(self, name: str) -> None:
-        """A fresh optimizer for one member (after surgery: its parameters are new objects)."""
+        """A fresh optimizer and schedule for one member."""
         member = self.members[name]
-        member.optimizer = build_optimizer(member.model, self.optim_spec(member)) if member.trainable else None
+        if not (member.trainable and member.local):
+            member.optimizer = None
+            return
+        spec = self.optim_spec(member)
+        member.optimizer = build_optimizer(member.model, {k: spec[k] for k in OPTIM_KEYS})
+        member.schedule = self.schedule if not (set(member.optim) - set(OPTIM_KEYS)) else \
+            Schedule.from_spec(spec, self.config.epochs)
 
     def _build_optimizers(self) -> None:
         for name in self.members:
             self.rebuild_optimizer(name)
 
-    # -- surgery ----------------------------------------------------------------------------------------------------
-    def apply_surgery(self, name: str, op: str, **args: Any) -> nn.Module:
-        """Change a member's shapes with the registered operation ``op``; recorded so a resume can replay it.
-
-        The member's optimizer is rebuilt (its parameters are new objects) and its distributed wrapper renewed.
-        """
-        member = self._run_surgery(name, op, args)
-        self.surgery.append({"member": name, "op": op, "args": args, "generation": self.generation,
-                             "epoch": self.epoch, "step": self.step})
-        if member.trainable and self.started:
-            self.rebuild_optimizer(name)
-        return member.model
-
-    def _run_surgery(self, name: str, op: str, args: dict) -> Member:
-        member = self.members[name]
-        member.model = self._place(get_surgery(op)(member.model, **args))
-        self._wrap(member)
-        return member
-
     # -- helpers for methods -----------------------------------------------------------------------------------------
     def add_loss(self, member: str, name: str, value: torch.Tensor) -> None:
         """Add a loss term that trains ``member`` (named for the logs, e.g. ``ce`` or ``kd``)."""
+        if not self.updates(member):
+            step = self.update_step.name if self.update_step else "default"
+            raise ConfigError(f"loss term {name!r} of member {member!r} added in update step {step!r}, which "
+                              f"does not train it (check trainer.updates(member))")
         self._terms.append((member, name, value))
 
+    def inputs_of(self, name: str) -> torch.Tensor:
+        """The batch member ``name`` trains on (its own stream when it has a data seed)."""
+        return self._member_batches[name][0] if name in self._member_batches else self.inputs
+
+    def targets_of(self, name: str) -> torch.Tensor:
+        return self._member_batches[name][1] if name in self._member_batches else self.targets
+
     def output_of(self, name: str) -> Any:
-        """The output of member ``name`` on the current inputs: a trainable member's forward of this step, or a
+        """The output of member ``name`` on the current inputs: a fed member's forward of this step, or a
         frozen member's forward in eval mode without gradients (computed once per step)."""
         if name in self.outputs:
             return self.outputs[name]
@@ -253,31 +277,25 @@ class Trainer:
                 self._frozen_outputs[name] = self.members[name].model(self.inputs)
         return self._frozen_outputs[name]
 
-    def log_generation(self, member: str, metrics: dict[str, float], *, in_results: bool = True) -> None:
-        """Record per-generation metrics of a member in the store, and (unless ``in_results`` is false, for bulky
-        per-layer detail) in the run's results."""
-        if in_results:
-            gens = self.results["generations"]
-            while len(gens) <= self.generation:
-                gens.append({"generation": len(gens) + 1})
-            gens[self.generation].setdefault(member, {}).update({k: float(v) for k, v in metrics.items()})
-        if self.store is not None:
-            self.store.log_generation(self.run_id, member, self.generation, metrics)
-
-    def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
-        """Metrics of ``model`` on a split: classification by default, or the run's ``evaluator`` (a method may
-        set one, e.g. retrieval metrics for an embedding network; it must return at least ``loss`` and ``top1``)."""
-        return (self.evaluator or evaluate)(model, self.eval_loaders[split], self.dist)
+    def new_model(self, seed: int | None = None) -> nn.Module:
+        """A freshly initialized network of the run's architecture (on the CPU), from the model factory; with
+        ``seed`` drawn under that seed without disturbing the run's random state."""
+        if self.model_factory is None:
+            raise ConfigError("this trainer has no model factory: build it with resprout.run (or pass "
+                              "model_factory=) to let methods draw fresh networks")
+        if seed is None:
+            return self.model_factory()
+        state = torch.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            return self.model_factory()
+        finally:
+            torch.set_rng_state(state)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """(C, H, W) of the training images."""
         return tuple(self.train_loader.images.shape[1:])
-
-    @property
-    def selection_split(self) -> str:
-        """Where "best" is chosen: validation when the run has it, else test (reported as such)."""
-        return "val" if "val" in self.eval_loaders else "test"
 
     def _emit(self, event: Event) -> None:
         for h in self._handlers[event]:
@@ -289,6 +307,8 @@ class Trainer:
         cfg = self.config
         restore = self._install_signal_handlers()
         self._writer = ckpt.AsyncWriter() if self.run_dir and self.dist.is_main else None
+        self._best_writer = self._writer if (self.dist.is_main or not self.run_dir or not self.per_rank) \
+            else ckpt.AsyncWriter()
         status = "failed"
         if self.store is not None:
             self.store.set_status(self.run_id, "running")
@@ -297,6 +317,10 @@ class Trainer:
                 status = "finished"
                 return self.results
             steps_per_epoch = self.train_loader.steps(0, 0)
+            for name, stream in self._streams.items():
+                if stream.steps(0, 0) != steps_per_epoch:
+                    raise ConfigError(f"member {name!r}: its data stream has {stream.steps(0, 0)} steps per epoch, "
+                                      f"the run {steps_per_epoch}")
             total = cfg.generations * cfg.epochs * steps_per_epoch
             done = (self.generation * cfg.epochs + self.epoch) * steps_per_epoch + self.step
             self.progress.start(total, done)
@@ -323,11 +347,9 @@ class Trainer:
             raise
         finally:
             restore()
-            if self._writer is not None:
-                try:
-                    self._writer.close()
-                finally:
-                    self._writer = None
+            for w in {id(w): w for w in (self._writer, self._best_writer) if w is not None}.values():
+                w.close()
+            self._writer = self._best_writer = None
             if self.store is not None:
                 self.store.set_status(self.run_id, status)
             self.progress.close()
@@ -348,156 +370,142 @@ class Trainer:
         minutes = self.config.checkpoint_minutes
         while self.step < steps:
             x, y = self.train_loader.batch(g, e, self.step)
+            for name, stream in self._streams.items():
+                self._member_batches[name] = stream.batch(g, e, self.step)
             self._train_step(x, y, e + self.step / steps, 1.0 / steps)
             self.step += 1
             if self._stop is not None:
                 self._epoch_time += time.perf_counter() - t0
                 self._interrupt()
-            if minutes and self.run_dir and time.monotonic() - self._last_checkpoint > 60 * minutes:
+            if self.per_rank:  # every rank gathers at the same step: rank 0's clock decides (shared in the step)
+                due, self._checkpoint_due = self._checkpoint_due, False
+            else:
+                due = minutes and self.run_dir and time.monotonic() - self._last_checkpoint > 60 * minutes
+            if due:
                 self.save_checkpoint()
         self._epoch_time += time.perf_counter() - t0
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, t: float, dt: float) -> None:
         self.inputs, self.targets = x, y
-        self.outputs, self._frozen_outputs, self._terms = {}, {}, []
+        self.outputs, self._frozen_outputs, self._terms, self.scratch = {}, {}, [], {}
+        self._manual_terms = set()
+        if self.taps.active:
+            self.taps.clear()
         for h in self._handlers[Event.BATCH_START]:
             h(self)
-        trainable = self.trainable
-        for m in trainable:
-            self.outputs[m.name] = m(self.inputs)
+        for m in self.members.values():
+            if m.fed:
+                self.outputs[m.name] = m(self.inputs_of(m.name))
+        steps = self._update_steps()
+        if steps is None:
+            self._default_step(t, dt)
+        else:
+            for i, step in enumerate(steps):
+                self._update(step, t, dt, last=i == len(steps) - 1)
+        self._accumulate(len(self.targets))
+        for h in self._handlers[Event.BATCH_END]:
+            h(self)
+
+    def _update_steps(self) -> list[UpdateStep] | None:
+        if not self._step_methods:
+            return None
+        steps = [s for m in self._step_methods for s in (m.update_steps(self) or [])]
+        if not steps:
+            return None
+        for s in steps:
+            for name in s.members:
+                if name not in self.members or not self.members[name].trainable:
+                    raise ConfigError(f"update step {s.name!r} names {name!r}, which is not a trainable member "
+                                      f"(trainable: {', '.join(m.name for m in self.trainable)})")
+        return steps
+
+    def _check_loss(self, value: float) -> float:
+        """The same decision on every process: diverged, stop, checkpoint now (one tiny reduction)."""
+        if self.dist.enabled:
+            # every process must take the same decision at the same step, or the others would wait forever in
+            # the next collective
+            due = 0.0
+            if self.per_rank and self.dist.is_main and self.config.checkpoint_minutes and self.run_dir:
+                due = float(time.monotonic() - self._last_checkpoint > 60 * self.config.checkpoint_minutes)
+            flags = torch.tensor([0.0 if math.isfinite(value) else 1.0, 1.0 if self._stop is not None else 0.0,
+                                  due], device=self.device)
+            diverged, stop, due = all_reduce_sum(flags, self.dist).tolist()
+            if diverged and math.isfinite(value):
+                value = math.nan
+            if stop and self._stop is None:
+                self._stop = signal.SIGTERM
+            self._checkpoint_due = self._checkpoint_due or bool(due)
+        if not math.isfinite(value):
+            where = f" in update step {self.update_step.name!r}" if self.update_step else ""
+            raise TrainingDiverged(
+                f"loss is {value}{where} at generation {self.generation + 1} epoch {self.epoch + 1} step "
+                f"{self.step + 1}; stopped, the last good checkpoint is kept"
+                + (f" in {self.run_dir}" if self.run_dir else ""))
+        return value
+
+    def _default_step(self, t: float, dt: float) -> None:
+        """Today's rule: the sum of every term, one backward, every local trainable optimizer steps."""
         for h in self._handlers[Event.LOSS]:
             h(self)
         if not self._terms:
             raise ConfigError("no method added a loss term; add a task loss such as method=ce")
         total = self._terms[0][2] if len(self._terms) == 1 else torch.stack([v for _, _, v in self._terms]).sum()
-        value = total.item()
-        if self.dist.enabled:
-            # every process must take the same decision (stop, or diverge) at the same step, or the others
-            # would wait forever in the next collective: share both flags in one tiny reduction
-            flags = torch.tensor([0.0 if math.isfinite(value) else 1.0, 1.0 if self._stop is not None else 0.0],
-                                 device=self.device)
-            diverged, stop = all_reduce_sum(flags, self.dist).tolist()
-            if diverged and math.isfinite(value):
-                value = math.nan
-            if stop and self._stop is None:
-                self._stop = signal.SIGTERM
-        if not math.isfinite(value):
-            raise TrainingDiverged(
-                f"loss is {value} at generation {self.generation + 1} epoch {self.epoch + 1} step {self.step + 1}; "
-                f"stopped, the last good checkpoint is kept" + (f" in {self.run_dir}" if self.run_dir else ""))
+        value = self._check_loss(total.item())
+        trainable = [m for m in self.trainable if m.local]
         for m in trainable:
             m.optimizer.zero_grad(set_to_none=True)
         total.backward()
         for h in self._handlers[Event.AFTER_BACKWARD]:
             h(self)
-        factor = self.schedule.factor(t, dt)
         for m in trainable:
-            set_lr(m.optimizer, factor)
+            set_lr(m.optimizer, m.schedule.factor(t, dt))
             m.optimizer.step()
         for h in self._handlers[Event.AFTER_STEP]:
             h(self)
-        self._accumulate(len(self.targets))
-        for h in self._handlers[Event.BATCH_END]:
-            h(self)
+        self._note_manual()
         self.progress.step(value)
 
-    def _accumulate(self, n: int) -> None:
-        acc = self._accum
-        with torch.no_grad():
-            for member, name, v in self._terms:
-                key = f"{member}/loss_{name}"
-                acc[key] = acc.get(key, 0.0) + v.detach().float() * n
-            for name, out in self.outputs.items():
-                if self.members[name].logits and isinstance(out, torch.Tensor) and out.ndim == 2 \
-                        and out.shape[0] == len(self.targets):
-                    hit = (out.argmax(1) == self.targets).sum()
-                    acc[f"{name}/correct"] = acc.get(f"{name}/correct", 0) + hit
-                acc[f"{name}/count"] = acc.get(f"{name}/count", 0) + n
+    def _update(self, step: UpdateStep, t: float, dt: float, *, last: bool) -> None:
+        """One declared update step: its terms, a backward into its members only, their optimizers step."""
+        self.update_step = step
+        try:
+            start = len(self._terms)
+            for h in self._handlers[Event.LOSS]:
+                h(self)
+            terms = self._terms[start:]
+            chosen = [v for _, name, v in terms if step.terms is None or name in step.terms]
+            if len(chosen) != len(terms):
+                extra = sorted({name for _, name, _ in terms if name not in step.terms})
+                raise ConfigError(f"update step {step.name!r} backpropagates terms {', '.join(step.terms)}, but "
+                                  f"terms {', '.join(extra)} were added to it")
+            if not chosen:
+                raise ConfigError(f"update step {step.name!r} got no loss terms")
+            total = chosen[0] if len(chosen) == 1 else torch.stack(chosen).sum()
+            value = self._check_loss(total.item())
+            members = [self.members[n] for n in step.members if self.members[n].local]
+            params = [p for m in members for p in m.model.parameters() if p.requires_grad]
+            for m in members:
+                m.optimizer.zero_grad(set_to_none=True)
+            # inputs=: gradients reach only this step's members; retain the graph for the steps after it
+            torch.autograd.backward(total, inputs=params, retain_graph=not last)
+            for h in self._handlers[Event.AFTER_BACKWARD]:
+                h(self)
+            for m in members:
+                set_lr(m.optimizer, m.schedule.factor(t, dt))
+                m.optimizer.step()
+            for h in self._handlers[Event.AFTER_STEP]:
+                h(self)
+            self._note_manual()
+            if last:
+                self.progress.step(value)
+        finally:
+            self.update_step = None
 
-    def _train_metrics(self, member: str) -> dict[str, float]:
-        acc = {k: (float(v) if not isinstance(v, torch.Tensor) else v) for k, v in self._accum.items()}
-        if self.dist.enabled and acc:
-            keys = sorted(acc)
-            vec = torch.tensor([float(acc[k]) for k in keys], dtype=torch.float64, device=self.device)
-            acc = dict(zip(keys, all_reduce_sum(vec, self.dist).tolist()))
-        n = float(acc.get(f"{member}/count", 0)) or 1.0
-        out: dict[str, float] = {}
-        terms = {k.split("/loss_", 1)[1]: float(v) / n for k, v in acc.items() if k.startswith(f"{member}/loss_")}
-        if terms:
-            out["loss"] = sum(terms.values())
-            if len(terms) > 1:
-                out.update({f"loss_{k}": v for k, v in terms.items()})
-        if f"{member}/correct" in acc:
-            out["top1"] = float(acc[f"{member}/correct"]) / n
-        return out
-
-    def _finish_epoch(self) -> None:
-        self._emit(Event.EPOCH_END)
-        g, e = self.generation, self.epoch
-        lr = self.trainable[0].optimizer.param_groups[0]["lr"] if self.trainable else 0.0
-        images = self.train_loader.steps(g, e) * self.train_loader.batch_size
-        every = self.config.eval_every
-        evaluate_now = (e + 1) % every == 0 or e + 1 == self.config.epochs
-        self.last_eval = {}
-        parts = [f"gen {g + 1}/{self.config.generations} ep {e + 1}/{self.config.epochs}"]
-        for name, member in self.members.items():
-            if not member.evaluate:
-                continue
-            train = self._train_metrics(name) if member.trainable else {}
-            evals = {split: self.evaluate(member.model, split) for split in self.eval_loaders} if evaluate_now else {}
-            if evals:
-                self.last_eval[name] = evals
-                self.results["final"][name] = dict(evals.get("test", {}))
-            if self.store is not None:
-                extra = {"lr": member.optimizer.param_groups[0]["lr"], "seconds": self._epoch_time,
-                         "images_per_second": images / max(self._epoch_time, 1e-9)} if member.trainable else {}
-                self.store.log_epoch(self.run_id, name, g, e, "train", {**train, **extra})
-                for split, metrics in evals.items():
-                    self.store.log_epoch(self.run_id, name, g, e, split, metrics)
-            self._update_best(name, evals)
-            parts.append(f"{name}:" + _format_metrics(train, evals))
-        parts.append(f"lr {lr:.4g} | {self._epoch_time:.1f}s")
-        line = "  ".join(parts)
-        self.progress.end_epoch(line)
-        self._log_line(line)
-        if self.last_eval:
-            self._emit(Event.AFTER_EVALUATE)
-        self.epoch += 1
-        self.step = 0
-        # the last epoch of a generation is saved by the generation's end, right after it
-        if self.epoch % self.config.checkpoint_every == 0 and self.epoch < self.config.epochs:
-            self.save_checkpoint()
-
-    def _update_best(self, name: str, evals: dict[str, dict]) -> None:
-        split = self.selection_split
-        if split not in evals:
-            return
-        top1 = evals[split]["top1"]
-        best = self.results["best"].get(name)
-        if best is None or top1 > best["top1"]:
-            self.results["best"][name] = {**evals[split],
-                                          "selected_on": split, "generation": self.generation + 1,
-                                          "epoch": self.epoch + 1,
-                                          **({"test_top1": evals["test"]["top1"]} if split != "test" else {})}
-            if self._writer is not None:
-                self._writer.save(self._weights_record(name), self.run_dir / f"best-{name}.pt")
-
-    def _finish_generation(self) -> None:
-        for name, member in self.members.items():
-            if member.evaluate and name in self.results["final"]:
-                self.log_generation(name, {f"test_{k}": v for k, v in self.results["final"][name].items()})
-        self._emit(Event.GENERATION_END)
-        self.generation += 1
-        self.epoch = 0
-        self.step = 0
-        self.started = False
-        if self.generation < self.config.generations:  # after the last one, fit() saves the finished run
-            self.save_checkpoint()
-
-    def _log_line(self, line: str) -> None:
-        if self.run_dir and self.dist.is_main:
-            with open(self.run_dir / "train.log", "a") as fh:
-                fh.write(line + "\n")
+    def _note_manual(self) -> None:
+        # manual members are not forwarded by the trainer: count their samples for their train metrics
+        for member, _, _ in self._terms:
+            if member not in self.outputs:
+                self._manual_terms.add(member)
 
     # -- signals ----------------------------------------------------------------------------------------------------
     def _install_signal_handlers(self):
@@ -529,74 +537,3 @@ class Trainer:
             raise Interrupted(f"interrupted at {where}; checkpoint saved, continue with: resprout resume "
                               f"{self.run_dir}")
         raise Interrupted(f"interrupted at {where}")
-
-    # -- checkpoints ----------------------------------------------------------------------------------------------------
-    def _weights_record(self, name: str) -> dict:
-        return {"format": ckpt.WEIGHTS_FORMAT, "version": ckpt.VERSION, "member": name,
-                "generation": self.generation + 1, "epoch": self.epoch + 1,
-                "config": self.config.to_dict(),
-                "surgery": [r for r in self.surgery if r["member"] == name],
-                "model": self.members[name].model.state_dict()}
-
-    def state_dict(self) -> dict:
-        return {
-            "format": ckpt.FORMAT,
-            "version": ckpt.VERSION,
-            "fingerprint": self.config.fingerprint(),
-            "config": self.config.to_dict(),
-            "run_id": self.run_id,
-            "position": {"generation": self.generation, "epoch": self.epoch, "step": self.step,
-                         "started": self.started, "finished": self.finished},
-            "members": {name: {"model": m.model.state_dict(),
-                               "optimizer": m.optimizer.state_dict() if (m.optimizer and self.started) else None}
-                        for name, m in self.members.items()},
-            "surgery": list(self.surgery),
-            "methods": {m.name: m.state_dict() for m in self.methods},
-            "rng": rng_state(),
-            "accum": dict(self._accum),
-            "epoch_time": self._epoch_time,
-            "results": self.results,
-        }
-
-    def save_checkpoint(self) -> None:
-        """Queue a snapshot of the run for writing (rank 0 only; a no-op without a run directory)."""
-        if self._writer is None or self.run_dir is None:
-            return
-        self._writer.save(self.state_dict(), self.run_dir / CHECKPOINT_NAME)
-        self._last_checkpoint = time.monotonic()
-
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Continue from a checkpoint written by a run with the same configuration."""
-        state = ckpt.load_file(path)
-        if state["fingerprint"] != self.config.fingerprint():
-            raise CheckpointError(f"{path} was written by a run with another configuration; nothing was changed")
-        names = set(state["members"])
-        # replay surgery on the freshly built members so that shapes match, then load weights
-        for rec in state["surgery"]:
-            if rec["member"] not in self.members:
-                raise CheckpointError(f"{path}: surgery on unknown member {rec['member']!r}")
-            self._run_surgery(rec["member"], rec["op"], rec["args"])
-        self.surgery = list(state["surgery"])
-        if names != set(self.members):
-            raise CheckpointError(f"{path} holds members {sorted(names)}, this run has {sorted(self.members)}")
-        pos = state["position"]
-        self.generation, self.epoch, self.step = pos["generation"], pos["epoch"], pos["step"]
-        self.started, self.finished = pos["started"], pos["finished"]
-        for name, m in self.members.items():
-            try:
-                m.model.load_state_dict(state["members"][name]["model"])
-            except RuntimeError as e:
-                raise CheckpointError(f"{path}: weights of {name!r} do not fit the model "
-                                      f"({str(e).splitlines()[0]})") from None
-            if self.started and m.trainable:
-                self.rebuild_optimizer(name)
-                m.optimizer.load_state_dict(state["members"][name]["optimizer"])
-        for method in self.methods:
-            method.load_state_dict(state["methods"].get(method.name, {}))
-        self._accum = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v)
-                       for k, v in state["accum"].items()}
-        self._epoch_time = state["epoch_time"]
-        self.results = state["results"]
-        set_rng_state(state["rng"])
-        if self.store is not None:
-            self.store.forget_after(self.run_id, self.generation, self.epoch)

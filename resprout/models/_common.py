@@ -1,13 +1,18 @@
-"""Helpers shared by the built-in models: channel scaling, weight init and option checks."""
+"""Helpers shared by the built-in models: channel scaling, weight init and option checks.
+
+The option checks run the shared validator of :mod:`resprout.options` (strictly: no parsing from strings, a bool is
+not a number) and word a bad value the way model errors read: ``option 'width' must be a number > 0; got 0``.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 
 from resprout.errors import ConfigError
+from resprout.options import Spec, describe, validate
 
 
 class OptionError(ConfigError):
@@ -32,39 +37,39 @@ def init_weights(model: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def _is_number(value: object) -> bool:
-    # bool is an int subclass, but width=True is a mistake, not a multiplier.
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def check_option(value: object, name: str, spec: Spec, expected: str | None = None) -> Any:
+    """``value`` checked against ``spec`` by the shared validator; a bad one is an :class:`OptionError`
+    ``option '<name>' must be <expected>; got <value>`` (``expected`` defaults to what ``spec`` allows)."""
+    try:
+        return validate(name, value, spec, strict=True)
+    except ConfigError:
+        raise OptionError(f"option '{name}' must be {expected or describe(spec)}; got {value!r}") from None
+
+
+_WIDTH = Spec(float, min=0, min_exclusive=True)
+_PROBABILITY = Spec(float, min=0, max=1, max_exclusive=True)
+_DEPTH_6N4 = "an integer 6n+4 with n >= 1 (e.g. 16, 28, 40, 100)"
 
 
 def check_width(value: object, name: str = "width") -> float:
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
-        raise OptionError(f"option '{name}' must be a number > 0; got {value!r}")
-    return float(value)
+    return check_option(value, name, _WIDTH)
 
 
 def check_choice(value: object, name: str, choices: Iterable[str]) -> str:
-    choices = tuple(choices)
-    if value not in choices:
-        allowed = ", ".join(repr(c) for c in choices)
-        raise OptionError(f"option '{name}' must be one of {allowed}; got {value!r}")
-    return value  # type: ignore[return-value]
+    return check_option(value, name, Spec(choices=tuple(choices)))
 
 
 def check_int(value: object, name: str, *, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise OptionError(f"option '{name}' must be an integer >= {minimum}; got {value!r}")
-    return value
+    return check_option(value, name, Spec(int, min=minimum))
 
 
 def check_probability(value: object, name: str = "dropout") -> float:
-    if not _is_number(value) or not 0.0 <= value < 1.0:
-        raise OptionError(f"option '{name}' must be a number in [0, 1); got {value!r}")
-    return float(value)
+    return check_option(value, name, _PROBABILITY)
 
 
 def check_depth_6n4(value: object, name: str = "depth") -> int:
     """Depths of the form 6n+4 (n >= 1) used by DenseNet-BC and WRN: 3 stages of n blocks with 2 convs each."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 10 or (value - 4) % 6 != 0:
-        raise OptionError(f"option '{name}' must be an integer 6n+4 with n >= 1 (e.g. 16, 28, 40, 100); got {value!r}")
-    return value
+    depth = check_option(value, name, Spec(int, min=10), _DEPTH_6N4)
+    if (depth - 4) % 6 != 0:
+        raise OptionError(f"option '{name}' must be {_DEPTH_6N4}; got {value!r}")
+    return depth

@@ -2,6 +2,8 @@
 
 A model is registered under a name together with the options it accepts and their defaults. ``build_model`` checks
 the options, fills in the defaults and calls the builder as ``builder(in_channels=..., num_classes=..., **options)``.
+Option names are checked here; values by the builder (the checks of :mod:`resprout.models._common`), or here when the
+option is declared with a :class:`~resprout.options.Spec`. Both use the shared validator of :mod:`resprout.options`.
 Names of the form ``tv:<name>`` and ``timm:<name>`` are not registered; they are built by
 :mod:`resprout.models.external`.
 """
@@ -14,19 +16,23 @@ from typing import Any
 from torch import nn
 
 from resprout.errors import ConfigError
-from resprout.models._common import OptionError
+from resprout.models._common import OptionError, check_option
+from resprout.options import Spec, unknown_name, validate
 
 Builder = Callable[..., nn.Module]
 
-_REGISTRY: dict[str, tuple[Builder, dict[str, Any]]] = {}
+# name -> (builder, defaults of every option, specs of the options declared with one)
+_REGISTRY: dict[str, tuple[Builder, dict[str, Any], dict[str, Spec]]] = {}
 _EXTERNAL_PREFIXES = ("tv:", "timm:")
 
 
 def register_model(name: str, *, options: Mapping[str, Any]) -> Callable[[Builder], Builder]:
     """Decorator registering ``builder(*, in_channels, num_classes, **options) -> nn.Module`` under ``name``.
 
-    ``options`` maps every option the builder accepts to its default. The builder is returned unchanged, so one
-    function can be registered under several names by stacking decorators.
+    ``options`` maps every option the builder accepts to its default, or to a :class:`~resprout.options.Spec`
+    (with its ``default``) whose type, choices and range :func:`build_model` then checks before calling the
+    builder. The builder is returned unchanged, so one function can be registered under several names by stacking
+    decorators.
     """
     if not isinstance(name, str) or not name or name != name.strip():
         raise ConfigError(f"model name must be a non-empty string without surrounding spaces; got {name!r}")
@@ -37,12 +43,13 @@ def register_model(name: str, *, options: Mapping[str, Any]) -> Callable[[Builde
         raise ConfigError(f"model '{name}' is already registered")
     if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
         raise ConfigError(f"options of model '{name}' must be a dict of option name -> default")
-    defaults = dict(options)
+    specs = {k: v for k, v in options.items() if isinstance(v, Spec)}
+    defaults = {k: v.default if isinstance(v, Spec) else v for k, v in options.items()}
 
     def decorator(builder: Builder) -> Builder:
         if not callable(builder):
             raise ConfigError(f"model '{name}' must be registered on a callable; got {builder!r}")
-        _REGISTRY[name] = (builder, defaults)
+        _REGISTRY[name] = (builder, defaults, specs)
         return builder
 
     return decorator
@@ -71,9 +78,10 @@ def model_options(name: str) -> dict[str, Any]:
 
 
 def _check_positive_int(value: object, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{what} must be an integer >= 1; got {value!r}")
-    return value
+    try:
+        return validate(what, value, Spec(int, min=1), strict=True)
+    except ConfigError:
+        raise ConfigError(f"{what} must be an integer >= 1; got {value!r}") from None
 
 
 def build_model(name: str, *, in_channels: int, num_classes: int, **options: Any) -> nn.Module:
@@ -89,13 +97,14 @@ def build_model(name: str, *, in_channels: int, num_classes: int, **options: Any
         return build_external(name, in_channels=in_channels, num_classes=num_classes, **options)
     if not isinstance(name, str) or name not in _REGISTRY:
         raise _unknown_model(name)
-    builder, defaults = _REGISTRY[name]
+    builder, defaults, specs = _REGISTRY[name]
     unknown = sorted(set(options) - set(defaults))
     if unknown:
-        allowed = ", ".join(sorted(defaults)) or "(none)"
-        raise ConfigError(f"model '{name}': unknown option {unknown[0]!r}; allowed: {allowed}")
+        raise unknown_name(repr(unknown[0]), sorted(defaults), where=f"model '{name}'")
     resolved = {**defaults, **options}
     try:
+        for key, spec in specs.items():
+            resolved[key] = check_option(resolved[key], key, spec)
         return builder(in_channels=in_channels, num_classes=num_classes, **resolved)
     except OptionError as exc:
         raise ConfigError(f"model '{name}': {exc}") from None

@@ -61,9 +61,9 @@ class KnowledgeEvolution(Method):
                               f"({', '.join(trainer.members)})")
         if opts.handover == "best" and "val" not in trainer.eval_loaders:
             raise ConfigError("ke.handover=best needs a validation split: set val_split (e.g. val_split=0.1)")
-        if opts.reinit == "initial" and trainer.config.model.startswith("custom:"):
-            raise ConfigError("ke.reinit=initial re-draws from the model's builder; a custom module has none "
-                              "(use ke.reinit=default or zeros)")
+        if opts.reinit == "initial" and trainer.model_factory is None:
+            raise ConfigError("ke.reinit=initial re-draws from the model's builder; this run has none (pass a "
+                              "model factory, e.g. module=MyNet instead of module=MyNet(), or use ke.reinit=default)")
         self.input_shape = trainer.input_shape
 
     def on_fit_start(self, trainer) -> None:
@@ -95,16 +95,7 @@ class KnowledgeEvolution(Method):
         if how == "default":
             return default_init(model, self.masks)
         # "initial": a freshly built network of the same architecture, seeded by (seed, generation)
-        from resprout.models import build_model
-
-        cfg = trainer.config
-        state = torch.get_rng_state()
-        torch.manual_seed(derive_seed(cfg.seed, 0x1717, trainer.generation) % (1 << 62))
-        try:
-            twin = build_model(cfg.model, in_channels=self.input_shape[0],
-                               num_classes=_num_classes(model, self.input_shape), **cfg.model_kwargs())
-        finally:
-            torch.set_rng_state(state)
+        twin = trainer.new_model(derive_seed(trainer.config.seed, 0x1717, trainer.generation) % (1 << 62))
         twin_params = dict(twin.named_parameters())
         return {n: twin_params[n].detach() for n in self.masks}
 
@@ -165,12 +156,3 @@ class KnowledgeEvolution(Method):
 
     def load_state_dict(self, state: dict) -> None:
         self.best = state.get("best", {})
-
-
-def _num_classes(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        out = model(example_input(input_shape, device=model_device(model)))
-    model.train(was)
-    return out.shape[1]

@@ -1,0 +1,124 @@
+"""Data sources: the registry that turns a source name into a raw :class:`~resprout.data.Dataset`.
+
+A *source* turns a name (and, for files on disk, a path) into a raw dataset with its full train and test splits
+(and a validation split if the source has one); :func:`resprout.data.prepare` then derives the dataset a run trains
+on. Built-in sources (see :func:`available_sources`), one module each in this package: ``digits`` (scikit-learn's
+8x8 digits, offline), ``fashion-mnist`` and ``mnist`` (IDX files, :mod:`.idx`), ``cifar10`` and ``cifar100`` (the
+python-pickle layouts, :mod:`.cifar`), ``imagefolder`` (class-per-folder trees read with Pillow) and ``synthetic``
+(for tests). More can be added with :func:`register_source`.
+
+A source's options are the keyword parameters of its function; those it declares with a
+:class:`~resprout.options.Spec` are checked by the shared option validator before the function runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, TypeVar
+
+from resprout.data.dataset import Dataset, Split, channel_stats
+from resprout.data.preparation import prepare
+from resprout.errors import ConfigError
+from resprout.options import Spec, unknown_name, validate
+
+__all__ = [
+    "Dataset",
+    "Split",
+    "available_sources",
+    "channel_stats",
+    "load_source",
+    "prepare",
+    "register_source",
+]
+
+SourceFn = Callable[..., Dataset]
+_F = TypeVar("_F", bound=SourceFn)
+
+
+class _Source(NamedTuple):
+    fn: SourceFn
+    options: dict[str, Spec]  # the declared options (a subset of the function's keyword parameters)
+
+
+_SOURCES: dict[str, _Source] = {}
+_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def _canonical(name: str) -> str:
+    return str(name).strip().lower().replace("_", "-")
+
+
+def register_source(name: str, *, options: Mapping[str, Spec] | None = None,
+                    replace: bool = False) -> Callable[[_F], _F]:
+    """Register a data source under ``name`` (decorator).
+
+    The function returns a :class:`Dataset`. If it has a parameter called ``path``, it receives the data path
+    (``None`` when the user gave none); its other keyword parameters are the source's options, and
+    :func:`load_source` refuses options it does not declare (unless it takes ``**options``). ``options`` may give
+    a :class:`~resprout.options.Spec` (type, choices, range) for some of them; :func:`load_source` checks those
+    values (strictly: no parsing from strings) before calling the function::
+
+        @register_source("my-data", options={"size": Spec(int, min=1)})
+        def my_data(path, *, size=32):
+            ...
+    """
+    key = _canonical(name)
+    if not key:
+        raise ValueError("a data source needs a non-empty name")
+    specs = dict(options or {})
+
+    def deco(fn: _F) -> _F:
+        if key in _SOURCES and not replace and _SOURCES[key].fn is not fn:
+            raise ValueError(f"data source {key!r} is already registered (pass replace=True to replace it)")
+        params = inspect.signature(fn).parameters
+        for opt in specs:
+            if opt == "path" or opt not in params or params[opt].kind not in _KEYWORD:
+                raise ValueError(f"data source {key!r} declares option {opt!r}, which is not a keyword parameter")
+        _SOURCES[key] = _Source(fn, specs)
+        return fn
+
+    return deco
+
+
+def available_sources() -> list[str]:
+    """The names of the registered data sources, sorted."""
+    return sorted(_SOURCES)
+
+
+def load_source(name: str, path: str | os.PathLike | None = None, **options: Any) -> Dataset:
+    """The raw, full dataset of source ``name`` (see :func:`available_sources`).
+
+    ``path`` is the data directory for sources read from disk; ``options`` are the source's own options (e.g.
+    ``labels="coarse"`` for cifar100). An unknown source, an option the source does not take or a bad value of a
+    declared option is a ConfigError.
+    """
+    key = _canonical(name)
+    source = _SOURCES.get(key)
+    if source is None:
+        raise ConfigError(f"unknown data source {name!r}; allowed: {', '.join(available_sources())}")
+    where = f"data source {key!r}"
+    params = inspect.signature(source.fn).parameters
+    takes_path = "path" in params
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    allowed = [n for n, p in params.items() if n != "path" and p.kind in _KEYWORD]
+    if not takes_any:
+        for opt in options:
+            if opt not in allowed:
+                raise unknown_name(repr(opt), allowed, where=where)
+    if path is not None and not takes_path:
+        raise ConfigError(f"data source {key!r} does not read files, so it takes no data_path (got {str(path)!r})")
+    kwargs = {opt: validate(opt, value, source.options[opt], strict=True, where=where)
+              if opt in source.options else value for opt, value in options.items()}
+    if takes_path:
+        kwargs["path"] = path
+    ds = source.fn(**kwargs)
+    if not isinstance(ds, Dataset):
+        raise TypeError(f"data source {key!r} returned {type(ds).__name__}, expected a Dataset")
+    return ds
+
+
+# The built-in sources register themselves when imported; the IDX constants stay importable from here.
+from resprout.data.sources import cifar, digits, idx, imagefolder, synthetic  # noqa: E402,F401  isort:skip
+from resprout.data.sources.idx import FASHION_MNIST_CLASSES, IDX_FILES, SYSTEM_DATA_DIRS  # noqa: E402,F401  isort:skip

@@ -1,0 +1,210 @@
+"""Evaluation and epoch reporting: metrics of a batch and a split, train metrics accumulated over an epoch, the
+epoch line, the store rows and the best weights.
+
+:class:`Reporting` is a part of :class:`~resprout.engine.trainer.Trainer` (split out by concern); it reads the
+trainer's members, loaders, store and position.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resprout.data.loader import EvalLoader
+from resprout.engine.distributed import DistInfo, all_gather_object, all_reduce_sum
+from resprout.engine.events import Event
+
+if TYPE_CHECKING:
+    from resprout.engine.trainer import Trainer
+
+
+def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[summed cross-entropy, top-1 correct, top-5 correct, count] of a batch, as one tensor."""
+    loss = F.cross_entropy(logits, targets, reduction="sum")
+    k = min(5, logits.shape[1])
+    topk = logits.topk(k, dim=1).indices
+    hits = topk == targets[:, None]
+    return torch.stack([loss, hits[:, 0].sum().to(loss.dtype), hits.any(1).sum().to(loss.dtype),
+                        torch.tensor(float(len(targets)), device=loss.device)])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: EvalLoader, dist: DistInfo | None = None) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (fractions) of ``model`` on ``loader``, over all processes."""
+    was_training = model.training
+    model.eval()
+    sums = None
+    try:
+        for x, y in loader:
+            batch = classification_metrics(model(x).float(), y)
+            sums = batch if sums is None else sums + batch
+    finally:
+        model.train(was_training)
+    if sums is None:
+        sums = torch.zeros(4, device=loader.device)
+    sums = all_reduce_sum(sums.double(), dist or DistInfo()).tolist()
+    n = max(sums[3], 1.0)
+    return {"loss": sums[0] / n, "top1": sums[1] / n, "top5": sums[2] / n}
+
+
+def format_metrics(train: dict, evals: dict[str, dict]) -> str:
+    text = ""
+    if "loss" in train:
+        text += f" train loss {train['loss']:.4f}"
+    if "top1" in train:
+        text += f" top1 {100 * train['top1']:.2f}"
+    for split, m in evals.items():
+        text += f" | {split}" + (f" loss {m['loss']:.4f}" if "loss" in m else "") + f" top1 {100 * m['top1']:.2f}"
+        for key in ("top5", "nmi"):
+            if key in m:
+                text += f" {key} {100 * m[key]:.2f}"
+    return text
+
+
+class Reporting:
+    """Evaluation, train metrics and the end of an epoch (a part of the trainer)."""
+
+    def evaluate(self: Trainer, model: nn.Module, split: str = "test") -> dict[str, float]:
+        """Metrics of ``model`` on a split: classification by default, or the run's ``evaluator`` (a method may
+        set one, e.g. retrieval metrics for an embedding network; it must return at least ``loss`` and ``top1``).
+
+        In a run with per-rank members every rank evaluates its own members on the whole split."""
+        if self.per_rank:
+            return (self.evaluator or evaluate)(model, self.full_eval_loaders[split], DistInfo())
+        return (self.evaluator or evaluate)(model, self.eval_loaders[split], self.dist)
+
+    @property
+    def selection_split(self: Trainer) -> str:
+        """Where "best" is chosen: validation when the run has it, else test (reported as such)."""
+        return "val" if "val" in self.eval_loaders else "test"
+
+    def log_generation(self: Trainer, member: str, metrics: dict[str, float], *, in_results: bool = True) -> None:
+        """Record per-generation metrics of a member in the store, and (unless ``in_results`` is false, for bulky
+        per-layer detail) in the run's results."""
+        if in_results:
+            gens = self.results["generations"]
+            while len(gens) <= self.generation:
+                gens.append({"generation": len(gens) + 1})
+            gens[self.generation].setdefault(member, {}).update({k: float(v) for k, v in metrics.items()})
+        if self.store is not None:
+            self.store.log_generation(self.run_id, member, self.generation, metrics)
+
+    # -- train metrics ------------------------------------------------------------------------------------------------
+    def _accumulate(self: Trainer, n: int) -> None:
+        acc = self._accum
+        with torch.no_grad():
+            for member, name, v in self._terms:
+                key = f"{member}/loss_{name}"
+                acc[key] = acc.get(key, 0.0) + v.detach().float() * n
+            for name, out in self.outputs.items():
+                targets = self.targets_of(name)
+                if self.members[name].logits and isinstance(out, torch.Tensor) and out.ndim == 2 \
+                        and out.shape[0] == len(targets):
+                    hit = (out.argmax(1) == targets).sum()
+                    acc[f"{name}/correct"] = acc.get(f"{name}/correct", 0) + hit
+                acc[f"{name}/count"] = acc.get(f"{name}/count", 0) + n
+            for name in self._manual_terms:
+                acc[f"{name}/count"] = acc.get(f"{name}/count", 0) + n
+
+    def _train_metrics(self: Trainer, member: str) -> dict[str, float]:
+        acc = {k: (float(v) if not isinstance(v, torch.Tensor) else v) for k, v in self._accum.items()}
+        if self.dist.enabled and acc and not self.per_rank:
+            keys = sorted(acc)
+            vec = torch.tensor([float(acc[k]) for k in keys], dtype=torch.float64, device=self.device)
+            acc = dict(zip(keys, all_reduce_sum(vec, self.dist).tolist()))
+        n = float(acc.get(f"{member}/count", 0)) or 1.0
+        out: dict[str, float] = {}
+        terms = {k.split("/loss_", 1)[1]: float(v) / n for k, v in acc.items() if k.startswith(f"{member}/loss_")}
+        if terms:
+            out["loss"] = sum(terms.values())
+            if len(terms) > 1:
+                out.update({f"loss_{k}": v for k, v in terms.items()})
+        if f"{member}/correct" in acc:
+            out["top1"] = float(acc[f"{member}/correct"]) / n
+        return out
+
+    # -- the end of an epoch ---------------------------------------------------------------------------------------------
+    def _epoch_rows(self: Trainer, evaluate_now: bool, images: int) -> dict[str, tuple[dict, dict, dict]]:
+        """(train metrics, extra train values, split -> metrics) of every evaluated local member."""
+        rows = {}
+        for name, member in self.members.items():
+            if not member.evaluate or not member.local:
+                continue
+            train = self._train_metrics(name) if member.trainable else {}
+            evals = {split: self.evaluate(member.model, split) for split in self.eval_loaders} if evaluate_now else {}
+            extra = {"lr": member.optimizer.param_groups[0]["lr"], "seconds": self._epoch_time,
+                     "images_per_second": images / max(self._epoch_time, 1e-9)} if member.trainable else {}
+            rows[name] = (train, extra, evals)
+        if self.per_rank:  # rank 0 reports every rank's members
+            merged: dict = {}
+            for part in all_gather_object(rows, self.dist):
+                merged.update(part)
+            rows = {name: merged[name] for name in self.members if name in merged}
+        return rows
+
+    def _finish_epoch(self: Trainer) -> None:
+        self._emit(Event.EPOCH_END)
+        g, e = self.generation, self.epoch
+        local = [m for m in self.trainable if m.local]
+        lr = local[0].optimizer.param_groups[0]["lr"] if local else 0.0
+        images = self.train_loader.steps(g, e) * self.train_loader.batch_size
+        every = self.config.eval_every
+        evaluate_now = (e + 1) % every == 0 or e + 1 == self.config.epochs
+        self.last_eval = {}
+        parts = [f"gen {g + 1}/{self.config.generations} ep {e + 1}/{self.config.epochs}"]
+        for name, (train, extra, evals) in self._epoch_rows(evaluate_now, images).items():
+            if evals:
+                self.last_eval[name] = evals
+                self.results["final"][name] = dict(evals.get("test", {}))
+            if self.store is not None:
+                self.store.log_epoch(self.run_id, name, g, e, "train", {**train, **extra})
+                for split, metrics in evals.items():
+                    self.store.log_epoch(self.run_id, name, g, e, split, metrics)
+            self._update_best(name, evals)
+            parts.append(f"{name}:" + format_metrics(train, evals))
+        parts.append(f"lr {lr:.4g} | {self._epoch_time:.1f}s")
+        line = "  ".join(parts)
+        self.progress.end_epoch(line)
+        self._log_line(line)
+        if self.last_eval:
+            self._emit(Event.AFTER_EVALUATE)
+        self.epoch += 1
+        self.step = 0
+        # the last epoch of a generation is saved by the generation's end, right after it
+        if self.epoch % self.config.checkpoint_every == 0 and self.epoch < self.config.epochs:
+            self.save_checkpoint()
+
+    def _update_best(self: Trainer, name: str, evals: dict[str, dict]) -> None:
+        split = self.selection_split
+        if split not in evals:
+            return
+        top1 = evals[split]["top1"]
+        best = self.results["best"].get(name)
+        if best is None or top1 > best["top1"]:
+            self.results["best"][name] = {**evals[split],
+                                          "selected_on": split, "generation": self.generation + 1,
+                                          "epoch": self.epoch + 1,
+                                          **({"test_top1": evals["test"]["top1"]} if split != "test" else {})}
+            # the rank that holds the member writes its best weights
+            if self._best_writer is not None and self.members[name].local:
+                self._best_writer.save(self._weights_record(name), self.run_dir / f"best-{name}.pt")
+
+    def _finish_generation(self: Trainer) -> None:
+        for name, member in self.members.items():
+            if member.evaluate and name in self.results["final"]:
+                self.log_generation(name, {f"test_{k}": v for k, v in self.results["final"][name].items()})
+        self._emit(Event.GENERATION_END)
+        self.generation += 1
+        self.epoch = 0
+        self.step = 0
+        self.started = False
+        if self.generation < self.config.generations:  # after the last one, fit() saves the finished run
+            self.save_checkpoint()
+
+    def _log_line(self: Trainer, line: str) -> None:
+        if self.run_dir and self.dist.is_main:
+            with open(self.run_dir / "train.log", "a") as fh:
+                fh.write(line + "\n")

@@ -1,0 +1,205 @@
+"""A run's state: surgery (applied, recorded, replayed) and checkpoints (saved, loaded).
+
+:class:`RunState` is a part of :class:`~resprout.engine.trainer.Trainer` (split out by concern).
+
+Checkpoints hold the whole position (generation, epoch, step), every member's weights and optimizer, the surgery
+history, method states, global RNG states and the metrics so far. Data order and augmentation are functions of the
+position (see :mod:`resprout.data.loader`), so a run resumed from any checkpoint ends with exactly the weights and
+metrics of a run that was never stopped (same device, same thread count).
+
+In a run with per-rank members, every rank's members, RNG state and epoch sums are **gathered to rank 0**, which
+writes one checkpoint file; on resume every rank reads that file and takes its own part.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from resprout.engine import checkpoint as ckpt
+from resprout.engine.distributed import all_gather_object
+from resprout.engine.events import Event
+from resprout.errors import CheckpointError
+from resprout.seeding import rng_state, set_rng_state
+from resprout.surgery.registry import IndexMaps, SurgeryResult, get_surgery
+
+if TYPE_CHECKING:
+    from resprout.engine.trainer import Trainer
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def carry_tensor(old: torch.Tensor, maps: dict[int, list[int]], shape: torch.Size) -> torch.Tensor:
+    """``old`` indexed into ``shape`` along the mapped dims; new indices (``-1``) are zero."""
+    out = old
+    for dim, index in sorted(maps.items()):
+        idx = torch.tensor(index, dtype=torch.long, device=old.device)
+        keep = idx >= 0
+        picked = out.index_select(dim, idx.clamp(min=0))
+        mask_shape = [1] * out.dim()
+        mask_shape[dim] = len(index)
+        out = picked * keep.view(mask_shape).to(picked.dtype)
+    if out.shape != shape:
+        raise CheckpointError(f"surgery index map gives shape {tuple(out.shape)}, the new tensor has {tuple(shape)}")
+    return out
+
+
+def carry_optimizer_state(old_state: dict[str, dict], new_model: nn.Module, optimizer: torch.optim.Optimizer,
+                          index_maps: IndexMaps) -> None:
+    """Carry per-parameter optimizer state (momentum, Adam moments) over a surgery: kept channels keep theirs, new
+    channels start at zero. ``old_state`` maps parameter names of the old model to their optimizer state."""
+    for name, p in new_model.named_parameters():
+        if name not in old_state:
+            continue
+        maps = index_maps.get(name, {})
+        carried = {}
+        for key, value in old_state[name].items():
+            if isinstance(value, torch.Tensor) and value.shape == p.shape and not maps:
+                carried[key] = value.clone()
+            elif isinstance(value, torch.Tensor) and value.dim() > 0:
+                carried[key] = carry_tensor(value, maps, p.shape)
+            else:  # scalars: Adam's step count
+                carried[key] = value.clone() if isinstance(value, torch.Tensor) else value
+        optimizer.state[p] = carried
+
+
+class RunState:
+    """Surgery and checkpoints (a part of the trainer)."""
+
+    # -- surgery ----------------------------------------------------------------------------------------------------
+    def apply_surgery(self: Trainer, name: str, op: str, **args: Any) -> nn.Module:
+        """Change a member's shapes with the registered operation ``op``; recorded so a resume can replay it.
+
+        Inside a generation the member's optimizer is rebuilt for the new parameters, and its state (momentum,
+        Adam moments) is carried through the operation's index map: kept channels keep theirs, new ones start at
+        zero. The distributed wrapper and feature taps are renewed, and ``on_member_resized`` tells the methods.
+        """
+        member = self.members[name]
+        old_state = {}
+        if member.optimizer is not None and self.started:
+            params = dict(member.model.named_parameters())
+            by_id = {id(p): n for n, p in params.items()}
+            old_state = {by_id[id(p)]: s for p, s in member.optimizer.state.items() if id(p) in by_id}
+        result = self._run_surgery(name, op, args)
+        self.surgery.append({"member": name, "op": op, "args": args, "generation": self.generation,
+                             "epoch": self.epoch, "step": self.step})
+        if member.trainable and member.local and self.started:
+            self.rebuild_optimizer(name)
+            carry_optimizer_state(old_state, member.model, member.optimizer, result.index_maps)
+        self._member_resized(name, replay=False)
+        return member.model
+
+    def _run_surgery(self: Trainer, name: str, op: str, args: dict) -> SurgeryResult:
+        member = self.members[name]
+        out = get_surgery(op)(member.model, **args)
+        result = out if isinstance(out, SurgeryResult) else SurgeryResult(out)
+        member.model = self._place(result.model)
+        if not member.trainable:
+            self._freeze(member.model)
+        self._wrap(member)
+        return result
+
+    def _member_resized(self: Trainer, name: str, *, replay: bool) -> None:
+        self.resized, self.replaying = name, replay
+        try:
+            self.taps.attach(name, self.members[name].model) if self.taps.active else None
+            self._emit(Event.MEMBER_RESIZED)
+        finally:
+            self.resized, self.replaying = None, False
+
+    # -- checkpoints ------------------------------------------------------------------------------------------------
+    def _weights_record(self: Trainer, name: str) -> dict:
+        return {"format": ckpt.WEIGHTS_FORMAT, "version": ckpt.VERSION, "member": name,
+                "generation": self.generation + 1, "epoch": self.epoch + 1,
+                "config": self.config.to_dict(),
+                "surgery": [r for r in self.surgery if r["member"] == name],
+                "model": self.members[name].model.state_dict()}
+
+    def _local_state(self: Trainer) -> dict:
+        return {"members": {name: {"model": m.model.state_dict(),
+                                   "optimizer": m.optimizer.state_dict() if (m.optimizer and self.started) else None}
+                            for name, m in self.members.items() if m.local},
+                "methods": {m.name: m.state_dict() for m in self.methods},
+                "rng": rng_state(),
+                "accum": dict(self._accum)}
+
+    def state_dict(self: Trainer) -> dict:
+        local = self._local_state()
+        state = {
+            "format": ckpt.FORMAT,
+            "version": ckpt.VERSION,
+            "fingerprint": self.config.fingerprint(),
+            "config": self.config.to_dict(),
+            "run_id": self.run_id,
+            "position": {"generation": self.generation, "epoch": self.epoch, "step": self.step,
+                         "started": self.started, "finished": self.finished},
+            "members": local["members"],
+            "surgery": list(self.surgery),
+            "methods": local["methods"],
+            "rng": local["rng"],
+            "accum": local["accum"],
+            "epoch_time": self._epoch_time,
+            "results": self.results,
+        }
+        if self.per_rank:  # gathered to rank 0: one file holds every rank's part
+            parts = all_gather_object(ckpt.snapshot(local), self.dist)
+            state["members"] = {k: v for part in parts for k, v in part["members"].items()}
+            state["ranks"] = [{k: part[k] for k in ("methods", "rng", "accum")} for part in parts]
+        return state
+
+    def save_checkpoint(self: Trainer) -> None:
+        """Queue a snapshot of the run for writing (rank 0 writes; a no-op without a run directory). With
+        per-rank members every rank must call it at the same point (it gathers)."""
+        if self.run_dir is None or (self._writer is None and not self.per_rank):
+            return
+        state = self.state_dict()
+        if self._writer is not None:
+            self._writer.save(state, self.run_dir / CHECKPOINT_NAME)
+        self._last_checkpoint = time.monotonic()
+
+    def load_checkpoint(self: Trainer, path: str | Path) -> None:
+        """Continue from a checkpoint written by a run with the same configuration."""
+        state = ckpt.load_file(path)
+        if state["fingerprint"] != self.config.fingerprint():
+            raise CheckpointError(f"{path} was written by a run with another configuration; nothing was changed")
+        names = set(state["members"])
+        # replay surgery on the freshly built members so that shapes match, then load weights
+        for rec in state["surgery"]:
+            if rec["member"] not in self.members:
+                raise CheckpointError(f"{path}: surgery on unknown member {rec['member']!r}")
+            self._run_surgery(rec["member"], rec["op"], rec["args"])
+            self._member_resized(rec["member"], replay=True)
+        self.surgery = list(state["surgery"])
+        if names != set(self.members):
+            raise CheckpointError(f"{path} holds members {sorted(names)}, this run has {sorted(self.members)}")
+        part = state["ranks"][self.dist.rank] if "ranks" in state else state
+        if "ranks" in state and len(state["ranks"]) != self.dist.world_size:
+            raise CheckpointError(f"{path} was written by {len(state['ranks'])} processes, this run has "
+                                  f"{self.dist.world_size}; per-rank members need the same number")
+        pos = state["position"]
+        self.generation, self.epoch, self.step = pos["generation"], pos["epoch"], pos["step"]
+        self.started, self.finished = pos["started"], pos["finished"]
+        for name, m in self.members.items():
+            if not m.local:
+                continue
+            try:
+                m.model.load_state_dict(state["members"][name]["model"])
+            except RuntimeError as e:
+                raise CheckpointError(f"{path}: weights of {name!r} do not fit the model "
+                                      f"({str(e).splitlines()[0]})") from None
+            if self.started and m.trainable:
+                self.rebuild_optimizer(name)
+                m.optimizer.load_state_dict(state["members"][name]["optimizer"])
+        for method in self.methods:
+            method.load_state_dict(part["methods"].get(method.name, {}))
+        self._accum = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v)
+                       for k, v in part["accum"].items()}
+        self._epoch_time = state["epoch_time"]
+        self.results = state["results"]
+        set_rng_state(part["rng"])
+        if self.store is not None:
+            self.store.forget_after(self.run_id, self.generation, self.epoch)

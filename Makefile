@@ -25,6 +25,8 @@ test: venv
 
 bench: venv
 	$(BIN)/python -m benchmarks.foundation
+	$(BIN)/python -m benchmarks.engine
+	$(BIN)/python -m benchmarks.taps
 	$(BIN)/python -m benchmarks.evolution --speed
 	$(BIN)/python -m benchmarks.evolution
 

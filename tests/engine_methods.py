@@ -15,7 +15,6 @@ from resprout.engine.distributed import ring_exchange
 from resprout.engine.members import UpdateStep
 from resprout.engine.method import Method
 from resprout.methods import register_method
-from resprout.surgery.registry import SurgeryResult, register_surgery
 
 
 class Discriminator(nn.Module):
@@ -67,30 +66,11 @@ class ToyAdversarial(Method):
                                             for n, m in trainer.members.items()}))
 
 
-@register_surgery("test_widen_fc")
-def widen_fc(model: nn.Module, extra: int, seed: int) -> SurgeryResult:
-    """Grow the CNN's conv3 by ``extra`` channels (new incoming weights seeded, new outgoing weights zero)."""
-    new = copy.deepcopy(model)
-    conv, bn, fc = new.conv3, new.bn3, new.fc
-    c = conv.out_channels
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        w = torch.cat([conv.weight, 0.1 * torch.randn((extra, *conv.weight.shape[1:]), generator=g)])
-        new.conv3 = nn.Conv2d(conv.in_channels, c + extra, 3, padding=1, bias=False)
-        new.conv3.weight.copy_(w)
-        new.bn3 = nn.BatchNorm2d(c + extra)
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            old = getattr(bn, name)
-            getattr(new.bn3, name)[:c] = old
-        new.bn3.num_batches_tracked.copy_(bn.num_batches_tracked)
-        new.fc = nn.Linear(c + extra, fc.out_features)
-        new.fc.weight.zero_()
-        new.fc.weight[:, :c] = fc.weight
-        new.fc.bias.copy_(fc.bias)
-    grow = list(range(c)) + [-1] * extra
-    maps = {"conv3.weight": {0: grow}, "bn3.weight": {0: grow}, "bn3.bias": {0: grow}, "bn3.running_mean": {0: grow},
-            "bn3.running_var": {0: grow}, "fc.weight": {1: grow}}
-    return SurgeryResult(new, maps)
+def grow_conv3(trainer, extra: int, seed: int) -> None:
+    """Grow the CNN's conv3 group by ``extra`` channels with the real resize surgery (new outgoing weights zero)."""
+    c = trainer.members["model"].model.conv3.out_channels
+    trainer.apply_surgery("model", "resize", plan={"conv3": list(range(c)) + [-1] * extra},
+                          input_shape=list(trainer.input_shape), seed=seed)
 
 
 class GrowMidEpoch(Method):
@@ -102,7 +82,7 @@ class GrowMidEpoch(Method):
 
     def on_batch_start(self, trainer):
         if (trainer.generation, trainer.epoch, trainer.step) == self.at and not trainer.surgery:
-            trainer.apply_surgery("model", "test_widen_fc", extra=3, seed=7)
+            grow_conv3(trainer, extra=3, seed=7)
 
     def on_member_resized(self, trainer):
         GrowMidEpoch.resized.append((trainer.resized, trainer.replaying))

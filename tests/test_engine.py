@@ -161,7 +161,7 @@ def test_surgery_carries_optimizer_state_through_the_index_map(optimizer):
            for n, p in member.model.named_parameters()}
     c = member.model.conv3.out_channels
     em.GrowMidEpoch.resized = []
-    trainer.apply_surgery("model", "test_widen_fc", extra=2, seed=0)
+    em.grow_conv3(trainer, extra=2, seed=0)
     new = member.model
     assert new.conv3.out_channels == c + 2
     for n, p in new.named_parameters():
@@ -247,3 +247,19 @@ def test_a_model_factory_is_seeded_and_lets_methods_draw_fresh_networks(tmp_path
     with pytest.raises(ConfigError, match="model factory"):
         train(**keys, module=Net(), method="ke", generations=2,
               method_options={"ke": {"reinit": "initial", "split": "wels"}}, save=False)
+
+
+def test_pure_functions_load_neither_the_trainer_nor_data_nor_models_nor_every_method(tmp_path):
+    code = ("import sys\n"
+            "from resprout.methods.classification import smooth_cross_entropy\n"
+            "from resprout.methods.distill import kd_loss\n"
+            "from resprout.methods.evolution.hypotheses import kels_masks, reinitialize\n"
+            "from resprout.surgery.resize import resize\n"
+            "import resprout.methods\n"
+            "print(sorted(m for m in sys.modules if m.startswith('resprout')))\n")
+    out = subprocess.run([PYTHON, "-c", code], env=cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded = eval(out.stdout)
+    for heavy in ("resprout.engine.trainer", "resprout.run", "resprout.data", "resprout.models",
+                  "resprout.methods.metric", "resprout.engine.store"):
+        assert heavy not in loaded, heavy

@@ -14,9 +14,10 @@ from torch import nn
 from resprout.errors import ConfigError
 from resprout.methods.evolution import (default_init, fit_hypothesis, hypothesis_magnitudes, kels_masks,
                                         reestimate_batchnorm, reinitialize, wels_masks)
+from resprout.methods.evolution.hypotheses import kels_plan
 from resprout.models import build_model
 from resprout.run import train
-from resprout.surgery.channels import example_input, kels_plan, layer_masks, zero_outside
+from resprout.surgery.channels import example_input, layer_masks, zero_outside
 from tests.conftest import PYTHON, cli_env, synthetic
 from tests.test_trainer import CRASH, assert_same_weights, metric_rows, weights
 

@@ -6,16 +6,29 @@ that names no task loss gets cross-entropy. Register your own with :func:`regist
 
 from __future__ import annotations
 
+import importlib
+
 from resprout.config import Config
 from resprout.engine.method import Method
 from resprout.errors import ConfigError
-from resprout.methods.classification import CrossEntropy, LabelSmoothing, smooth_cross_entropy, smooth_labels
-from resprout.methods.distill import ClassWiseSelfKD, kd_loss
-from resprout.methods.evolution import KnowledgeEvolution
-from resprout.methods.metric import TripletMetric
 
 _METHODS: dict[str, type[Method]] = {}
 _ALIASES: dict[str, str] = {"label_smoothing": "ls", "label-smoothing": "ls"}
+# Built-in methods are imported when a run names them (or on attribute access), not all at import time.
+_BUILTIN: dict[str, str] = {
+    "ce": "resprout.methods.classification:CrossEntropy",
+    "ls": "resprout.methods.classification:LabelSmoothing",
+    "cskd": "resprout.methods.distill:ClassWiseSelfKD",
+    "ke": "resprout.methods.evolution:KnowledgeEvolution",
+    "triplet": "resprout.methods.metric:TripletMetric",
+}
+# Pure functions and classes re-exported here for convenience, loaded on first access.
+_EXPORTS: dict[str, str] = {
+    "CrossEntropy": "resprout.methods.classification", "LabelSmoothing": "resprout.methods.classification",
+    "smooth_cross_entropy": "resprout.methods.classification", "smooth_labels": "resprout.methods.classification",
+    "ClassWiseSelfKD": "resprout.methods.distill", "kd_loss": "resprout.methods.distill",
+    "KnowledgeEvolution": "resprout.methods.evolution",
+}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
@@ -24,12 +37,26 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-for _cls in (CrossEntropy, LabelSmoothing, ClassWiseSelfKD, KnowledgeEvolution, TripletMetric):
-    register_method(_cls)
+def get_method(name: str) -> type[Method]:
+    """The method class registered as ``name`` (a built-in is imported on first use)."""
+    name = canonical_name(name)
+    if name not in _METHODS and name in _BUILTIN:
+        module, _, attr = _BUILTIN[name].partition(":")
+        register_method(getattr(importlib.import_module(module), attr))
+    if name not in _METHODS:
+        raise ConfigError(f"unknown method {name!r}; available: {', '.join(available_methods())} "
+                          f"(combine with '+', e.g. ke+ls)")
+    return _METHODS[name]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'resprout.methods' has no attribute {name!r}")
 
 
 def available_methods() -> list[str]:
-    return sorted(_METHODS)
+    return sorted(set(_METHODS) | set(_BUILTIN))
 
 
 def canonical_name(name: str) -> str:
@@ -39,25 +66,22 @@ def canonical_name(name: str) -> str:
 def build_methods(config: Config) -> list[Method]:
     """The methods of ``config.method``, with their options validated; cross-entropy added if no task loss."""
     names = [canonical_name(n) for n in config.method_names()]
-    for n in names:
-        if n not in _METHODS:
-            raise ConfigError(f"unknown method {n!r}; available: {', '.join(available_methods())} "
-                              f"(combine with '+', e.g. ke+ls)")
+    classes = {n: get_method(n) for n in names}
     if len(set(names)) != len(names):
         raise ConfigError(f"method {config.method!r} names a method twice")
     options = {canonical_name(k): v for k, v in config.method_options.items()}
     for family in options:
         if family not in names:
-            if family in _METHODS:
+            if family in _METHODS or family in _BUILTIN:
                 raise ConfigError(f"options {family}.* given but method {family!r} is not used "
                                   f"(method={config.method})")
             raise ConfigError(f"unknown key prefix {family!r}: not a method, 'model' or 'data'")
-    methods = [_METHODS[n](**options.get(n, {})) for n in names]
+    methods = [classes[n](**options.get(n, {})) for n in names]
     task = [m.name for m in methods if m.provides_task_loss]
     if len(task) > 1:
         raise ConfigError(f"methods {' and '.join(task)} both provide the task loss; use one of them")
     if not task:
-        methods.insert(0, CrossEntropy())
+        methods.insert(0, get_method("ce")())
     samplers = {m.sampler for m in methods if m.sampler}
     if len(samplers) > 1:
         raise ConfigError(f"methods need different batch samplers ({', '.join(sorted(samplers))}); "
@@ -73,5 +97,5 @@ def resolved_options(methods: list[Method]) -> dict:
 
 
 __all__ = ["Method", "CrossEntropy", "LabelSmoothing", "ClassWiseSelfKD", "KnowledgeEvolution", "kd_loss",
-           "smooth_cross_entropy", "smooth_labels", "register_method",
+           "smooth_cross_entropy", "smooth_labels", "register_method", "get_method",
            "available_methods", "build_methods", "resolved_options"]

@@ -1,38 +1,263 @@
-"""Channel plans on a traced model: which channels of every feature map a sub-network keeps, and the real, smaller
-network that keeps only those.
+"""Channel groups of a traced model, and per-layer channel plans and masks.
 
-A *plan* maps every traced feature map (a :class:`~resprout.surgery.graph.Node`) to the sorted list of its channels
-that are kept. :func:`prefix_plan` builds the Knowledge Evolution plan (Taha et al. CVPR 2021, Sec. 3.2, Fig. 3):
-every convolution and linear layer keeps its first ``ceil(s_r * C_out)`` outputs; the network input keeps all its
-channels (so the first convolution reads the whole image, found from the graph); the network output keeps all of
-them (the classifier keeps every class); elementwise calls keep what their inputs keep (and a residual add demands
-that both inputs keep the same channels); a concatenation keeps, within each chunk, what that chunk's producer kept
-(the first ``ceil(s_r * c_j)`` of each chunk, paper App. B); a flatten keeps every feature of a kept channel.
-Depthwise convolutions follow their input; other grouped convolutions are refused, because a prefix of a grouped
-convolution's input mixes its groups.
+:func:`channel_groups` reads a :class:`~resprout.surgery.graph.ChannelGraph` and finds every set of feature-map
+channels that must be resized together (a *group*): a residual add ties its inputs into one group, a concatenation
+lays its chunk groups side by side, a depthwise convolution's output is its input's group (each channel repeated
+``multiplier`` times), BN and elementwise calls keep their input's groups, a flatten spreads channel ``c`` over
+features ``c*HW ... (c+1)*HW - 1``. A group is named by the module path of the first conv/linear that writes it
+(``"layer1.0.conv1"``); the image channels are ``"input"`` and the network's output channels ``"output"``.
+Surgery plans are written per group (:mod:`resprout.surgery.resize`, Knowledge Evolution's prefix plan).
 
-:func:`layer_masks` turns a plan into the binary mask of every conv/linear weight (rows: kept outputs; columns:
-kept inputs), and :func:`extract` builds the sub-network as a real ``nn.Module`` with fewer channels (not zeros).
+:func:`node_maps` expands a group plan to every feature map, :func:`layer_plans` to every layer, :func:`layer_masks`
+to binary weight masks and :func:`zero_outside` zeroes what a plan drops in the dense network.
 """
 
 from __future__ import annotations
 
-import copy
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from resprout.errors import ConfigError
-from resprout.surgery.graph import ChannelGraph, Op, trace
+from resprout.surgery.graph import ChannelGraph
 
-Plan = dict[int, list[int]]
+#: group key -> for each new channel, the old channel it is (>= 0) or -1 for a new one
+GroupPlan = dict[str, list[int]]
+#: feature map (node id) -> for each of its new channels, the old channel or -1
+NodePlan = dict[int, list[int]]
+
+# Why a group cannot be resized. The first three are fixed by the network itself (the image, the classes, channels
+# written by a call that cannot be resized); "blocked" means a consumer cannot follow a change of its channels.
+FIXED_KINDS = ("input", "output", "source")
+
+
+@dataclass
+class Group:
+    """One set of channels resized together.
+
+    ``places``: where the group lives, as (node id, offset, multiplier): channel ``c`` of the group is channels
+    ``offset + c*m ... offset + c*m + m - 1`` of that feature map. ``kind`` is ``"free"`` (resizable) or one of
+    ``input``/``output``/``source``/``blocked``, with ``reason`` the one-line why.
+    """
+
+    key: str
+    channels: int
+    writers: list[str] = field(default_factory=list)
+    places: list[tuple[int, int, int]] = field(default_factory=list)
+    kind: str = "free"
+    reason: str = ""
+
+    @property
+    def resizable(self) -> bool:
+        return self.kind == "free"
+
+
+_PRIORITY = {"input": 0, "output": 1, "source": 2, "blocked": 3}
+
+
+class _Groups:
+    """Union-find over group ids, with each feature map's layout as a list of (group id, multiplier)."""
+
+    def __init__(self, graph: ChannelGraph) -> None:
+        self.g = graph
+        self.parent: list[int] = []
+        self.size: list[int] = []
+        self.writer: dict[int, tuple[int, str]] = {}  # id -> (op index, key candidate)
+        self.writers: dict[int, list[str]] = {}
+        self.reasons: dict[int, list[tuple[str, str]]] = {}
+        self.layout: dict[int, list[tuple[int, int]]] = {}
+
+    def new(self, channels: int, op_index: int, name: str, module: str | None = None) -> int:
+        gid = len(self.parent)
+        self.parent.append(gid)
+        self.size.append(channels)
+        self.writer[gid] = (op_index, name)
+        self.writers[gid] = [module] if module else []
+        self.reasons[gid] = []
+        return gid
+
+    def find(self, a: int) -> int:
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        a, b = self.find(a), self.find(b)
+        if a == b:
+            return
+        if self.writer[b][0] < self.writer[a][0]:
+            a, b = b, a  # the earliest writer names the group
+        self.parent[b] = a
+        self.writers[a] += [w for w in self.writers[b] if w not in self.writers[a]]
+        self.reasons[a] += self.reasons[b]
+
+    def mark(self, layout: list[tuple[int, int]], kind: str, reason: str) -> None:
+        for gid, _ in layout:
+            self.reasons[self.find(gid)].append((kind, reason))
+
+    def tie(self, a: list[tuple[int, int]], b: list[tuple[int, int]], what: str) -> None:
+        """The channels of two feature maps must stay equal (a residual add, two calls of one module)."""
+        same = len(a) == len(b) and all(ka == kb and self.size[self.find(ga)] == self.size[self.find(gb)]
+                                        for (ga, ka), (gb, kb) in zip(a, b))
+        if same:
+            for (ga, _), (gb, _) in zip(a, b):
+                self.union(ga, gb)
+        else:
+            self.mark(a + b, "blocked", f"{what} ties it to channels laid out differently (e.g. a concatenation "
+                                        f"added to a single layer's output)")
+
+
+def weight_groups(module: nn.Module, in_channels: int) -> int:
+    """The ``groups`` of a convolution, from its weight's shape (a functional F.conv2d may not store it)."""
+    w = getattr(module, "weight", None)
+    if isinstance(w, torch.Tensor) and w.dim() >= 3 and w.shape[1] > 0:
+        return max(1, in_channels // w.shape[1])
+    return getattr(module, "groups", 1)
+
+
+def _analyse(graph: ChannelGraph) -> _Groups:
+    u = _Groups(graph)
+    nodes = graph.nodes
+    seen_out: dict[str, int] = {}  # module -> its output group (a module called twice writes one group)
+    seen_in: dict[str, list[tuple[int, int]]] = {}  # module -> layout of its first call's input
+    for nid in graph.inputs:
+        gid = u.new(nodes[nid].channels, -1, "input")
+        u.layout[nid] = [(gid, 1)]
+        u.mark(u.layout[nid], "input", "it holds the network's input channels")
+    for op in graph.ops:
+        out = nodes[op.output]
+        ins = [u.layout[i] for i in op.inputs]
+        where = f"'{op.name}' in {op.context or 'the model'}"
+        if op.kind in ("conv", "linear", "norm") and op.module in seen_in:
+            u.tie(seen_in[op.module], ins[0], f"module '{op.module}', called more than once,")
+        elif op.kind in ("conv", "linear", "norm"):
+            seen_in[op.module] = ins[0]
+        if op.kind in ("conv", "linear"):
+            module = graph.modules[op.module]
+            c_in = nodes[op.inputs[0]].channels
+            groups = weight_groups(module, c_in) if op.kind == "conv" else 1
+            if op.kind == "conv" and groups > 1 and groups == c_in:  # depthwise: output j reads input j // m
+                m = out.channels // c_in
+                u.layout[op.output] = [(gid, k * m) for gid, k in ins[0]]
+                continue
+            if op.module not in seen_out:
+                seen_out[op.module] = u.new(out.channels, op.index, op.module, op.module)
+            u.layout[op.output] = [(seen_out[op.module], 1)]
+            if groups > 1:
+                why = f"grouped convolution '{op.module}' (groups={groups}), which mixes its groups; only depthwise " \
+                      f"and ungrouped convolutions can be resized"
+                u.mark(ins[0], "blocked", f"it is read by {why}")
+                u.mark(u.layout[op.output], "source", f"it is written by {why}")
+            elif op.kind == "linear" and len(nodes[op.inputs[0]].shape) != 2:
+                why = f"linear layer '{op.module}' applied to a {len(nodes[op.inputs[0]].shape)}-d tensor (its " \
+                      f"features are not dim 1)"
+                u.mark(ins[0], "blocked", f"it is read by {why}")
+                u.mark(u.layout[op.output], "source", f"it is written by {why}")
+        elif op.kind == "norm":
+            u.layout[op.output] = ins[0]
+            module = graph.modules[op.module]
+            shape = getattr(module, "normalized_shape", None)
+            if shape is not None and len(nodes[op.inputs[0]].shape) - len(shape) <= 1:
+                u.mark(ins[0], "blocked", f"layer norm '{op.module}' normalizes over its channels, so they cannot "
+                                          f"change without changing the other channels' outputs")
+        elif op.kind == "elementwise":
+            full = [lay for i, lay in zip(op.inputs, ins) if nodes[i].channels == out.channels]
+            for lay in full[1:]:
+                u.tie(full[0], lay, where)
+            u.layout[op.output] = full[0]
+        elif op.kind == "cat" and sum(op.info["sizes"]) == sum(nodes[i].channels for i in op.inputs):
+            u.layout[op.output] = [seg for lay in ins for seg in lay]
+        elif op.kind == "flatten":
+            u.layout[op.output] = [(gid, k * op.info["spatial"]) for gid, k in ins[0]]
+        else:  # opaque (or a concatenation with untraced chunks): channels cannot be followed through it
+            for lay in ins:
+                u.mark(lay, "blocked", f"it flows into {where}, which resize cannot follow (supported: layers, "
+                                       f"elementwise calls, concatenation along channels, flatten)")
+            u.layout[op.output] = [(u.new(out.channels, op.index, f"{op.context or 'model'}:{op.name}"), 1)]
+            u.mark(u.layout[op.output], "source", f"it is written by {where}, which cannot be resized")
+    for nid in graph.outputs:
+        u.mark(u.layout[nid], "output", "it holds the network's output channels")
+    return u
+
+
+def channel_groups(graph: ChannelGraph) -> dict[str, Group]:
+    """Every set of channels that must be resized together, keyed by a stable name (see the module docstring)."""
+    u = _analyse(graph)
+    roots = sorted({u.find(g) for g in range(len(u.parent))}, key=lambda r: u.writer[r][0])
+    groups: dict[str, Group] = {}
+    key_of: dict[int, str] = {}
+    for r in roots:
+        reasons = sorted(u.reasons[r], key=lambda kr: _PRIORITY[kr[0]])
+        kind, reason = reasons[0] if reasons else ("free", "")
+        base = kind if kind in ("input", "output") else u.writer[r][1]
+        key, n = base, 1
+        while key in groups:  # e.g. several outputs
+            n += 1
+            key = f"{base}#{n}"
+        groups[key] = Group(key, u.size[r], list(u.writers[r]), [], kind, reason)
+        key_of[r] = key
+    for nid, lay in sorted(u.layout.items()):
+        offset = 0
+        for gid, k in lay:
+            g = groups[key_of[u.find(gid)]]
+            g.places.append((nid, offset, k))
+            offset += g.channels * k
+    return groups
+
+
+def check_plan(groups: dict[str, Group], plan: GroupPlan) -> GroupPlan:
+    """``plan`` checked against ``groups`` (one-line ConfigErrors), without the entries that change nothing."""
+    if not isinstance(plan, dict):
+        raise ConfigError(f"a channel plan must be a dict of group -> list of old channel indices; got "
+                          f"{type(plan).__name__}")
+    out: GroupPlan = {}
+    for key, index in plan.items():
+        if key not in groups:
+            known = ", ".join(sorted(groups)[:12]) + (", ..." if len(groups) > 12 else "")
+            raise ConfigError(f"unknown channel group {key!r} in the plan; groups: {known}")
+        g = groups[key]
+        if not isinstance(index, (list, tuple)) or not all(isinstance(j, int) and not isinstance(j, bool)
+                                                           for j in index):
+            raise ConfigError(f"plan of channel group '{key}' must be a list of integers (old channel or -1)")
+        if not index:
+            raise ConfigError(f"plan of channel group '{key}' leaves it without channels")
+        bad = [j for j in index if not -1 <= j < g.channels]
+        if bad:
+            raise ConfigError(f"plan of channel group '{key}' has index {bad[0]}, out of range (the group has "
+                              f"{g.channels} channels; -1 means a new channel)")
+        kept = [j for j in index if j >= 0]
+        if len(set(kept)) != len(kept):
+            dup = next(j for j in kept if kept.count(j) > 1)
+            raise ConfigError(f"plan of channel group '{key}' uses old channel {dup} more than once")
+        if list(index) == list(range(g.channels)):
+            continue
+        if not g.resizable:
+            raise ConfigError(f"cannot resize channel group '{key}': {g.reason}")
+        out[key] = list(index)
+    return out
+
+
+def node_maps(groups: dict[str, Group], plan: GroupPlan) -> NodePlan:
+    """Every feature map's channels under ``plan``: for each new channel, the old channel it is, or -1."""
+    segments: dict[int, list[tuple[int, int, Group]]] = {}
+    for g in groups.values():
+        for nid, offset, k in g.places:
+            segments.setdefault(nid, []).append((offset, k, g))
+    maps: NodePlan = {}
+    for nid, segs in segments.items():
+        index: list[int] = []
+        for offset, k, g in sorted(segs, key=lambda s: s[0]):
+            for j in plan.get(g.key, range(g.channels)):
+                index += [offset + j * k + r if j >= 0 else -1 for r in range(k)]
+        maps[nid] = index
+    return maps
 
 
 @dataclass
 class LayerPlan:
-    """What one conv/linear/norm module keeps: output channels and (for conv/linear) input channels."""
+    """What one conv/linear/norm module keeps: output channels and (for conv/linear) input channels (old indices)."""
 
     module: str
     kind: str
@@ -44,81 +269,7 @@ def _conv_groups(module: nn.Module) -> int:
     return getattr(module, "groups", 1)
 
 
-def _output_tied(graph: ChannelGraph) -> set[int]:
-    """Feature maps whose channels are the network's output channels (reached by channel-keeping calls)."""
-    tied = set(graph.outputs)
-    for op in reversed(graph.ops):
-        if op.output in tied and op.kind in ("elementwise", "norm", "flatten") and op.info.get("spatial", 1) == 1:
-            tied.update(i for i in op.inputs if graph.nodes[i].channels == graph.nodes[op.output].channels)
-    return tied
-
-
-def prefix_plan(graph: ChannelGraph, split_rate: float) -> Plan:
-    """Knowledge Evolution's KELS plan: the first ``ceil(split_rate * C)`` channels of every layer's output."""
-    if not 0 < split_rate <= 1:
-        raise ConfigError(f"bad split rate {split_rate} (must be in (0, 1])")
-    tied = _output_tied(graph)
-    plan: Plan = {i: list(range(graph.nodes[i].channels)) for i in graph.inputs}
-    for op in graph.ops:
-        out = graph.nodes[op.output]
-        ins = [plan[i] for i in op.inputs]
-        if op.kind in ("conv", "linear"):
-            module = graph.modules[op.module]
-            if op.output in tied:
-                keep = list(range(out.channels))
-            elif op.kind == "conv" and _conv_groups(module) > 1:
-                keep = _grouped_keep(op, module, ins[0], graph.nodes[op.inputs[0]].channels)
-            else:
-                keep = list(range(math.ceil(split_rate * out.channels)))
-        elif op.kind == "norm":
-            keep = ins[0]
-        elif op.kind == "elementwise":
-            full = [(i, k) for i, k in zip(op.inputs, ins) if graph.nodes[i].channels == out.channels]
-            keep = full[0][1]
-            for _, k in full[1:]:
-                if k != keep:
-                    raise ConfigError(f"'{op.name}' in {op.context or 'the model'} combines feature maps that keep "
-                                      f"different channels ({_describe(keep)} vs {_describe(k)}); the channel plan "
-                                      f"cannot cut them consistently")
-        elif op.kind == "cat":
-            keep, offset = [], 0
-            for i, k in zip(op.inputs, ins):
-                keep += [offset + c for c in k]
-                offset += graph.nodes[i].channels
-        elif op.kind == "flatten":
-            hw = op.info["spatial"]
-            keep = [c * hw + s for c in ins[0] for s in range(hw)]
-        else:  # opaque: fine while nothing was cut before it
-            for i, k in zip(op.inputs, ins):
-                if len(k) != graph.nodes[i].channels:
-                    raise ConfigError(f"cannot follow channels through '{op.name}' in {op.context or 'the model'}: "
-                                      f"the channel plan would cut its input; supported are layers, elementwise "
-                                      f"calls, concatenation along channels and flatten")
-            keep = list(range(out.channels))
-        plan[op.output] = keep
-    return plan
-
-
-def _grouped_keep(op: Op, module: nn.Module, keep_in: list[int], c_in: int) -> list[int]:
-    groups = _conv_groups(module)
-    c_out = module.out_channels
-    if groups == c_in:  # depthwise (with channel multiplier m): output channel j reads input j // m
-        m = c_out // c_in
-        return [c * m + r for c in keep_in for r in range(m)]
-    if len(keep_in) == c_in:
-        return list(range(c_out))
-    raise ConfigError(f"grouped convolution '{op.module}' (groups={groups}) reads a feature map whose channels are "
-                      f"cut as a prefix, which mixes its groups; only depthwise and ungrouped convolutions are "
-                      f"supported")
-
-
-def _describe(keep: list[int]) -> str:
-    if keep == list(range(len(keep))):
-        return f"the first {len(keep)}"
-    return f"{len(keep)} channels"
-
-
-def layer_plans(graph: ChannelGraph, plan: Plan) -> dict[str, LayerPlan]:
+def layer_plans(graph: ChannelGraph, plan: NodePlan) -> dict[str, LayerPlan]:
     """Per module: kept output and input channels. A module called twice must keep the same channels each time."""
     layers: dict[str, LayerPlan] = {}
     for op in graph.layer_ops():
@@ -152,74 +303,6 @@ def layer_masks(model: nn.Module, layers: dict[str, LayerPlan]) -> dict[str, tor
     return masks
 
 
-def _index(t: torch.Tensor | None, dim: int, keep: list[int]) -> torch.Tensor | None:
-    if t is None:
-        return None
-    return t.index_select(dim, torch.tensor(keep, dtype=torch.long, device=t.device)).clone()
-
-
-def _slice_module(module: nn.Module, lp: LayerPlan) -> None:
-    """Cut one module down to the plan, in place (new parameters; attributes updated)."""
-    if isinstance(module, nn.modules.conv._ConvNd):
-        groups = module.groups
-        w = _index(module.weight.data, 0, lp.keep_out)
-        if groups == 1:
-            w = _index(w, 1, lp.keep_in)
-            module.in_channels = len(lp.keep_in)
-        else:  # depthwise: groups follow the kept inputs
-            module.in_channels = len(lp.keep_in)
-            module.groups = len(lp.keep_in)
-        module.out_channels = len(lp.keep_out)
-        module.weight = nn.Parameter(w, requires_grad=module.weight.requires_grad)
-        if module.bias is not None:
-            module.bias = nn.Parameter(_index(module.bias.data, 0, lp.keep_out))
-    elif isinstance(module, nn.Linear):
-        w = _index(_index(module.weight.data, 0, lp.keep_out), 1, lp.keep_in)
-        module.in_features, module.out_features = len(lp.keep_in), len(lp.keep_out)
-        module.weight = nn.Parameter(w, requires_grad=module.weight.requires_grad)
-        if module.bias is not None:
-            module.bias = nn.Parameter(_index(module.bias.data, 0, lp.keep_out))
-    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-        keep = lp.keep_out
-        module.num_features = len(keep)
-        if module.weight is not None:
-            module.weight = nn.Parameter(_index(module.weight.data, 0, keep))
-            module.bias = nn.Parameter(_index(module.bias.data, 0, keep))
-        if module.running_mean is not None:
-            module.running_mean = _index(module.running_mean, 0, keep)
-            module.running_var = _index(module.running_var, 0, keep)
-    elif len(lp.keep_out) != _channel_count(module, lp):
-        raise ConfigError(f"cannot cut channels of '{lp.module}' ({type(module).__name__}): only Conv, Linear and "
-                          f"BatchNorm layers can be sliced")
-
-
-def _channel_count(module: nn.Module, lp: LayerPlan) -> int:
-    return getattr(module, "num_channels", None) or getattr(module, "num_features", None) or len(lp.keep_out)
-
-
-def extract(model: nn.Module, graph: ChannelGraph, plan: Plan, example: torch.Tensor | None = None) -> nn.Module:
-    """A deep copy of ``model`` cut down to ``plan``: a real network with fewer channels.
-
-    When ``example`` is given the result is run on it, so a forward that hard-codes a channel count fails here, with
-    a clear message, rather than later.
-    """
-    layers = layer_plans(graph, plan)
-    slim = copy.deepcopy(model)
-    for path, lp in layers.items():
-        _slice_module(slim.get_submodule(path), lp)
-    if example is not None:
-        try:
-            with torch.no_grad():
-                was = slim.training
-                slim.eval()
-                slim(example)
-                slim.train(was)
-        except Exception as e:
-            raise ConfigError(f"the cut-down {type(model).__name__} does not run ({str(e).splitlines()[0]}); its "
-                              f"forward probably depends on a fixed channel count") from None
-    return slim
-
-
 def zero_outside(model: nn.Module, layers: dict[str, LayerPlan], masks: dict[str, torch.Tensor]) -> None:
     """Zero everything the plan drops, in place: masked weights, and the biases and BN scale/shift of dropped
     channels. The dense network then computes exactly what the cut-down network computes (on the kept channels)."""
@@ -250,11 +333,3 @@ def example_input(input_shape: tuple[int, ...], batch: int = 2, device: str | to
     """A fixed pseudo-random batch for tracing (batch 2: batch-norm in training mode needs more than one value)."""
     g = torch.Generator().manual_seed(0)
     return torch.randn((batch, *input_shape), generator=g).to(device)
-
-
-def kels_plan(model: nn.Module, input_shape: tuple[int, ...], split_rate: float
-              ) -> tuple[ChannelGraph, Plan, dict[str, LayerPlan]]:
-    """Trace ``model`` and build its KELS plan: (graph, plan per feature map, plan per layer)."""
-    graph = trace(model, example_input(input_shape, device=model_device(model)))
-    plan = prefix_plan(graph, split_rate)
-    return graph, plan, layer_plans(graph, plan)

@@ -11,12 +11,28 @@ They import only torch and resprout's surgery layer, so any training loop can ca
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from resprout.errors import ConfigError
 from resprout.seeding import derive_seed
-from resprout.surgery.channels import example_input, extract, kels_plan, layer_masks, model_device
+from resprout.surgery.channels import (
+    FIXED_KINDS,
+    Group,
+    GroupPlan,
+    LayerPlan,
+    NodePlan,
+    channel_groups,
+    example_input,
+    layer_masks,
+    layer_plans,
+    model_device,
+    node_maps,
+)
+from resprout.surgery.graph import ChannelGraph, trace
+from resprout.surgery.resize import resize
 
 # -- split masks (Sec. 3.2) ------------------------------------------------------------------------------------------
 
@@ -44,13 +60,44 @@ def wels_masks(model: nn.Module, split_rate: float, seed: int) -> dict[str, torc
 def kels_masks(model: nn.Module, input_shape: tuple[int, ...], split_rate: float) -> dict[str, torch.Tensor]:
     """Kernel-level split (KELS): the first ``ceil(s_r C_i)`` kernels of the first ``ceil(s_r C_o)`` filters.
 
-    Found on the traced channel graph (:mod:`resprout.surgery.channels`): the first convolution keeps every input
-    channel, the classifier every class, a layer reading a concatenation the first ``ceil(s_r c_j)`` channels of each
-    chunk, a depthwise convolution the channels of its input. BN and biases are not masked.
+    Found on the traced channel groups (:func:`prefix_plan`): the first convolution keeps every input channel, the
+    classifier every class, a layer reading a concatenation the first ``ceil(s_r c_j)`` channels of each chunk, a
+    depthwise convolution the channels of its input. BN and biases are not masked.
     """
     _check_rate(split_rate)
     _, _, layers = kels_plan(model, input_shape, split_rate)
     return layer_masks(model, layers)
+
+
+def prefix_plan(groups: dict[str, Group], split_rate: float) -> GroupPlan:
+    """The KELS plan (Sec. 3.2, Fig. 3) as a resize plan: the first ``ceil(s_r C)`` channels of every group.
+
+    A group is every set of channels cut together (:func:`~resprout.surgery.channels.channel_groups`), so a residual
+    add keeps one prefix, a concatenation keeps the prefix of each chunk (App. B) and a depthwise convolution keeps
+    its input's channels. The image and the classes keep everything, and so do channels that no conv/linear layer
+    writes (grouped convolutions, opaque calls); a group that some consumer cannot follow is refused.
+    """
+    if not 0 < split_rate <= 1:
+        raise ConfigError(f"bad split rate {split_rate} (must be in (0, 1])")
+    plan: GroupPlan = {}
+    for key, g in groups.items():
+        if g.kind in FIXED_KINDS:
+            continue
+        if not g.resizable:
+            raise ConfigError(f"cannot cut channel group '{key}' as a prefix: {g.reason}")
+        n = math.ceil(split_rate * g.channels)
+        if n < g.channels:
+            plan[key] = list(range(n))
+    return plan
+
+
+def kels_plan(model: nn.Module, input_shape: tuple[int, ...], split_rate: float
+              ) -> tuple[ChannelGraph, NodePlan, dict[str, LayerPlan]]:
+    """Trace ``model`` and build its KELS plan: (graph, kept channels per feature map, kept channels per layer)."""
+    graph = trace(model, example_input(input_shape, device=model_device(model)))
+    groups = channel_groups(graph)
+    plan = node_maps(groups, prefix_plan(groups, split_rate))
+    return graph, plan, layer_plans(graph, plan)
 
 
 def _check_rate(split_rate: float) -> None:
@@ -118,15 +165,16 @@ def hypothesis_magnitudes(model: nn.Module, masks: dict[str, torch.Tensor]) -> d
 
 
 def fit_hypothesis(model: nn.Module, input_shape: tuple[int, ...], split_rate: float) -> nn.Module:
-    """The KELS fit hypothesis of ``model`` as a real, smaller network (a new module; ``model`` is untouched).
+    """The KELS fit hypothesis of ``model`` as a real, smaller network (a new module; ``model`` is untouched):
+    :func:`~resprout.surgery.resize.resize` with the :func:`prefix_plan`.
 
     In eval mode its output equals the dense network's output once the reset hypothesis is zeroed (its weights
     and the BN scale and shift of its channels). BN running statistics are copied from the dense network;
     see :func:`reestimate_batchnorm`.
     """
     _check_rate(split_rate)
-    graph, plan, _ = kels_plan(model, input_shape, split_rate)
-    return extract(model, graph, plan, example_input(input_shape, device=model_device(model)))
+    example = example_input(input_shape, device=model_device(model))
+    return resize(model, prefix_plan(channel_groups(trace(model, example)), split_rate), example).model
 
 
 @torch.no_grad()

@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from resprout.errors import ConfigError
+from resprout.methods.evolution.cost import count_ke_paper, ke_paper_printed
 from resprout.models import build_model
-from resprout.surgery.profile import count_ke_paper, ke_paper_printed, profile_model
+from resprout.surgery.profile import profile_model
 
 
 def _resnet18(num_classes: int, width: float = 1.0) -> nn.Module:

@@ -371,7 +371,22 @@ def test_refusals_are_one_line_config_errors():
         def forward(self, x):
             return self.out(self.conv(x) * torch.ones(1, 8, 1, 1))
 
-    one_line_error("the resized FixedCount does not run .*fixed channel count", resize, FixedCount(),
+    # a per-channel constant the tracer sees: refused when the plan is made
+    one_line_error("cannot resize channel group 'conv': it flows into 'mul'", resize, FixedCount(),
+                   {"conv": [0, 1, 2]}, x)
+
+    class Asserts(nn.Module):  # a fixed count the tracer cannot see: the check run of the result catches it
+        def __init__(self):
+            super().__init__()
+            self.conv, self.out = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            h = self.conv(x)
+            if h.shape[1] != 8:
+                raise RuntimeError("expected 8 channels")
+            return self.out(h)
+
+    one_line_error("the resized Asserts does not run .*fixed channel count", resize, Asserts(),
                    {"conv": [0, 1, 2]}, x)
     one_line_error("unknown resize init 'he'", resize, model, {"conv1": [0, -1]}, x, init="he")
 

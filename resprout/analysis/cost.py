@@ -3,8 +3,8 @@ Evolution fit hypothesis when ``ke.split_rate`` is given.
 
 Two conventions: ``default`` reports true parameter counts, MACs (one multiply-add = 1) and ops (= 2 x MACs);
 ``ke-paper`` reproduces the counting of the Knowledge Evolution paper's Table 5 (see
-:func:`resprout.surgery.profile.count_ke_paper`: multiplies and adds counted apart, ReLU and BN counted, the split
-masks counted as parameters), for comparison with the paper only.
+:func:`resprout.methods.evolution.cost.count_ke_paper`: multiplies and adds counted apart, ReLU and BN counted, the
+split masks counted as parameters), for comparison with the paper only.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from resprout.analysis.tables import format_table
 from resprout.config import fill_options, option, parse_scalar, split_pairs
 from resprout.errors import ConfigError
+from resprout.methods.evolution.cost import count_ke_paper, ke_paper_printed
 from resprout.models import build_model
-from resprout.surgery.profile import CATEGORIES, count_ke_paper, ke_paper_printed, profile_model
+from resprout.surgery.profile import CATEGORIES, profile_model
 
 
 @dataclass

@@ -9,14 +9,38 @@ on the first unusual model, so the graph is traced: the model runs once on an ex
 
 Layers are recognized by the parameters they use (``F.conv2d`` called with the weight of module ``layer1.0.conv1``
 is that module), so any ``nn.Module`` works, whatever its forward does in Python. Every other call is classified by
-what it does to the channel dimension (dim 1):
+what it does to the channel dimension (dim 1). The tracer refuses when in doubt: a call is elementwise only if it is
+*known* to treat every channel on its own; anything else is opaque.
 
-* ``elementwise``: keeps dim 1 (activations, adds, products, pooling, dropout, spatial reductions); its inputs with
-  the full channel count are tied together, inputs broadcast along channels (size 1) are not;
-* ``cat``: concatenation along dim 1, chunk sizes recorded;
+* ``elementwise``: an allowlisted call (:data:`ELEMENTWISE`, or a call of :data:`SPATIAL_DIM_CALLS` whose ``dim``
+  excludes dims 0 and 1) that keeps dim 1: activations, arithmetic (``add``, ``mul``, their in-place and dunder
+  forms), dropout, pooling, interpolation, spatial padding, spatial reductions (``mean((2, 3))``), dtype/device
+  copies, spatial indexing (``x[:, :, 1:]``), concatenation along a spatial dim. Its inputs with the full channel
+  count are tied together, inputs broadcast along channels (size 1) are not;
+* ``cat``: concatenation along dim 1; ``info["sizes"]`` has the channel count of every chunk and
+  ``info["constant"]`` says, per chunk, whether it does not come from the input (see below);
 * ``flatten``: (N, C, H, W) -> (N, C*H*W), channel c becomes features ``c*H*W ... (c+1)*H*W - 1``;
-* ``opaque``: anything else that produces a tensor from a traced one (channel slicing, permutes, reshapes that mix
-  channels). Surgery refuses to cut channels that flow into an opaque call, with the call's name and module.
+* ``opaque``: anything else that produces a tensor from a traced one: channel slicing, permutes, reshapes that mix
+  channels, and calls that mix channels while keeping their count: ``softmax``/``log_softmax``/``normalize``/
+  ``cumsum``/``mean``/``sum``/``norm`` over dim 1, ``local_response_norm``, ``group_norm``/``layer_norm`` without a
+  module, ``prelu`` with one weight per channel, an elementwise call with a per-channel constant or parameter
+  operand (``x * self.gamma`` with ``gamma`` of shape (C, 1, 1)), or any call not on the allowlist. Surgery refuses
+  to cut channels that flow into an opaque call, with the call's name and module.
+
+**Tensors that do not come from the input** (constants, buffers or parameters used directly in a forward) are not
+graph nodes. Concatenated along channels, such a chunk is recorded in the ``cat`` op (``info["sizes"]`` includes it,
+``info["constant"]`` marks it) but ``op.inputs`` lists only the traced chunks; channel surgery never cuts a
+constant chunk, and as :func:`~resprout.surgery.channels.channel_groups` cannot keep the constant whole while
+cutting its neighbours, the traced chunks of such a concatenation are not cut either (their groups are blocked,
+the concatenation's output is a fixed group); :func:`check_traceable` refuses, naming the call, when that would
+block a channel group that surgery is otherwise free to cut. Used in an elementwise call, a constant operand
+broadcast along channels (size 1 or no channel dim) is fine; one with a value per channel makes the call opaque.
+
+**Weights computed in the forward pass** cannot be followed: ``torch.nn.utils.weight_norm`` (old style, ``weight_g``
+/ ``weight_v`` and a pre-hook), ``torch.nn.utils.parametrizations.weight_norm`` / ``spectral_norm``, any
+``torch.nn.utils.parametrize`` parametrization, old-style ``spectral_norm``, or a functional conv/linear/norm call
+whose weight is not a parameter (or buffer) of a module. :func:`trace` refuses them with a one-line
+:class:`~resprout.errors.ConfigError` naming the module (``strict=False`` records such a call as opaque instead).
 """
 
 from __future__ import annotations
@@ -31,17 +55,81 @@ from torch.overrides import TorchFunctionMode
 
 from resprout.errors import ConfigError
 
+__all__ = ["ELEMENTWISE", "SPATIAL_DIM_CALLS", "ChannelGraph", "Node", "Op", "check_traceable", "trace"]
+
 _CONV_FUNCS = {F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d}
 _LINEAR_FUNCS = {F.linear, torch._C._nn.linear}
 _NORM_FUNCS = {F.batch_norm, torch.batch_norm, F.group_norm, torch.group_norm, F.layer_norm, torch.layer_norm,
                F.instance_norm, torch.instance_norm}
+# Where each layer call takes its weight: (position, keyword). torch.batch_norm / torch.instance_norm are the aten
+# signatures (input, weight, bias, running_mean, ...), the F. versions (input, running_mean, running_var, weight, ...).
+_WEIGHT_ARG = {**{f: (1, "weight") for f in _CONV_FUNCS | _LINEAR_FUNCS},
+               F.batch_norm: (3, "weight"), F.instance_norm: (3, "weight"), torch.batch_norm: (1, "weight"),
+               torch.instance_norm: (1, "weight"), F.group_norm: (2, "weight"), torch.group_norm: (2, "weight"),
+               F.layer_norm: (2, "weight"), torch.layer_norm: (2, "weight")}
 _CAT_FUNCS = {torch.cat, torch.concat, torch.concatenate}
 _RESHAPE_NAMES = {"flatten", "view", "reshape", "squeeze", "unsqueeze"}
-# Calls that may keep the size of dim 1 yet move or pick channels: never treated as elementwise.
-_CHANNEL_MOVING = {"permute", "transpose", "t", "movedim", "moveaxis", "swapaxes", "swapdims", "roll", "flip",
-                   "channel_shuffle", "pixel_shuffle", "pixel_unshuffle", "index_select", "gather", "take",
-                   "__getitem__", "narrow", "select", "split", "chunk", "unbind", "tensor_split", "sort", "argsort",
-                   "topk", "repeat", "repeat_interleave", "expand", "unfold", "fold", "scatter", "masked_select"}
+
+
+def _with_forms(*names: str) -> set[str]:
+    """``add`` -> add, add_, __add__, __radd__, __iadd__."""
+    out = set()
+    for n in names:
+        out |= {n, f"{n}_", f"__{n}__", f"__r{n}__", f"__i{n}__"}
+    return out
+
+
+#: Calls known to treat every channel on its own (by ``__name__``; ``F.relu``, ``torch.relu``, ``Tensor.relu``,
+#: ``Tensor.relu_`` alike). They are elementwise when they also keep the batch and channel sizes.
+ELEMENTWISE = frozenset(
+    # activations
+    _with_forms("relu", "relu6", "gelu", "silu", "mish", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh",
+                "leaky_relu", "elu", "selu", "celu", "rrelu", "softplus", "softsign", "tanhshrink", "hardshrink",
+                "softshrink", "logsigmoid", "log_sigmoid", "threshold", "erf", "exp", "exp2", "expm1", "log", "log2",
+                "log10", "log1p", "sqrt", "rsqrt", "square", "abs", "neg", "negative", "sign", "sgn", "reciprocal",
+                "sin", "cos", "floor", "ceil", "round", "trunc", "frac", "nan_to_num", "logit", "sinc",
+                # arithmetic (binary, broadcasting)
+                "add", "sub", "subtract", "mul", "multiply", "div", "divide", "true_divide", "truediv",
+                "floor_divide", "floordiv", "remainder", "mod", "fmod", "pow", "float_power", "rsub",
+                "addcmul", "addcdiv", "lerp", "maximum", "minimum", "fmax", "fmin", "clamp", "clip", "clamp_min",
+                "clamp_max", "where", "masked_fill", "copysign", "hypot", "atan2", "xlogy", "logaddexp")
+    | {"__neg__", "__abs__", "__pos__", "positive", "__div__", "__rdiv__", "__idiv__"}
+    # dropout (dropout2d drops whole channels, each on its own)
+    | _with_forms("dropout", "alpha_dropout", "feature_alpha_dropout", "dropout1d", "dropout2d", "dropout3d")
+    # pooling, interpolation
+    | {f"{kind}_pool{d}d{suffix}" for kind in ("max", "avg", "adaptive_avg", "adaptive_max", "lp")
+       for d in (1, 2, 3) for suffix in ("", "_with_indices")}
+    | {"fractional_max_pool2d", "fractional_max_pool3d", "fractional_max_pool2d_with_indices",
+       "fractional_max_pool3d_with_indices", "max_unpool1d", "max_unpool2d", "max_unpool3d"}
+    | {"interpolate", "upsample", "upsample_nearest", "upsample_bilinear"}
+    # copies, casts, no-ops
+    | {"clone", "contiguous", "to", "detach", "detach_", "float", "double", "half", "bfloat16", "type", "type_as",
+       "cpu", "cuda", "requires_grad_", "view_as", "reshape_as", "zeros_like", "ones_like", "full_like",
+       "empty_like", "rand_like", "randn_like"}
+    # normalization over each channel alone (functional, no module)
+    | {"batch_norm", "instance_norm"}
+)
+
+#: Calls that mix values along one dim (``dim`` argument: position, keyword, default; ``"legacy"`` is softmax's
+#: implicit dim): elementwise when that dim is neither the batch (0) nor the channels (1), opaque otherwise.
+SPATIAL_DIM_CALLS = {
+    "softmax": (1, "dim", "legacy"), "log_softmax": (1, "dim", "legacy"), "softmin": (1, "dim", "legacy"),
+    "_softmax": (1, "dim", "legacy"), "_log_softmax": (1, "dim", "legacy"),
+    "normalize": (2, "dim", 1), "glu": (1, "dim", -1),
+    "cumsum": (1, "dim", None), "cumprod": (1, "dim", None), "cummax": (1, "dim", None),
+    "cummin": (1, "dim", None), "logcumsumexp": (1, "dim", None),
+    "cumsum_": (1, "dim", None), "cumprod_": (1, "dim", None),
+    "mean": (1, "dim", None), "sum": (1, "dim", None), "nansum": (1, "dim", None), "nanmean": (1, "dim", None),
+    "amax": (1, "dim", None), "amin": (1, "dim", None), "aminmax": (1, "dim", None),
+    "max": (1, "dim", None), "min": (1, "dim", None), "median": (1, "dim", None), "nanmedian": (1, "dim", None),
+    "logsumexp": (1, "dim", None), "std": (1, "dim", None), "var": (1, "dim", None), "prod": (1, "dim", None),
+    "norm": (2, "dim", None), "linalg_vector_norm": (2, "dim", None), "vector_norm": (2, "dim", None),
+    "flip": (1, "dims", None), "roll": (2, "dims", None),
+}
+# max/min/... with a tensor as second argument are binary elementwise calls, not reductions
+_BINARY_OR_REDUCE = {"max", "min"}
+_PARAMETRIZATION_NAMES = {"_WeightNorm": "weight_norm", "_SpectralNorm": "spectral_norm",
+                          "_Orthogonal": "orthogonal"}
 
 
 @dataclass
@@ -78,6 +166,8 @@ class ChannelGraph:
     inputs: list[int]
     outputs: list[int]
     modules: dict[str, nn.Module]
+    #: one line per layer whose weight is computed in the forward pass (trace refuses unless strict=False)
+    computed_weights: list[str] = field(default_factory=list)
 
     def layer_ops(self, kinds: tuple[str, ...] = ("conv", "linear", "norm")) -> list[Op]:
         return [op for op in self.ops if op.kind in kinds]
@@ -108,11 +198,70 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
     return []
 
 
+def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any = None) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    return args[pos] if len(args) > pos else default
+
+
+def _dims(value: Any, ndim: int) -> set[int] | None:
+    """``dim`` argument normalized to non-negative ints; None for "all dims" (or something unreadable)."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple, torch.Size)) or not value:
+        return None
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+        return None
+    return {d % ndim for d in value} if ndim else None
+
+
+def _spatial_index(index: Any) -> bool:
+    """``x[index]`` keeps dims 0 and 1 whole and touches only the spatial dims (basic indexing only)."""
+    index = index if isinstance(index, tuple) else (index,)
+    if Ellipsis in index[:2] or len(index) < 2:
+        return False
+    full = all(isinstance(i, slice) and i == slice(None) for i in index[:2])
+    rest_basic = all(i is None or i is Ellipsis or isinstance(i, (int, slice)) and not isinstance(i, bool)
+                     for i in index[2:])
+    return full and rest_basic and all(not isinstance(getattr(i, a, None), torch.Tensor) for i in index[2:]
+                                       if isinstance(i, slice) for a in ("start", "stop", "step"))
+
+
+def _spatial_pad(pad: Any, ndim: int) -> bool:
+    """``F.pad(x, pad)`` pads only the spatial dims (``pad`` lists (left, right) pairs from the last dim back)."""
+    if not isinstance(pad, (list, tuple)):
+        return False
+    pairs = len(pad) // 2
+    return pairs <= ndim - 2 or all(p == 0 for p in pad[2 * (ndim - 2):])
+
+
+def _parametrization(module: nn.Module | None, attr: str = "weight") -> str | None:
+    """How ``module`` computes ``attr`` in its forward, if it does (None otherwise)."""
+    if module is None:
+        return None
+    if torch.nn.utils.parametrize.is_parametrized(module, attr):
+        kinds = [_PARAMETRIZATION_NAMES.get(type(p).__name__, type(p).__name__)
+                 for p in module.parametrizations[attr]]
+        return f"parametrization {', '.join(kinds)}"
+    for hook in module._forward_pre_hooks.values():
+        kind = type(hook).__name__
+        if kind == "WeightNorm" and getattr(hook, "name", None) == attr:
+            return "weight_norm, old style: weight_g/weight_v and a forward pre-hook"
+        if kind == "SpectralNorm" and getattr(hook, "name", None) == attr:
+            return "spectral_norm, old style: weight_orig and a forward pre-hook"
+    return None
+
+
 class _Recorder(TorchFunctionMode):
-    def __init__(self, graph: ChannelGraph, owners: dict[int, str], context: list[str]) -> None:
+    def __init__(self, graph: ChannelGraph, owners: dict[int, str], context: list[str],
+                 params: set[int] | None = None) -> None:
         super().__init__()
         self.g = graph
         self.owners = owners  # id(parameter or buffer) -> module path
+        # ids of the tensors that are parameters or buffers (owners' keys unless given)
+        self.params = set(owners) if params is None else params
         self.context = context
         self.node_of: dict[int, int] = {}  # id(tensor) -> node id
         self.keep_alive: list[torch.Tensor] = []
@@ -128,13 +277,18 @@ class _Recorder(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         ins = [t for t in _tensors((args, kwargs)) if id(t) in self.node_of]
-        outs = [t for t in _tensors(out) if isinstance(t, torch.Tensor)]
+        name = _func_name(func)
+        if name == "__setitem__" and ins and args and isinstance(args[0], torch.Tensor):
+            outs = [args[0]]  # x[index] = value changes x in place: a new version of x (traced from now on)
+        else:
+            outs = [t for t in _tensors(out) if isinstance(t, torch.Tensor)]
         if not ins or not outs:
             return out
-        name = _func_name(func)
         params = [t for t in _tensors((args, kwargs)) if id(t) in self.owners]
         module = self.owners[id(params[0])] if params else None
         kind, info = self._classify(func, name, args, kwargs, ins, outs, module)
+        if kind == "opaque" and "computed_weight" in info:
+            module = info["module"]
         for t in outs:
             if not t.is_floating_point() and not t.is_complex():
                 continue  # indices, masks: not features
@@ -144,39 +298,121 @@ class _Recorder(TorchFunctionMode):
             self.g.ops.append(op)
         return out
 
+    def _computed_weight(self, func, name, args, kwargs, ins, module) -> dict | None:
+        """For a conv/linear/norm call: {"computed_weight": why, "module": path} if its weight is computed in the
+        forward pass (not a parameter or buffer of a module), else None."""
+        pos, key = _WEIGHT_ARG[func]
+        w = _arg(args, kwargs, pos, key)
+        if not isinstance(w, torch.Tensor) or id(w) in self.params:
+            return None
+        path = module if module is not None else (self.context[-1] if self.context else "")
+        owner = self.g.modules.get(path)
+        if owner is None:  # context names the root module by its class name
+            owner = self.g.modules.get("")
+        why = _parametrization(owner) or (
+            f"{name} with a weight that is computed from the input" if id(w) in self.node_of else
+            f"{name} with a weight that is not a parameter of any module")
+        line = f"layer '{path or type(owner).__name__}' computes its weight in the forward pass ({why}); " \
+               f"channel surgery cannot follow it"
+        if line not in self.g.computed_weights:
+            self.g.computed_weights.append(line)
+        return {"computed_weight": why, "module": path or None}
+
     def _classify(self, func, name, args, kwargs, ins, outs, module) -> tuple[str, dict]:
-        x, y = ins[0], outs[0]
-        if func in _CONV_FUNCS and module is not None:
-            return "conv", {}
-        if func in _LINEAR_FUNCS and module is not None:
-            return "linear", {}
-        if func in _NORM_FUNCS and module is not None:
-            return "norm", {}
+        x = ins[0]
+        if func in _WEIGHT_ARG:
+            computed = self._computed_weight(func, name, args, kwargs, ins, module)
+            if computed is not None:
+                return "opaque", computed
+            if module is not None:
+                if func in _CONV_FUNCS:
+                    return "conv", {}
+                if func in _LINEAR_FUNCS:
+                    return "linear", {}
+                return "norm", {}
         if func in _CAT_FUNCS:
-            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            chunks = _tensors(args[0]) if args else _tensors(kwargs.get("tensors"))
+            dim = _arg(args, kwargs, 1, "dim", 0)
             if x.dim() > 1 and dim % x.dim() == 1:
-                return "cat", {"sizes": [t.shape[1] for t in _tensors(args[0])]}
+                return "cat", {"sizes": [t.shape[1] for t in chunks],
+                               "constant": [id(t) not in self.node_of for t in chunks]}
+            if x.dim() > 2 and dim % x.dim() >= 2 and all(id(t) in self.node_of for t in chunks):
+                return self._keeps_channels(ins, outs, "elementwise")  # along a spatial dim
             return "opaque", {}
-        if len(outs) != 1 or x.dim() < 2:
+        fouts = [t for t in outs if t.is_floating_point() or t.is_complex()]
+        if len(fouts) != 1 or x.dim() < 2:
             return "opaque", {}
+        y = fouts[0]
         if name in _RESHAPE_NAMES:
             if x.dim() == 4 and y.dim() == 2 and y.shape[0] == x.shape[0] and y.shape[1] == x[0].numel():
                 return "flatten", {"spatial": x.shape[2] * x.shape[3]}
             if y.dim() >= 2 and y.shape[:2] == x.shape[:2]:
                 return "elementwise", {}
             return "opaque", {}
-        if name in _CHANNEL_MOVING:
+        if not self._allowed(func, name, args, kwargs, x, y):
             return "opaque", {}
+        if self._per_channel_constant(args, kwargs, y):
+            return "opaque", {"constant_operand": True}
+        return self._keeps_channels(ins, [y], "elementwise")
+
+    def _allowed(self, func, name, args, kwargs, x, y) -> bool:
+        """Whether the call is known to treat every channel on its own (see ELEMENTWISE, SPATIAL_DIM_CALLS)."""
+        if name in _BINARY_OR_REDUCE and len(args) > 1 and isinstance(args[1], torch.Tensor):
+            return True  # torch.max(a, b)
+        if name in SPATIAL_DIM_CALLS:
+            pos, key, default = SPATIAL_DIM_CALLS[name]
+            value = _arg(args, kwargs, pos, key, default)
+            if default == "legacy" and value in (None, "legacy"):  # softmax without dim: PyTorch's implicit choice
+                value = 0 if x.dim() in (0, 1, 3) else 1
+            dims = _dims(value, x.dim())
+            return dims is not None and not dims & {0, 1}
+        if name == "__getitem__":
+            return _spatial_index(args[1] if len(args) > 1 else None)
+        if name == "__setitem__":  # into a traced tensor only (writing into a constant mixes it with the trace)
+            return id(args[0]) in self.node_of and _spatial_index(args[1] if len(args) > 1 else None)
+        if name == "pad":
+            return _spatial_pad(_arg(args, kwargs, 1, "pad"), x.dim())
+        if name == "prelu":
+            w = _arg(args, kwargs, 1, "weight")
+            return isinstance(w, torch.Tensor) and w.numel() == 1
+        if name in ("batch_norm", "instance_norm"):  # functional, no module: only without a weight
+            return func in (F.batch_norm, F.instance_norm) and _arg(args, kwargs, 3, "weight") is None
+        if name == "layer_norm" and func is F.layer_norm:  # over spatial dims only, no weight
+            shape = _arg(args, kwargs, 1, "normalized_shape")
+            n = len(shape) if isinstance(shape, (list, tuple, torch.Size)) else 1
+            return n <= x.dim() - 2 and _arg(args, kwargs, 2, "weight") is None
+        return name in ELEMENTWISE
+
+    def _per_channel_constant(self, args, kwargs, y: torch.Tensor) -> bool:
+        """An operand that is not traced (a constant, buffer or parameter) but has one value per channel of ``y``."""
+        if y.dim() < 2 or y.shape[1] <= 1:
+            return False
+        for t in _tensors((args, kwargs)):
+            if id(t) in self.node_of or t.dim() == 0 or t.dtype == torch.bool:
+                continue
+            axis = t.dim() - (y.dim() - 1)  # dim of t aligned with y's dim 1 under broadcasting
+            if 0 <= axis < t.dim() and t.shape[axis] == y.shape[1]:
+                return True
+        return False
+
+    @staticmethod
+    def _keeps_channels(ins, outs, kind: str) -> tuple[str, dict]:
+        x, y = ins[0], outs[0]
         same_batch = y.dim() >= 2 and y.shape[0] == x.shape[0]
         if same_batch and all(t.dim() >= 2 and t.shape[1] in (y.shape[1], 1) for t in ins) and \
                 any(t.shape[1] == y.shape[1] for t in ins):
-            return "elementwise", {}
+            return kind, {}
         return "opaque", {}
 
 
 @torch.no_grad()
-def trace(model: nn.Module, example: torch.Tensor) -> ChannelGraph:
-    """The channel graph of ``model`` on ``example`` (a batch), in eval mode; the model's modes are restored."""
+def trace(model: nn.Module, example: torch.Tensor, *, strict: bool = True) -> ChannelGraph:
+    """The channel graph of ``model`` on ``example`` (a batch), in eval mode; the model's modes are restored.
+
+    Refuses (:class:`~resprout.errors.ConfigError`, one line naming the module) a model with a layer whose weight is
+    computed in the forward pass; with ``strict=False`` such a call is recorded as opaque instead and listed in
+    ``graph.computed_weights``.
+    """
     owners: dict[int, str] = {}
     modules = dict(model.named_modules())
     for path, m in modules.items():
@@ -203,7 +439,7 @@ def trace(model: nn.Module, example: torch.Tensor) -> ChannelGraph:
         graph.inputs.append(recorder.add_node(example, None))
         with recorder:
             out = model(example)
-    except Exception as e:  # the user's model failed on the example input: say so in one line
+    except Exception as e:  # noqa: BLE001  (the user's model failed on the example input: say so in one line)
         raise ConfigError(f"tracing {type(model).__name__} failed on an input of shape {tuple(example.shape)}: "
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     finally:
@@ -211,7 +447,43 @@ def trace(model: nn.Module, example: torch.Tensor) -> ChannelGraph:
             h.remove()
         for m in model.modules():
             m.train(modes[id(m)])
+    if strict and graph.computed_weights:
+        raise ConfigError(graph.computed_weights[0])
     graph.outputs = [recorder.node_of[id(t)] for t in _tensors(out) if id(t) in recorder.node_of]
     if not graph.outputs:
         raise ConfigError(f"tracing {type(model).__name__}: its output does not depend on its input")
+    return graph
+
+
+def check_traceable(model: nn.Module, example: torch.Tensor) -> ChannelGraph:
+    """Trace ``model`` and run every refusal of channel surgery now (e.g. when a run starts), not after training.
+
+    Refuses, with a one-line :class:`~resprout.errors.ConfigError` naming the module or call: a layer whose weight
+    is computed in the forward pass (weight norm, spectral norm, any parametrization, a functional conv/linear with
+    a computed weight); a concatenation along channels with a constant chunk that blocks a group surgery could
+    otherwise cut; any channel group that a consumer cannot follow (it flows into an opaque call such as a softmax,
+    cumulative sum or normalization over channels, or a local response norm) and that is not fixed anyway (the
+    image, the classes, channels written by an opaque call or a grouped convolution). Returns the graph.
+    """
+    # channels reads graphs: import it only here
+    from resprout.surgery.channels import channel_groups
+
+    graph = trace(model, example, strict=True)
+    groups = channel_groups(graph)
+    where: dict[int, list] = {}
+    for g in groups.values():
+        for nid, _offset, _k in g.places:
+            where.setdefault(nid, []).append(g)
+    for op in graph.ops:
+        if op.kind == "cat" and any(op.info.get("constant", ())):
+            blocked = [g for nid in op.inputs for g in where.get(nid, ()) if g.kind == "blocked"]
+            if blocked:
+                n = sum(s for s, c in zip(op.info["sizes"], op.info["constant"]) if c)
+                raise ConfigError(f"'{op.name}' in {op.context or 'the model'} concatenates {n} channels that do "
+                                  f"not come from the input (a constant, buffer or parameter) to channel group "
+                                  f"'{blocked[0].key}'; channel surgery cannot cut a group laid out next to a "
+                                  f"constant chunk")
+    for key, g in groups.items():
+        if g.kind == "blocked":
+            raise ConfigError(f"channel surgery cannot cut channel group '{key}': {g.reason}")
     return graph

@@ -19,6 +19,7 @@ from resprout.methods.evolution.hypotheses import (
     _check_rate, default_init, fit_hypothesis, hypothesis_magnitudes, kels_masks, reestimate_batchnorm, reinitialize, reset_batchnorm, wels_masks)
 from resprout.seeding import derive_seed
 from resprout.surgery.channels import example_input, model_device
+from resprout.surgery.graph import check_traceable
 from resprout.surgery.profile import profile_model
 
 
@@ -72,7 +73,11 @@ class KnowledgeEvolution(Method):
         opts = self.options
         model = trainer.members[opts.member].model
         if opts.split == "kels":
+            # refuse now, not after a generation has trained: a model channel surgery cannot follow (a weight
+            # computed in the forward pass, channels mixed by an opaque call), then one dry run of the slim network
+            check_traceable(model, example_input(self.input_shape, device=model_device(model)))
             self.masks = kels_masks(model, self.input_shape, opts.split_rate)
+            fit_hypothesis(model, self.input_shape, opts.split_rate)  # discarded; its refusals are what counts
         else:
             self.masks = wels_masks(model, opts.split_rate, seed=trainer.config.seed)
 

@@ -3,11 +3,11 @@
 ::
 
     resprout train [CONFIG.toml|.yaml] [key=value ...] [--out DIR] [--json]
-    resprout resume DIR [device=... threads=...] [--json]
+    resprout resume DIR [device=... threads=... progress=... lr=... momentum=... (optimizer keys)] [--json]
     resprout runs [--json]
     resprout report DIR [DIR...] [--out DIR]
     resprout profile model=NAME [key=value ...] [--json]
-    resprout slim DIR --out FILE [--bn reestimate|copy] [--json]
+    resprout slim DIR --out FILE [--force] [--bn reestimate|copy] [--json]
     resprout keys
 
 A mistake in a key, value, path or file prints one line on stderr and exits with code 2; a diverged run exits
@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from resprout.errors import ConfigError, ResproutError
+from resprout.errors import ConfigError, Interrupted, ResproutError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,7 +84,8 @@ def cmd_resume(ns: argparse.Namespace) -> int:
     from resprout.run import resume
 
     runtime = parse_overrides(ns.overrides)
-    result = resume(ns.run_dir, progress="none" if ns.quiet else None, **runtime)
+    progress = runtime.pop("progress", None)  # progress=none and --quiet both work (and together)
+    result = resume(ns.run_dir, progress="none" if ns.quiet else progress, **runtime)
     return _report_result(result, ns.json)
 
 
@@ -91,6 +94,7 @@ def cmd_runs(ns: argparse.Namespace) -> int:
     from resprout.analysis.tables import format_table
 
     headers, rows, records = list_runs(ns.store)
+    _mark_stopped(headers, rows, records)
     if ns.json:
         _print_json({"runs": records})
     elif not rows:
@@ -100,11 +104,50 @@ def cmd_runs(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _mark_stopped(headers: list[str], rows: list[list], records: list[dict]) -> None:
+    """A run the store calls ``running`` whose process is gone (its lock is missing, or names a dead pid on this
+    machine) is shown as ``stopped``; the store itself is not changed."""
+    from resprout.engine.rundir import holder_alive, lock_holder
+
+    col = headers.index("status")
+    for row, rec in zip(rows, records):
+        if rec["status"] != "running" or not rec.get("run_dir"):
+            continue
+        if holder_alive(lock_holder(Path(rec["run_dir"]))) is False:
+            rec["status"] = row[col] = "stopped"
+
+
+REPORT_MANIFEST = ".resprout-report"
+REPORT_FILES = ("report.md", "curves.png", "generations.png")
+
+
+def _check_report_out(out: Path) -> set[str]:
+    """Refuse an --out that is a file, or a directory holding report files that resprout did not write there."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"report --out {out} is an existing file, not a directory; nothing was overwritten")
+    if not out.is_dir():
+        return set()
+    mine = set()
+    manifest = out / REPORT_MANIFEST
+    if manifest.is_file():
+        try:
+            mine = set(json.loads(manifest.read_text()).get("files", []))
+        except (json.JSONDecodeError, AttributeError):
+            mine = set()
+    foreign = [n for n in REPORT_FILES if (out / n).exists() and n not in mine]
+    if foreign:
+        raise ConfigError(f"report --out {out} holds {', '.join(foreign)} not written by resprout report; nothing "
+                          f"was overwritten: choose another --out")
+    return mine
+
+
 def cmd_report(ns: argparse.Namespace) -> int:
     from resprout.analysis.report import write_report
 
     out = Path(ns.out) if ns.out else Path("report")
+    mine = _check_report_out(out)
     text, files = write_report([Path(d) for d in ns.run_dirs], out)
+    (out / REPORT_MANIFEST).write_text(json.dumps({"files": sorted(mine | {Path(f).name for f in files})}))
     print(text)
     for f in files:
         print(f"wrote {f}", file=sys.stderr)
@@ -126,6 +169,16 @@ def cmd_slim(ns: argparse.Namespace) -> int:
     from resprout.analysis.slim import export_slim
     from resprout.run import open_run
 
+    out = Path(ns.out)
+    own = {"checkpoint.pt", "run.json", "train.log", ".lock"}
+    run_dir = Path(ns.run_dir)
+    if run_dir.is_dir() and out.parent.resolve() == run_dir.resolve() and \
+            (out.name in own or (out.name.startswith("best-") and out.name.endswith(".pt"))):
+        raise ConfigError(f"slim --out {out} is one of the run's own files; it is never overwritten: choose "
+                          f"another --out")
+    if out.exists() and (out.is_dir() or not ns.force):
+        raise ConfigError(f"slim --out {out} already exists; nothing was overwritten"
+                          + ("" if out.is_dir() else " (add --force to replace it)"))
     meta = export_slim(open_run(ns.run_dir, device="cpu"), ns.out, bn=ns.bn, source=ns.run_dir)
     if ns.json:
         _print_json({**meta, "out": str(ns.out)})
@@ -161,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("resume", help="continue a run from its checkpoint")
     r.add_argument("run_dir")
-    r.add_argument("overrides", nargs="*", metavar="device=|threads=|progress=")
+    r.add_argument("overrides", nargs="*", metavar="device=|threads=|progress=|lr=|momentum=|...")
     r.add_argument("--json", action="store_true")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(fn=cmd_resume)
@@ -186,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--out", required=True, help="file to write (a torch.export program)")
     sl.add_argument("--bn", choices=("reestimate", "copy"), default="reestimate",
                     help="re-estimate the slim network's BN statistics on training batches (default) or copy them")
+    sl.add_argument("--force", action="store_true", help="replace an existing --out file (never the run's own)")
     sl.add_argument("--json", action="store_true")
     sl.set_defaults(fn=cmd_slim)
 
@@ -194,7 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _on_early_sigterm(signum, frame) -> None:
+    raise Interrupted("interrupted during start-up; nothing was saved since the last checkpoint (a new run saved "
+                      "nothing): run the command again")
+
+
 def main(argv: list[str] | None = None) -> int:
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # the trainer installs its own while it trains
+        previous = signal.signal(signal.SIGTERM, _on_early_sigterm)
     try:
         ns = build_parser().parse_args(argv)
         return ns.fn(ns)
@@ -202,8 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resprout: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("resprout: aborted; the last checkpoint is kept", file=sys.stderr)
+        print("resprout: aborted; nothing was saved after the last checkpoint, if any", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (e.g. `| head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import platform
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -36,16 +38,28 @@ from resprout.data import channel_stats, load_source, prepare
 from resprout.data.augment import default_augment
 from resprout.data.loader import EvalLoader, Normalizer, TrainLoader
 from resprout.data.samplers import make_sampler
+from resprout.engine import checkpoint as ckpt
 from resprout.engine.checkpoint import remove_stale_temporaries
-from resprout.engine.distributed import DistInfo, broadcast_object, init_from_env, shutdown
+from resprout.engine.distributed import (
+    DistInfo,
+    broadcast_object,
+    init_from_env,
+    shutdown,
+)
 from resprout.engine.progress import Progress, make_progress
-from resprout.engine.rundir import RUN_FILE, read_run_file, write_run_file
+from resprout.engine.rundir import RUN_FILE, RunLock, read_run_file, write_run_file
 from resprout.engine.store import Store, default_store_path
 from resprout.engine.trainer import CHECKPOINT_NAME, Trainer
-from resprout.errors import CheckpointError, ConfigError
+from resprout.errors import (
+    CheckpointError,
+    ConfigError,
+    ResproutError,
+    TrainingDiverged,
+)
 from resprout.methods import build_methods, resolved_options
 from resprout.models import build_model
 from resprout.seeding import seed_everything
+
 
 def resolve_device(name: str, dist: DistInfo | None = None) -> torch.device:
     if name == "auto":
@@ -152,12 +166,16 @@ def _resolve(cfg: Config, module: nn.Module | None) -> tuple[Config, list]:
 def _default_run_dir(cfg: Config, store_path: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     model = cfg.model.replace(":", "-")
-    base = store_path.parent / f"{stamp}-{cfg.data}-{model}-{cfg.method}-s{cfg.seed}"
-    path, i = base, 1
-    while path.exists():
-        i += 1
-        path = base.with_name(f"{base.name}-{i}")
-    return path
+    base = f"{stamp}-{cfg.data}-{model}-{cfg.method}-s{cfg.seed}"
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):  # a random suffix and an exclusive mkdir: two runs never share a directory
+        path = store_path.parent / f"{base}-{secrets.token_hex(3)}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise CheckpointError(f"cannot create a new run directory under {store_path.parent}")
 
 
 def _config_difference(a: dict, b: dict) -> str:
@@ -165,10 +183,12 @@ def _config_difference(a: dict, b: dict) -> str:
     return "; ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else "")
 
 
-def _claim_run_dir(cfg: Config, out: Path | None, store_path: Path) -> tuple[Path, str, bool]:
-    """(run directory, run id, whether it continues an existing run) for a new ``train`` call."""
+def _claim_run_dir(cfg: Config, out: Path | None, store_path: Path) -> tuple[Path, str, bool, bool]:
+    """(run directory, run id, whether it continues an existing run, whether this call created the directory)
+    for a new ``train`` call."""
     if out is None:
         run_dir = _default_run_dir(cfg, store_path)
+        return run_dir, uuid.uuid4().hex[:12], False, True
     else:
         run_dir = out
         if run_dir.exists() and not run_dir.is_dir():
@@ -180,18 +200,51 @@ def _claim_run_dir(cfg: Config, out: Path | None, store_path: Path) -> tuple[Pat
                 raise CheckpointError(f"{run_dir} holds a run with another configuration "
                                       f"({_config_difference(saved.identity(), cfg.identity())}); nothing was "
                                       f"overwritten: choose another --out")
-            return run_dir, info["run_id"], True
+            return run_dir, info["run_id"], True, False
         if run_dir.is_dir() and any(run_dir.iterdir()):
             raise CheckpointError(f"{run_dir} exists, is not empty and is not a resprout run directory; nothing "
                                   f"was overwritten: choose another --out")
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex[:12]
-    return run_dir, run_id, False
+    return run_dir, run_id, False, created
+
+
+def _is_main_rank() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _lock(run_dir: Path) -> RunLock | None:
+    """Rank 0 locks the run directory for as long as it trains there (a second process is refused)."""
+    return RunLock(run_dir).acquire() if _is_main_rank() else None
+
+
+def _release(lock: RunLock | None) -> None:
+    if lock is not None:
+        lock.release()
+
+
+def _undo_new_run(run_dir: Path, run_id: str, store_path: Path, created: bool) -> None:
+    """A new run refused before its first checkpoint leaves no directory behind, and its store row (if one was
+    written; the store has no delete) is marked failed."""
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    elif run_dir.is_dir():  # an empty directory given as --out: empty it again
+        for child in run_dir.iterdir():
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+    try:
+        if Path(store_path).exists():
+            with Store(store_path) as store:
+                if store.run(run_id) is not None:
+                    store.set_status(run_id, "failed")
+    except Exception:  # noqa: BLE001, S110  (the original error is the one to show)
+        pass
 
 
 # -- the entry points -------------------------------------------------------------------------------------------------------
 def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, store_path: Path | None,
                    module: nn.Module | None = None, progress: Progress | str | None = None, continuing: bool = False,
-                   dist: DistInfo | None = None) -> Trainer:
+                   dist: DistInfo | None = None, load_config: Config | None = None) -> Trainer:
     """Build data, members, methods and the trainer of ``cfg``; load the checkpoint of a continuing run."""
     device = resolve_device(cfg.device)
     dist = dist or init_from_env(device)
@@ -223,10 +276,35 @@ def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, sto
     if continuing and run_dir is not None:
         path = run_dir / CHECKPOINT_NAME
         if path.exists():
-            trainer.load_checkpoint(path)
+            _load_with_overrides(trainer, path, load_config)
         elif store is not None:  # killed before the first checkpoint: start again, dropping what it logged
             store.forget_after(run_id, 0, 0)
     return trainer
+
+
+def _load_with_overrides(trainer: Trainer, path: Path, load_config: Config | None) -> None:
+    """Load the checkpoint; with ``load_config`` (the run's config with the optimizer keys the checkpoint was
+    written with) the checkpoint is checked against that, then the optimizers are rebuilt with the new keys (their
+    state, momentum and Adam moments, carried over when the optimizer kind is unchanged)."""
+    if load_config is None:
+        trainer.load_checkpoint(path)
+        return
+    new = trainer.config
+    trainer.config = load_config
+    try:
+        trainer.load_checkpoint(path)
+    finally:
+        trainer.config = new
+    if not trainer.started or all(getattr(load_config, k) == getattr(new, k) for k in RESUME_KEYS):
+        return
+    for name, m in trainer.members.items():
+        old = m.optimizer
+        if old is None:
+            continue
+        trainer.rebuild_optimizer(name)
+        if type(m.optimizer) is type(old):
+            for p, st in old.state.items():
+                m.optimizer.state[p] = st
 
 
 def _finish(trainer: Trainer, results: dict) -> dict:
@@ -264,34 +342,88 @@ def train(config: Config | str | Path | None = None, *, out: str | Path | None =
     else:
         store_path = Path(store) if store else default_store_path()
         claim = _claim_run_dir(probe, Path(out) if out else None, store_path) if dist.is_main else None
-        run_dir, run_id, continuing = broadcast_object(claim, dist)
+        run_dir, run_id, continuing, created = broadcast_object(claim, dist)
         if continuing:
             store_path = Path(read_run_file(run_dir)["store"])
-        trainer = create_trainer(probe, run_dir=run_dir, run_id=run_id, store_path=store_path, module=module,
-                                 progress=progress, continuing=continuing, dist=dist)
+        lock = _lock(run_dir) if dist.is_main else None  # refused: another process owns the directory
+        try:
+            try:
+                trainer = create_trainer(probe, run_dir=run_dir, run_id=run_id, store_path=store_path,
+                                         module=module, progress=progress, continuing=continuing, dist=dist)
+                return _fit_and_finish(trainer, dist)
+            except TrainingDiverged:  # its message says how to go on from the directory
+                raise
+            except ResproutError:  # refused (or interrupted) before its first checkpoint: leave nothing behind
+                if not continuing and dist.is_main and not (run_dir / CHECKPOINT_NAME).exists():
+                    _release(lock)
+                    _undo_new_run(run_dir, run_id, store_path, created)
+                raise
+        finally:
+            _release(lock)
+    return _fit_and_finish(trainer, dist)
+
+
+def _fit_and_finish(trainer: Trainer, dist: DistInfo) -> dict:
     result = _finish(trainer, trainer.fit())
     shutdown(dist)  # on an error the group is left to torchrun, which tears the processes down
     return result
 
 
+RUNTIME_KEYS = ("device", "threads", "progress")
+RESUME_KEYS = ("lr", "momentum", "weight_decay", "optimizer", "schedule", "warmup_epochs", "gamma", "nesterov",
+               "betas")
+
+
 def resume(run_dir: str | Path, *, module: nn.Module | None = None, progress: Progress | str | None = None,
            **runtime: Any) -> dict:
-    """Continue the run in ``run_dir`` from its checkpoint (``runtime`` may change device, threads, progress)."""
+    """Continue the run in ``run_dir`` from its checkpoint.
+
+    ``runtime`` may change device, threads and progress, and the optimizer keys of :data:`RESUME_KEYS` (``lr`` after
+    a divergence, say): such a change is recorded in ``run.json`` (``config_history``) and becomes the run's
+    configuration. A resume that is refused changes nothing."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} does not exist")
     info = read_run_file(run_dir)
     saved = info["config"]
-    bad = set(runtime) - {"device", "threads", "progress"}
+    bad = set(runtime) - set(RUNTIME_KEYS) - set(RESUME_KEYS)
     if bad:
-        raise ConfigError(f"resume can change only device, threads and progress, not {', '.join(sorted(bad))}")
+        raise ConfigError(f"resume cannot change {', '.join(sorted(bad))}; it can change only "
+                          f"{', '.join(RUNTIME_KEYS + RESUME_KEYS)}")
     cfg = config_from_dict({**saved, **runtime})
     if cfg.model.startswith("custom:") and module is None:
         raise ConfigError(f"{run_dir} trained a custom model ({cfg.model[7:]}); pass a freshly built one: "
                           f"resprout.resume(dir, module=...)")
-    trainer = create_trainer(cfg, run_dir=run_dir, run_id=info["run_id"], store_path=Path(info["store"]),
-                             module=module, progress=progress, continuing=True)
-    result = _finish(trainer, trainer.fit())
+    old = config_from_dict(saved).to_dict()
+    new = cfg.to_dict()
+    changed = {k: new[k] for k in RESUME_KEYS if old.get(k) != new.get(k)}
+    lock = _lock(run_dir)
+    try:
+        path = run_dir / CHECKPOINT_NAME
+        load_cfg, position = None, None
+        if path.exists():  # every check before anything is written: a refused resume changes nothing
+            state = ckpt.load_file(path)
+            if state.get("run_id") != info["run_id"]:
+                raise CheckpointError(f"{path} belongs to run {state.get('run_id')}, not to run {info['run_id']} of "
+                                      f"{run_dir / RUN_FILE}; nothing was changed")
+            load_cfg = config_from_dict({**new, **{k: state["config"][k] for k in RESUME_KEYS
+                                                   if k in state["config"]}})
+            if load_cfg.fingerprint() != state["fingerprint"]:
+                raise CheckpointError(f"{path} was written by a run with another configuration "
+                                      f"({_config_difference(state['config'], saved)}); nothing was changed")
+            position = {k: state["position"][k] for k in ("generation", "epoch", "step")}
+        trainer = create_trainer(cfg, run_dir=run_dir, run_id=info["run_id"], store_path=Path(info["store"]),
+                                 module=module, progress=progress, continuing=True, load_config=load_cfg)
+        if changed and _is_main_rank():
+            info = dict(info)
+            info["config"] = {**saved, **{k: trainer.config.to_dict()[k] for k in changed}}
+            info["fingerprint"] = config_from_dict(info["config"]).fingerprint()
+            info.setdefault("config_history", []).append(
+                {"time": time.time(), "changed": {k: [old.get(k), new[k]] for k in changed}, "at": position})
+            write_run_file(run_dir, info)
+        result = _finish(trainer, trainer.fit())
+    finally:
+        _release(lock)
     shutdown(trainer.dist)
     return result
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 from pathlib import Path
 
 from resprout.errors import CheckpointError
@@ -24,3 +27,91 @@ def read_run_file(run_dir: Path) -> dict:
 
 def write_run_file(run_dir: Path, info: dict) -> None:
     (Path(run_dir) / RUN_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
+
+
+# -- the lock: one process trains in a run directory at a time -----------------------------------------------------------
+LOCK_FILE = ".lock"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (a process of another user counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_holder(run_dir: Path) -> dict | None:
+    """``{"pid", "host", "time"}`` of the lock in ``run_dir``, or None without one (an unreadable lock reads as
+    ``{"pid": 0}``, i.e. stale)."""
+    f = Path(run_dir) / LOCK_FILE
+    try:
+        text = f.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return {"pid": 0, "host": None, "time": None}
+    try:
+        info = json.loads(text)
+        return {"pid": int(info["pid"]), "host": info.get("host"), "time": info.get("time")}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return {"pid": 0, "host": None, "time": None}
+
+
+def holder_alive(holder: dict | None) -> bool | None:
+    """True/False for a lock of this machine; None when it was taken on another host (cannot tell)."""
+    if holder is None:
+        return False
+    if holder.get("host") and holder["host"] != socket.gethostname():
+        return None
+    return pid_alive(holder["pid"])
+
+
+class RunLock:
+    """``DIR/.lock`` holding this process's pid, created with O_CREAT|O_EXCL; a stale lock (its process is gone) is
+    taken over. Release it with :meth:`release` (idempotent; only removes a lock that is still ours)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.held = False
+
+    def acquire(self) -> RunLock:
+        body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = lock_holder(self.path.parent)
+                if holder is None:
+                    continue  # released in between: try again
+                alive = holder_alive(holder)
+                if alive is False:  # stale: its process is gone
+                    try:
+                        os.unlink(self.path)
+                    except FileNotFoundError:
+                        pass
+                    continue
+                where = "" if alive else f" on {holder['host']}"
+                raise CheckpointError(f"{self.path.parent} is in use by process {holder['pid']}{where} "
+                                      f"(lock {self.path}); nothing was changed: wait for it to end or stop it")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(body)
+            self.held = True
+            return self
+        raise CheckpointError(f"cannot take the lock {self.path}; nothing was changed")
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        holder = lock_holder(self.path.parent)
+        if holder is not None and holder["pid"] == os.getpid():
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass

@@ -437,10 +437,15 @@ class Trainer(RunState, Reporting):
             self._checkpoint_due = self._checkpoint_due or bool(due)
         if not math.isfinite(value):
             where = f" in update step {self.update_step.name!r}" if self.update_step else ""
-            raise TrainingDiverged(
-                f"loss is {value}{where} at generation {self.generation + 1} epoch {self.epoch + 1} step "
-                f"{self.step + 1}; stopped, the last good checkpoint is kept"
-                + (f" in {self.run_dir}" if self.run_dir else ""))
+            at = (f"loss is {value}{where} at generation {self.generation + 1} epoch {self.epoch + 1} step "
+                  f"{self.step + 1}; stopped")
+            if self.run_dir is None:
+                raise TrainingDiverged(f"{at}; nothing was saved (an unsaved run)")
+            if (self.run_dir / CHECKPOINT_NAME).exists():
+                raise TrainingDiverged(f"{at}, the last good checkpoint is kept in {self.run_dir}; continue with "
+                                       f"changed settings, e.g.: resprout resume {self.run_dir} lr=<lower>")
+            raise TrainingDiverged(f"{at}; no checkpoint was saved yet, so nothing was kept; start again with "
+                                   f"changed settings, e.g.: resprout resume {self.run_dir} lr=<lower>")
         return value
 
     def _default_step(self, t: float, dt: float) -> None:
@@ -536,4 +541,4 @@ class Trainer(RunState, Reporting):
                 self._writer.wait()
             raise Interrupted(f"interrupted at {where}; checkpoint saved, continue with: resprout resume "
                               f"{self.run_dir}")
-        raise Interrupted(f"interrupted at {where}")
+        raise Interrupted(f"interrupted at {where}; nothing was saved (an unsaved run)")

@@ -1,0 +1,60 @@
+"""Parallel runs never share a directory, and a run directory has one trainer at a time (issue: runs that never
+collide). Real processes started at the same moment."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+from resprout.engine.checkpoint import load_file
+from resprout.engine.store import Store
+from tests.conftest import PYTHON, cli_env
+from tests.test_run_safety import cli_keys
+
+
+def start(args, tmp_path):
+    return subprocess.Popen([PYTHON, "-m", "resprout", *args, "--quiet"], env=cli_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_parallel_runs_with_the_same_settings_each_get_their_own_consistent_directory(tmp_path):
+    lrs = ["0.1", "0.05", "0.02", "0.01"]
+    procs = [start(["train", *cli_keys(epochs=1, seed=11), f"lr={lr}"], tmp_path) for lr in lrs]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    dirs = sorted(d for d in (tmp_path / "runs").iterdir() if d.is_dir())
+    assert len(dirs) == len(lrs)
+    seen = set()
+    for d in dirs:
+        info = json.loads((d / "run.json").read_text())
+        ck = load_file(d / "checkpoint.pt")
+        assert ck["run_id"] == info["run_id"] and ck["config"]["lr"] == info["config"]["lr"]
+        lines = (d / "train.log").read_text().splitlines()
+        assert len(lines) == 1  # one epoch of one run: not interleaved with another run's log
+        seen.add(info["config"]["lr"])
+    assert seen == {float(lr) for lr in lrs}
+    with Store(tmp_path / "runs" / "resprout.db") as store:
+        assert sorted(r.status for r in store.runs()) == ["finished"] * len(lrs)
+
+
+def test_two_resumes_of_one_directory_one_trains_the_other_is_refused(tmp_path):
+    out2 = tmp_path / "run2"
+    keys = cli_keys(epochs=40, data_options={"num_classes": 4, "n_train": 1024, "n_test": 48, "image_size": 8})
+    proc = start(["train", *keys, "--out", str(out2)], tmp_path)
+    t0 = time.monotonic()
+    while not (out2 / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.monotonic() - t0 < 300
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    a, b = start(["resume", str(out2)], tmp_path), start(["resume", str(out2)], tmp_path)
+    results = [p.communicate(timeout=300) + (p.returncode,) for p in (a, b)]
+    codes = sorted(r[2] for r in results)
+    assert codes == [0, 2], results
+    refused = next(r for r in results if r[2] == 2)
+    assert "in use by process" in refused[1] and refused[1].count("\n") == 1 and "Traceback" not in refused[1]
+    assert load_file(out2 / "checkpoint.pt")["position"]["finished"]

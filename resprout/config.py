@@ -21,15 +21,14 @@ import difflib
 import hashlib
 import json
 import tomllib
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from resprout.errors import ConfigError
 # The option validator lives in resprout.options; these names stay importable from here.
-from resprout.options import check_range, coerce, fill_options, option, parse_scalar  # noqa: F401
+from resprout.options import base_type, check_range, coerce, fill_options, option, parse_scalar  # noqa: F401
 
 
 # Keys that may differ between a run and its resumption (where it runs, not what it computes).
@@ -129,13 +128,7 @@ KEYS = [k for k in FIELDS if k not in _OPEN_FIELDS]
 
 
 # -- parsing --------------------------------------------------------------------------------------------------------
-def _base_type(tp: Any) -> tuple[type, bool]:
-    """(the type, whether None is allowed) of a field annotation like ``int | None``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], True
-    return tp, False
+_base_type = base_type
 
 
 def _unknown_key(key: str) -> ConfigError:

@@ -456,19 +456,25 @@ class Trainer(RunState, Reporting):
             raise ConfigError("no method added a loss term; add a task loss such as method=ce")
         total = self._terms[0][2] if len(self._terms) == 1 else torch.stack([v for _, _, v in self._terms]).sum()
         value = self._check_loss(total.item())
-        trainable = [m for m in self.trainable if m.local]
-        for m in trainable:
+        self._optimize([m for m in self.trainable if m.local], total.backward, t, dt)
+        self.progress.step(value)
+
+    def _optimize(self, members: list[Member], backward, t: float, dt: float) -> None:
+        """Zero the members' gradients, ``backward()``, then step their optimizers at the schedule's rate."""
+        for m in members:
             m.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        backward()
         for h in self._handlers[Event.AFTER_BACKWARD]:
             h(self)
-        for m in trainable:
+        for m in members:
             set_lr(m.optimizer, m.schedule.factor(t, dt))
             m.optimizer.step()
         for h in self._handlers[Event.AFTER_STEP]:
             h(self)
-        self._note_manual()
-        self.progress.step(value)
+        # manual members are not forwarded by the trainer: count their samples for their train metrics
+        for member, _, _ in self._terms:
+            if member not in self.outputs:
+                self._manual_terms.add(member)
 
     def _update(self, step: UpdateStep, t: float, dt: float, *, last: bool) -> None:
         """One declared update step: its terms, a backward into its members only, their optimizers step."""
@@ -489,28 +495,13 @@ class Trainer(RunState, Reporting):
             value = self._check_loss(total.item())
             members = [self.members[n] for n in step.members if self.members[n].local]
             params = [p for m in members for p in m.model.parameters() if p.requires_grad]
-            for m in members:
-                m.optimizer.zero_grad(set_to_none=True)
             # inputs=: gradients reach only this step's members; retain the graph for the steps after it
-            torch.autograd.backward(total, inputs=params, retain_graph=not last)
-            for h in self._handlers[Event.AFTER_BACKWARD]:
-                h(self)
-            for m in members:
-                set_lr(m.optimizer, m.schedule.factor(t, dt))
-                m.optimizer.step()
-            for h in self._handlers[Event.AFTER_STEP]:
-                h(self)
-            self._note_manual()
+            self._optimize(members, lambda: torch.autograd.backward(total, inputs=params, retain_graph=not last),
+                           t, dt)
             if last:
                 self.progress.step(value)
         finally:
             self.update_step = None
-
-    def _note_manual(self) -> None:
-        # manual members are not forwarded by the trainer: count their samples for their train metrics
-        for member, _, _ in self._terms:
-            if member not in self.outputs:
-                self._manual_terms.add(member)
 
     # -- signals ----------------------------------------------------------------------------------------------------
     def _install_signal_handlers(self):

@@ -17,6 +17,7 @@ with 3, an interrupted one with 130 (its checkpoint is saved: ``resprout resume 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -253,6 +254,17 @@ def _on_early_sigterm(signum, frame) -> None:
                       "nothing): run the command again")
 
 
+def _os_error(e: OSError) -> str:
+    where = e.filename if e.filename is not None else "a file"
+    if e.errno == errno.ENOSPC:
+        return f"no space left on {where}"
+    if isinstance(e, IsADirectoryError):
+        return f"{where} is a folder where a file is expected"
+    if isinstance(e, NotADirectoryError):
+        return f"{where}: a file stands where a folder is expected"
+    return f"cannot use {where}: {e.strerror or type(e).__name__}"
+
+
 def main(argv: list[str] | None = None) -> int:
     previous = None
     if threading.current_thread() is threading.main_thread():  # the trainer installs its own while it trains
@@ -269,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (e.g. `| head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # a file or folder we could not create, read or write: name it, no traceback
+        print(f"resprout: error: {_os_error(e)}", file=sys.stderr)
+        return 2
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

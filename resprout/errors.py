@@ -36,3 +36,11 @@ class Interrupted(ResproutError):
     """Ctrl-C (SIGINT) or SIGTERM: the run checkpointed at a step boundary and stopped; ``resume`` continues it."""
 
     exit_code = 130
+
+
+class StoreError(ResproutError):
+    """The results store cannot be used: read-only, full, of another schema, corrupt, or at an impossible path."""
+
+
+class NoSpaceError(ResproutError):
+    """The disk filled while writing a file (a checkpoint); the previous complete file is kept."""

@@ -51,6 +51,9 @@ __all__ = [
 ]
 
 # What each type is called in "expected ..." messages.
+# Integers must fit in a signed 64-bit integer: torch, numpy and the results store (SQLite) take no more.
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
+
 _EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
              list: "a comma-separated list", dict: "a table"}
 
@@ -136,10 +139,10 @@ def coerce(key: str, value: Any, tp: Any, *, allow_none: bool = False, strict: b
             if strict:
                 if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                     raise ValueError
-                return int(value)
+                return _int64(key, int(value))
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(value) if not isinstance(value, str) else int(value.strip())
+            return _int64(key, int(value) if not isinstance(value, str) else int(value.strip()))
         if tp is float:
             if isinstance(value, bool) or (strict and not isinstance(value, numbers.Real)):
                 raise ValueError
@@ -166,6 +169,16 @@ def coerce(key: str, value: Any, tp: Any, *, allow_none: bool = False, strict: b
     except (TypeError, ValueError, OverflowError):
         pass
     raise ConfigError(f"bad value for {key}: {value!r} (expected {_EXPECTED.get(tp, getattr(tp, '__name__', tp))})")
+
+
+def _int64(key: str, number: int) -> int:
+    """``number`` if it fits in a signed 64-bit integer, else a one-line ConfigError."""
+    if INT_MIN <= number <= INT_MAX:
+        return number
+    digits = len(str(abs(number)))
+    shown = f"{float(number):g}" if digits < 300 else f"a {digits}-digit integer"
+    bound = "must be < 2**63" if number > 0 else "must be >= -2**63"
+    raise ConfigError(f"bad value for {key}: {shown} ({bound})")
 
 
 def check_range(key: str, value: Any, meta: Mapping | Spec) -> None:

@@ -94,6 +94,10 @@ def prepare(ds: Dataset, *, per_class: int | None = None, val_split: float = 0.0
     if test_per_class is not None:
         test_labels = ds.test.labels.numpy()
         groups = by_class(test_labels, rank_keys(len(test_labels), FIXED_TEST_SEED, SALT_TEST), k)
+        for c, idx in enumerate(groups):
+            if len(idx) < test_per_class:
+                raise DataError(f"test_per_class={test_per_class}: class {ds.classes[c]!r} has only {len(idx)} "
+                                f"test images")
         test_idx = np.sort(np.concatenate([idx[:test_per_class] for idx in groups]))
     test = derive(ds.test, test_idx)
     return Dataset(name=ds.name, train=train, test=test, val=val, classes=list(ds.classes))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import os
 import pickle
+import stat
 import zlib
 from pathlib import Path
 from typing import Any
@@ -241,6 +242,7 @@ def read_image(path: Path, mode: str, size: int | None = None) -> np.ndarray:
     """
     from PIL import Image
 
+    check_regular_file(path)
     try:
         with Image.open(path) as im:
             im.load()
@@ -261,20 +263,66 @@ def read_image(path: Path, mode: str, size: int | None = None) -> np.ndarray:
     return arr
 
 
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "not a regular file"
+
+
+def check_regular_file(path: Path) -> None:
+    """Refuse (one line naming it) anything but a regular file (after symlinks), without opening it: a FIFO would
+    block the reader forever, a device could be endless."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise DataError(f"{path} cannot be read: {one_line(e.strerror or e)}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{path} is {_kind(st.st_mode)}, not a regular file; remove it from the image folder")
+
+
+def _unreadable(e: OSError) -> None:
+    raise DataError(f"{e.filename} cannot be read: {one_line(e.strerror or e)}") from None
+
+
 def _walk_images(folder: Path) -> list[Path]:
-    """Every image file under ``folder`` (recursively, hidden entries ignored), in sorted order."""
+    """Every image file under ``folder`` (recursively, hidden entries ignored), in sorted order. A folder that
+    cannot be listed, or a special file (FIFO, socket, device), is an error naming it."""
     found: list[Path] = []
     seen: set[tuple[int, int]] = set()  # (device, inode) of visited folders: symlink loops end here
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        st = os.stat(dirpath)
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=_unreadable):
+        try:
+            st = os.stat(dirpath)
+        except OSError as e:
+            _unreadable(e)
         if (st.st_dev, st.st_ino) in seen:
             dirnames[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            try:
+                mode = os.stat(path).st_mode
+            except FileNotFoundError:
+                if is_image_file(name):  # a dangling symlink named like an image
+                    raise DataError(f"{path} cannot be read: it is a broken link") from None
+                continue
+            except OSError as e:
+                raise DataError(f"{path} cannot be read: {one_line(e.strerror or e)}") from None
+            if not stat.S_ISREG(mode):
+                raise DataError(f"{path} is {_kind(mode)}, not a regular file; remove it from the image folder")
             if is_image_file(name):
-                found.append(Path(dirpath) / name)
+                found.append(path)
     return found
 
 
@@ -289,10 +337,25 @@ def scan_class_tree(root: Path) -> dict[str, list[Path]]:
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
     classes: dict[str, list[Path]] = {}
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+    try:
+        with os.scandir(root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        raise DataError(f"{root} cannot be read: {one_line(e.strerror or e)}") from None
+    for entry in entries:
         if entry.name.startswith("."):
             continue
-        if entry.is_dir():
+        try:
+            is_dir = entry.is_dir()
+            mode = entry.stat().st_mode
+        except FileNotFoundError:  # a broken link: as before, only an error if it is named like an image
+            is_dir, mode = False, stat.S_IFREG
+        except OSError as e:
+            raise DataError(f"{Path(entry.path)} cannot be read: {one_line(e.strerror or e)}") from None
+        if not is_dir and not stat.S_ISREG(mode):
+            raise DataError(f"{Path(entry.path)} is {_kind(mode)}, not a regular file or a class folder; remove it "
+                            f"from the image folder")
+        if is_dir:
             files = _walk_images(Path(entry.path))
             if not files:
                 raise DataError(f"{Path(entry.path)} has no images")

@@ -11,6 +11,7 @@ checkpoint holds tensors, numbers, strings, lists and dicts, and nothing that co
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import threading
@@ -20,11 +21,44 @@ from typing import Any
 
 import torch
 
-from resprout.errors import CheckpointError
+from resprout.errors import CheckpointError, NoSpaceError, ResproutError
 
 FORMAT = "resprout.checkpoint"
 WEIGHTS_FORMAT = "resprout.weights"
 VERSION = 1
+
+# The keys a file of each format must hold to be loaded (what loading reads; "ranks" is optional).
+REQUIRED_KEYS = {
+    FORMAT: ("fingerprint", "config", "position", "members", "surgery", "methods", "rng", "accum", "epoch_time",
+             "results"),
+    WEIGHTS_FORMAT: ("member", "model"),
+}
+POSITION_KEYS = ("generation", "epoch", "step", "started", "finished")
+
+
+class _RecordingFile:
+    """A file wrapper that remembers the OSError of a failed write (torch's writer turns it into a vague
+    RuntimeError)."""
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+
+def _is_no_space(e: BaseException | None) -> bool:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return e is not None and "no space left" in str(e).lower()
 
 
 def snapshot(obj: Any) -> Any:
@@ -57,15 +91,25 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` that never leaves a partial file at ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    recorder: _RecordingFile | None = None
     try:
         with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
+            recorder = _RecordingFile(fh)
+            torch.save(obj, recorder)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if _is_no_space(e) or _is_no_space(recorder.error if recorder else None):
+            kept = "; the previous checkpoint is kept" if path.exists() else ""
+            raise NoSpaceError(f"no space left on {path.parent} while writing {path.name}{kept}") from None
+        raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            if tmp.exists():
+                tmp.unlink()
+        except OSError:
+            pass
     _fsync_dir(path.parent)
 
 
@@ -117,6 +161,8 @@ class AsyncWriter:
     def _raise_pending(self) -> None:
         if self._error is not None:
             err, self._error = self._error, None
+            if isinstance(err, ResproutError):
+                raise err
             raise CheckpointError(f"writing a checkpoint failed: {err}") from err
 
 
@@ -139,4 +185,18 @@ def load_file(path: str | Path, expected_format: str = FORMAT) -> dict:
     if obj.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {obj.get('version')}, this resprout reads "
                               f"version {VERSION}")
+    missing = [k for k in REQUIRED_KEYS.get(expected_format, ()) if k not in obj]
+    if expected_format == FORMAT and not missing:
+        pos, members = obj["position"], obj["members"]
+        if not isinstance(pos, dict):
+            missing = ["position"]
+        else:
+            missing = [f"position.{k}" for k in POSITION_KEYS if k not in pos]
+        if not isinstance(members, dict):
+            missing.append("members")
+        else:
+            missing += [f"members.{n}.model" for n, m in members.items() if not isinstance(m, dict) or "model" not in m]
+    if missing:
+        raise CheckpointError(f"{path} is truncated or incomplete: it is missing keys [{', '.join(missing)}]; "
+                              f"nothing was changed")
     return obj

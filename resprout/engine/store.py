@@ -15,6 +15,8 @@ may use it at once.
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
 import sqlite3
@@ -22,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from resprout.errors import ResproutError
+from resprout.errors import StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -47,6 +49,62 @@ CREATE TABLE IF NOT EXISTS generation_metrics (
     PRIMARY KEY (run_id, member, generation, metric)
 );
 """
+
+
+# The tables and columns of a resprout store; a file with other tables is refused, never changed.
+TABLES = {
+    "runs": ("id", "run_dir", "created", "updated", "status", "data", "model", "method", "seed", "config",
+             "config_hash", "group_key", "env"),
+    "epoch_metrics": ("run_id", "member", "generation", "epoch", "split", "metric", "value"),
+    "generation_metrics": ("run_id", "member", "generation", "metric", "value"),
+}
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Whether ``folder``'s filesystem has (almost) no space left: SQLite reports a full disk while creating its
+    WAL index as a plain "disk I/O error"."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (64 << 10)
+
+
+def _store_problem(path: Path, e: BaseException) -> StoreError:
+    """One line naming the store for an sqlite3 or OS error met while using it."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    low = text.lower()
+    if (isinstance(e, OSError) and e.errno == errno.ENOSPC or "disk is full" in low or "no space" in low
+            or ("disk i/o error" in low and _nearly_full(path.parent))):
+        return StoreError(f"no space left on {path} (the results store); free some space and run again")
+    if "readonly" in low or "read-only" in low or (isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM,
+                                                                                           errno.EROFS)):
+        return StoreError(f"results store {path} is read-only ({text}); set --store or RESPROUT_STORE to a "
+                          f"writable file")
+    if "not a database" in low or "malformed" in low:
+        return StoreError(f"results store {path} is corrupt or not an SQLite database ({text}); it was not changed")
+    if "unable to open" in low:
+        return StoreError(f"results store {path} cannot be opened ({text}); check that its folder exists and is "
+                          f"writable")
+    if "locked" in low or "busy" in low:
+        return StoreError(f"results store {path} is locked by another process ({text}); try again")
+    return StoreError(f"results store {path} cannot be used: {text}")
+
+
+def _guarded(method):
+    """sqlite3 and OS errors inside a Store method become one-line StoreErrors naming the store."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError:
+            raise
+        except (sqlite3.Error, OSError) as e:
+            raise _store_problem(self.path, e) from None
+
+    return wrapper
 
 
 def default_store_path() -> Path:
@@ -75,17 +133,70 @@ class RunRecord:
 class Store:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path else default_store_path()
+        self._db: sqlite3.Connection | None = None
+        existed = self.path.exists()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30.0)
+            self._open()
+        except BaseException:
+            if self._db is not None:
+                self._db.close()
+            if not existed:  # do not leave an empty store behind (a full disk, say)
+                try:
+                    if self.path.is_file() and self.path.stat().st_size == 0:
+                        self.path.unlink()
+                except OSError:
+                    pass
+            raise
+
+    @_guarded
+    def _open(self) -> None:
+        path = self.path
+        for parent in [path.parent, *path.parent.parents]:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise StoreError(f"results store {path} cannot be created: {parent} is a file, not a folder")
+                break
+        if path.exists():
+            if path.is_dir():
+                raise StoreError(f"results store {path} is a folder, not a file")
+            with open(path, "rb") as fh:
+                head = fh.read(len(_SQLITE_MAGIC))
+            if head and head != _SQLITE_MAGIC:
+                raise StoreError(f"{path} is not a resprout results store (not an SQLite file); it was not changed")
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=30.0)
+        complete = self._check_schema()  # before anything writes: a foreign file stays byte-identical
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise ResproutError(f"results store {self.path} cannot be used: {e}") from None
+        except sqlite3.OperationalError as e:
+            if not (complete and "readonly" in str(e).lower()):
+                raise
+            # a read-only store with every table: it can be read (runs, report); writing raises a StoreError
+
+    def _check_schema(self) -> bool:
+        """Refuse a file of another schema; whether the file already holds every resprout table."""
+        rows = self._db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+        tables = {r[0] for r in rows if not r[0].startswith("sqlite_")}
+        if not tables:
+            return False  # a new (empty) store
+        foreign = sorted(tables - set(TABLES))
+        missing = sorted(set(TABLES) - tables)
+        if foreign or missing:
+            what = f"tables {sorted(tables)}" + (f", lacks {missing}" if missing else "")
+            raise StoreError(f"{self.path} is not a resprout results store (it holds {what}); it was not changed")
+        for table, columns in TABLES.items():
+            have = tuple(r[1] for r in self._db.execute(f"PRAGMA table_info({table})").fetchall())
+            if have != columns:
+                raise StoreError(f"{self.path} is not a resprout results store of this version (table {table} has "
+                                 f"columns {list(have)}, expected {list(columns)}); it was not changed")
+        return True
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -94,6 +205,7 @@ class Store:
         self.close()
 
     # -- writing --------------------------------------------------------------------------------------------------
+    @_guarded
     def register_run(self, run_id: str, run_dir: str, config: dict, config_hash: str, group_key: str,
                      env: dict) -> None:
         now = time.time()
@@ -107,10 +219,12 @@ class Store:
                  config.get("seed"), json.dumps(config, sort_keys=True), config_hash, group_key,
                  json.dumps(env, sort_keys=True)))
 
+    @_guarded
     def set_status(self, run_id: str, status: str) -> None:
         with self._db:
             self._db.execute("UPDATE runs SET status=?, updated=? WHERE id=?", (status, time.time(), run_id))
 
+    @_guarded
     def log_epoch(self, run_id: str, member: str, generation: int, epoch: int, split: str,
                   metrics: dict[str, float]) -> None:
         with self._db:
@@ -119,12 +233,14 @@ class Store:
                 [(run_id, member, generation, epoch, split, k, float(v)) for k, v in metrics.items()])
             self._db.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
 
+    @_guarded
     def log_generation(self, run_id: str, member: str, generation: int, metrics: dict[str, float]) -> None:
         with self._db:
             self._db.executemany(
                 "INSERT OR REPLACE INTO generation_metrics VALUES (?,?,?,?,?)",
                 [(run_id, member, generation, k, float(v)) for k, v in metrics.items()])
 
+    @_guarded
     def forget_after(self, run_id: str, generation: int, epoch: int) -> None:
         """Drop metrics written after the position a run resumes from (they will be written again)."""
         with self._db:
@@ -135,24 +251,35 @@ class Store:
     # -- reading --------------------------------------------------------------------------------------------------
     def _record(self, row: tuple) -> RunRecord:
         r = list(row)
-        r[9] = json.loads(r[9])
-        r[12] = json.loads(r[12])
+        for i, column in ((9, "config"), (12, "env")):
+            try:
+                r[i] = json.loads(r[i])
+            except (TypeError, ValueError):
+                raise StoreError(f"results store {self.path} has a corrupt row: run {r[0]!r} has a {column} that is "
+                                 f"not JSON; it was not changed") from None
+            if not isinstance(r[i], dict):
+                raise StoreError(f"results store {self.path} has a corrupt row: run {r[0]!r} has a {column} that is "
+                                 f"not a JSON object; it was not changed")
         return RunRecord(*r)
 
+    @_guarded
     def runs(self) -> list[RunRecord]:
         cur = self._db.execute("SELECT * FROM runs ORDER BY created")
         return [self._record(r) for r in cur.fetchall()]
 
+    @_guarded
     def run(self, run_id: str) -> RunRecord | None:
         row = self._db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
         return self._record(row) if row else None
 
+    @_guarded
     def epoch_metrics(self, run_id: str) -> list[tuple[str, int, int, str, str, float]]:
         """(member, generation, epoch, split, metric, value) rows, in training order."""
         cur = self._db.execute("SELECT member, generation, epoch, split, metric, value FROM epoch_metrics "
                                "WHERE run_id=? ORDER BY generation, epoch, member, split, metric", (run_id,))
         return cur.fetchall()
 
+    @_guarded
     def generation_metrics(self, run_id: str) -> list[tuple[str, int, str, float]]:
         cur = self._db.execute("SELECT member, generation, metric, value FROM generation_metrics WHERE run_id=? "
                                "ORDER BY generation, member, metric", (run_id,))

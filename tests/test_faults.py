@@ -502,3 +502,18 @@ def test_an_os_error_anywhere_is_one_line_naming_the_path(tmp_path, capsys, monk
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and str(blocker) in err, err
     assert blocker.read_text() == "x"
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00binary", b"{not json", b"[1, 2]", b'{"run_id": "x"}',
+                                     b'{"run_id": "x", "config": 3, "store": "s"}'])
+def test_run_json_that_is_binary_or_malformed_is_one_line(tmp_path, capsys, content):
+    from resprout.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_bytes(content)
+    for argv in (["resume", str(run)], ["slim", str(run), "--out", str(tmp_path / "s.pt")]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and "run.json" in err, (argv, err)
+    assert (run / "run.json").read_bytes() == content

@@ -20,8 +20,13 @@ def read_run_file(run_dir: Path) -> dict:
     try:
         info = json.loads(f.read_text())
         _ = info["run_id"], info["config"], info["store"]
+        if not isinstance(info["config"], dict):
+            raise TypeError("its config is not a table")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{f} is corrupted (binary, not JSON); nothing was changed") from None
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{f} is corrupted ({type(e).__name__}: {e}); nothing was changed") from None
+        reason = f"missing key {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+        raise CheckpointError(f"{f} is corrupted ({type(e).__name__}: {reason}); nothing was changed") from None
     return info
 
 

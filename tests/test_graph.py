@@ -253,7 +253,15 @@ def test_constant_chunk_is_recorded_and_blocks_the_traced_chunk():
 
 def test_constant_chunk_next_to_the_image_is_fine():
     # CoordConv-like: the image channels are never cut, so the constant chunk blocks nothing
-    check_traceable(_ConstantConcat(after_conv=False), X)
+    from resprout.surgery.channels import channel_groups
+    from resprout.surgery.resize import resize
+
+    model = _ConstantConcat(after_conv=False).eval()
+    groups = channel_groups(check_traceable(model, X))
+    assert groups["conv2"].resizable
+    grown = resize(model, {"conv2": list(range(8)) + [-1]}, X).model.eval()  # zero outgoing: same outputs
+    with torch.no_grad():
+        assert grown.conv2.out_channels == 9 and torch.allclose(grown(X), model(X), atol=1e-6)
 
 
 # -- the zoo -----------------------------------------------------------------------------------------------------------
@@ -307,7 +315,7 @@ class _FixedWidth(nn.Module):
         return self.fc(h)
 
 
-def _fit_start(model: nn.Module, **options) -> None:
+def _fit_start(model: nn.Module, **options):
     from types import SimpleNamespace
 
     from resprout.methods.evolution import KnowledgeEvolution
@@ -316,6 +324,7 @@ def _fit_start(model: nn.Module, **options) -> None:
     ke.input_shape = (3, 8, 8)
     trainer = SimpleNamespace(members={"model": SimpleNamespace(model=model)}, config=SimpleNamespace(seed=0))
     ke.on_fit_start(trainer)
+    return ke
 
 
 @pytest.mark.parametrize("model, message", [
@@ -329,5 +338,12 @@ def test_ke_kels_refuses_at_fit_start(model, message):
 
 
 def test_ke_wels_and_good_models_start():
-    _fit_start(_FixedWidth(), split="wels")
-    _fit_start(_Between(nn.Identity()), split="kels")
+    from resprout.methods.evolution import kels_masks, wels_masks
+
+    model = _FixedWidth()
+    ke = _fit_start(model, split="wels")
+    assert ke.masks.keys() == wels_masks(model, 0.5, seed=0).keys()
+    model = _Between(nn.Identity())
+    ke = _fit_start(model, split="kels")
+    ref = kels_masks(model, (3, 8, 8), 0.5)
+    assert ke.masks.keys() == ref.keys() and all(torch.equal(ke.masks[k], ref[k]) for k in ref)

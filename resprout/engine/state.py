@@ -106,7 +106,8 @@ class RunState:
     def _member_resized(self: Trainer, name: str, *, replay: bool) -> None:
         self.resized, self.replaying = name, replay
         try:
-            self.taps.attach(name, self.members[name].model) if self.taps.active else None
+            if self.taps.active:
+                self.taps.attach(name, self.members[name].model)
             self._emit(Event.MEMBER_RESIZED)
         finally:
             self.resized, self.replaying = None, False

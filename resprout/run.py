@@ -231,7 +231,10 @@ def _undo_new_run(run_dir: Path, run_id: str, store_path: Path, created: bool) -
         shutil.rmtree(run_dir, ignore_errors=True)
     elif run_dir.is_dir():  # an empty directory given as --out: empty it again
         for child in run_dir.iterdir():
-            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
     try:
         if Path(store_path).exists():
             with Store(store_path) as store:

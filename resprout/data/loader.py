@@ -12,6 +12,8 @@ the global batch size and the data order do not depend on the number of processe
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -74,6 +76,14 @@ class TrainLoader:
 
     def __len__(self) -> int:
         return len(self.plan(0, 0))
+
+    def stream(self, seed: int) -> TrainLoader:
+        """The same data with its own order and augmentation (``seed``), yielding whole batches on every process
+        (a member that lives on one rank, or has a data order of its own)."""
+        out = copy.copy(self)
+        out.seed, out.rank, out.world_size = seed, 0, 1
+        out._plan_key, out._plan = None, []
+        return out
 
     def plan(self, generation: int, epoch: int) -> list[torch.Tensor]:
         """The global index batches of one epoch (cached for the current epoch)."""

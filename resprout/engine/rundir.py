@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import time
 from pathlib import Path
@@ -78,8 +79,8 @@ def holder_alive(holder: dict | None) -> bool | None:
 
 
 class RunLock:
-    """``DIR/.lock`` holding this process's pid, created with O_CREAT|O_EXCL; a stale lock (its process is gone) is
-    taken over. Release it with :meth:`release` (idempotent; only removes a lock that is still ours)."""
+    """``DIR/.lock`` holding this process's pid and host, created atomically (a hard link fails if it exists); a
+    stale lock (its process is gone) is taken over. Release it with :meth:`release` (idempotent; only removes a lock that is still ours)."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOCK_FILE
@@ -87,9 +88,19 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
+        # the lock appears whole (written to a private file, then hard-linked into place), so another process never
+        # reads a half-written lock and takes it for a stale one
+        tmp = self.path.with_name(f"{LOCK_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+        tmp.write_text(body)
+        try:
+            return self._acquire(tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _acquire(self, tmp: Path) -> RunLock:
         for _ in range(5):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(tmp, self.path)
             except FileExistsError:
                 holder = lock_holder(self.path.parent)
                 if holder is None:
@@ -104,8 +115,6 @@ class RunLock:
                 where = "" if alive else f" on {holder['host']}"
                 raise CheckpointError(f"{self.path.parent} is in use by process {holder['pid']}{where} "
                                       f"(lock {self.path}); nothing was changed: wait for it to end or stop it")
-            with os.fdopen(fd, "w") as fh:
-                fh.write(body)
             self.held = True
             return self
         raise CheckpointError(f"cannot take the lock {self.path}; nothing was changed")

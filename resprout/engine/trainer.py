@@ -12,7 +12,6 @@ and checkpoints; :mod:`resprout.engine.evaluation` evaluation and epoch reportin
 
 from __future__ import annotations
 
-import copy
 import math
 import signal
 import threading
@@ -39,14 +38,6 @@ from resprout.engine.taps import FeatureTaps
 from resprout.errors import ConfigError, Interrupted, TrainingDiverged
 
 __all__ = ["CHECKPOINT_NAME", "Member", "Trainer", "UpdateStep", "classification_metrics", "evaluate"]
-
-
-def _stream(loader: TrainLoader, seed: int) -> TrainLoader:
-    """A copy of ``loader`` with its own data order and augmentation (``seed``) that yields whole batches."""
-    out = copy.copy(loader)
-    out.seed, out.rank, out.world_size = seed, 0, 1
-    out._plan_key, out._plan = None, []
-    return out
 
 
 class Trainer(RunState, Reporting):
@@ -226,10 +217,10 @@ class Trainer(RunState, Reporting):
                 m.forward_module = m.model
             self.per_rank = True
             # every rank trains its own members on whole batches
-            self.train_loader = _stream(self.train_loader, self.train_loader.seed)
+            self.train_loader = self.train_loader.stream(self.train_loader.seed)
         for m in self.members.values():
             if m.data_seed is not None and m.local and m.trainable:
-                self._streams[m.name] = _stream(self.train_loader, m.data_seed)
+                self._streams[m.name] = self.train_loader.stream(m.data_seed)
 
     def optim_spec(self, member: Member) -> dict:
         spec = {k: getattr(self.config, k) for k in MEMBER_KEYS}

@@ -21,6 +21,23 @@ _BUILTIN: dict[str, str] = {
     "cskd": "resprout.methods.distill:ClassWiseSelfKD",
     "ke": "resprout.methods.evolution:KnowledgeEvolution",
     "triplet": "resprout.methods.metric:TripletMetric",
+    # distillation family (KTAN paper, Table I; Born-Again; deep mutual learning)
+    "kd": "resprout.methods.distill:KnowledgeDistillation",
+    "fitnet": "resprout.methods.hints:FitNet",
+    "at": "resprout.methods.hints:AttentionTransfer",
+    "dln": "resprout.methods.ktan:DLN",
+    "ktan": "resprout.methods.ktan:KTAN",
+    "ban": "resprout.methods.born_again:BornAgain",
+    "dml": "resprout.methods.mutual:MutualLearning",
+    # Filter Grafting / Grafting+
+    "graft": "resprout.methods.grafting:Grafting",
+    # Neural Rejuvenation and Network Slimming
+    "nr": "resprout.methods.rejuvenation:NeuralRejuvenation",
+    "slimming": "resprout.methods.slimming:NetworkSlimming",
+    # the remaining baselines of the papers' tables
+    "repr": "resprout.methods.repr:RePr",
+    "dsd": "resprout.methods.dsd:DenseSparseDense",
+    "adacos": "resprout.methods.adacos:AdaCos",
 }
 # Pure functions and classes re-exported here for convenience, loaded on first access.
 _EXPORTS: dict[str, str] = {

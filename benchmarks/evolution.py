@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import write_section  # noqa: E402
+from benchmarks._spread import NOTE, fmt, fmt_pct, machine_note  # noqa: E402
 from resprout.analysis.tables import pm  # noqa: E402
 from resprout.config import make_config  # noqa: E402
 from resprout.methods.evolution import fit_hypothesis  # noqa: E402
@@ -47,6 +48,8 @@ SEEDS = (0, 1, 2)
 GENERATIONS = 10
 EPOCHS = 5
 SPLIT_RATE = 0.5
+SPEED_REPS = 7  # interleaved repetitions of the speed measurements
+SWITCHES = 5  # generation switches timed per workload
 
 WORKLOADS = {
     "digits / cnn": dict(data="digits", model="cnn"),
@@ -178,7 +181,7 @@ def time_forward(model: torch.nn.Module, x: torch.Tensor, reps: int) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def slim_speed(reps: int) -> list[str]:
+def slim_speed(reps: int, repeats: int = SPEED_REPS) -> list[str]:
     lines = ["| model, input | layout | dense ms | H ms | measured speedup | MAC ratio | speedup / MAC ratio |",
              "|---|---|---|---|---|---|---|"]
     cases = [("resnet18", 3, 32, {}), ("resnet18", 3, 64, {"stem": "imagenet"}), ("vgg16", 3, 32, {}),
@@ -197,12 +200,13 @@ def slim_speed(reps: int) -> list[str]:
                 d_net = copy.deepcopy(dense).to(memory_format=torch.channels_last)
                 s_net = copy.deepcopy(slim).to(memory_format=torch.channels_last)
             td, ts = [], []
-            for _ in range(5):  # interleaved
+            for _ in range(repeats):  # interleaved
                 td.append(time_forward(d_net, x, reps))
                 ts.append(time_forward(s_net, x, reps))
             d, s = statistics.median(td), statistics.median(ts)
-            lines.append(f"| {label} | {layout} | {1e3 * d:.1f} | {1e3 * s:.1f} | {d / s:.2f}x | {mac_ratio:.2f}x | "
-                         f"**{d / s / mac_ratio:.2f}** |")
+            speedups = [a / b for a, b in zip(td, ts)]  # per repetition: dense and slim back to back
+            lines.append(f"| {label} | {layout} | {1e3 * d:.1f} | {1e3 * s:.1f} | {fmt(speedups, suffix='x', bold=False)} "
+                         f"| {mac_ratio:.2f}x | {fmt([v / mac_ratio for v in speedups])} |")
             print(lines[-1], flush=True)
     return lines
 
@@ -211,8 +215,8 @@ def switch_cost() -> list[str]:
     lines = ["| workload | epoch s | switch ms (re-initialize + new optimizer) | share of an epoch |",
              "|---|---|---|---|"]
     for workload in ("digits / resnet20", "fashion-mnist 100/class / resnet20"):
-        cfg = make_config(**{**COMMON, **WORKLOADS[workload], "method": "ke", "generations": 3, "epochs": 1,
-                             "method_options": KE})
+        cfg = make_config(**{**COMMON, **WORKLOADS[workload], "method": "ke", "generations": SWITCHES + 1,
+                             "epochs": 1, "method_options": KE, "threads": 1})
         trainer = create_trainer(cfg, run_dir=None, run_id=None, store_path=None)
         ke = trainer.methods[-1]
         spent = []
@@ -241,27 +245,67 @@ def switch_cost() -> list[str]:
 
         trainer._finish_epoch = timed_finish
         trainer.fit()
-        switch = statistics.mean(spent[1:])  # generation 1 has nothing to re-initialize
-        epoch = statistics.mean(epoch_times)
-        lines.append(f"| {workload} | {epoch:.2f} | {1e3 * switch:.2f} | **{100 * switch / epoch:.3f}%** |")
+        # generation 1 has nothing to re-initialize; each switch against the epoch that follows it
+        shares = [sw / ep for sw, ep in zip(spent[1:], epoch_times[1:])]
+        lines.append(f"| {workload} | {statistics.median(epoch_times):.2f} | {1e3 * statistics.median(spent[1:]):.2f} "
+                     f"| {fmt_pct(shares)} |")
         print(lines[-1], flush=True)
     return lines
+
+
+def test_set_text() -> str:
+    """The sentence that says on how many test images each workload is scored (from the data itself)."""
+    from resprout.run import build_dataset
+
+    parts = []
+    for workload, keys in WORKLOADS.items():
+        ds = build_dataset(make_config(**{**COMMON, **keys}))
+        whole = build_dataset(make_config(**{**COMMON, **keys, "test_per_class": None}))
+        n, total = len(ds.test.labels), len(whole.test.labels)
+        parts.append(f"{workload}: {n:,} test images" + ("" if n == total else
+                                                         f" of the {total:,} (a fixed {keys['test_per_class']} "
+                                                         f"per class, `test_per_class={keys['test_per_class']}`)"))
+    return "Test-set sizes: " + "; ".join(parts) + "."
+
+
+def retext() -> None:
+    """Add the test-set sizes to the existing accuracy section without re-running it (its tables stay)."""
+    from benchmarks._report import BENCHMARKS
+
+    text = BENCHMARKS.read_text()
+    start, end = "<!-- evolution:start -->", "<!-- evolution:end -->"
+    section = text.partition(start)[2].partition(end)[0].strip("\n").splitlines()
+    sentence = test_set_text()
+    section = [line for line in section if not line.startswith("Test-set sizes:")]
+    at = next(i for i, line in enumerate(section) if line.startswith("Written by"))
+    section[at + 1:at + 1] = ["", sentence]
+    write_section("evolution", section)
+    print(sentence)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--speed", action="store_true", help="only the speed measurements")
-    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--retext", action="store_true", help="only add the test-set sizes to the accuracy section")
+    ap.add_argument("--reps", type=int, default=10, help="forwards per speed measurement")
+    ap.add_argument("--speed-reps", type=int, default=SPEED_REPS, help="interleaved repetitions of the speed "
+                    "measurements")
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    stamp = f"{time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if args.retext:
+        retext()
+        return
+    torch.set_num_threads(1 if args.speed else 2)
+    stamp = f"{time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
     if args.speed:
         lines = ["### Knowledge Evolution: speed", "",
-                 f"Written by `python -m benchmarks.evolution --speed` ({stamp}). Median of 5 interleaved "
-                 f"measurements; split rate {SPLIT_RATE}.", "",
+                 f"Written by `python -m benchmarks.evolution --speed` ({stamp}, {machine_note()}). {args.speed_reps} interleaved "
+                 f"repetitions of {args.reps} forwards (dense and slim back to back), {SWITCHES} generation "
+                 f"switches per workload; split rate {SPLIT_RATE}. Times in ms are medians. " + NOTE, "",
                  "#### Slim fit hypothesis vs dense network, inference at batch 64 (target: speedup >= 0.75 x "
-                 "MAC ratio)", ""] + slim_speed(args.reps) + [
-                 "", "#### Switching generations (target <= 1% of an epoch)", ""] + switch_cost()
+                 "MAC ratio)", ""] + slim_speed(args.reps, args.speed_reps) + [
+                 "", "#### Switching generations (target <= 1% of an epoch)", "",
+                 "Fashion-MNIST evaluates on 3,000 test images (300 per class), digits on its whole test split; "
+                 "the epoch time is training only.", ""] + switch_cost()
         write_section("evolution-speed", lines)
         return
     t0 = time.time()
@@ -275,7 +319,7 @@ def main() -> None:
              f"{SPLIT_RATE}. N_1 is the first generation, i.e. the plain method; the equal-compute baseline "
              f"trains {EPOCHS * GENERATIONS} epochs under one schedule. H_10 is the slim fit hypothesis after the "
              f"last generation, evaluated with the dense network's BN statistics (as in the paper) and with "
-             f"statistics re-estimated on 20 training batches.", ""]
+             f"statistics re-estimated on 20 training batches.", "", test_set_text(), ""]
     lines += accuracy_table(results)
     lines += ["", "Cost of the slim network (true parameters and MACs at the workload's input size):", ""]
     lines += cost_table(results)

@@ -1,7 +1,7 @@
 """Foundation benchmarks: trainer overhead, data-loading share, checkpoint cost. Writes BENCHMARKS.md.
 
-Every figure is a ratio against a baseline measured in the same run, interleaved (A B A B ...) and summarized by
-the median, because these machines are noisy:
+Every figure is a ratio against a baseline measured in the same run, interleaved (A B A B ...) and reported as
+the median with its min and max over the repetitions (benchmarks._spread), because these machines are noisy:
 
 1. Trainer throughput / a minimal hand-written PyTorch loop (same model, data, batch size, optimizer, schedule),
    on training steps only. Targets: >= 0.95.
@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import write_section  # noqa: E402
+from benchmarks._spread import NOTE, fmt, fmt_pct, machine_note  # noqa: E402
 from resprout.config import make_config  # noqa: E402
 from resprout.data import channel_stats  # noqa: E402
 from resprout.models import build_model  # noqa: E402
@@ -126,13 +127,16 @@ def loader_share(keys: dict, steps: int = 30) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    reps = 2 if args.quick else 5
+    threads = 1
+    torch.set_num_threads(threads)
+    reps = 2 if args.quick else args.reps
+    t_start = time.perf_counter()
     rows_speed, rows_load, rows_ckpt = [], [], []
     for name, keys in WORKLOADS.items():
-        keys = dict(keys, augment="none", threads=2)
+        keys = dict(keys, augment="none", threads=threads)
         epochs = 3 if name == "cnn-digits" else 1
         hand_loop(keys, 1)  # warm up allocator and kernels
         hand, ours, ours_ckpt = [], [], []
@@ -146,37 +150,36 @@ def main() -> None:
             blocked_share.append(r["blocked_s"] / (r["epoch_s"] * epochs))
             print(f"{name}: hand {hand[-1]:.0f} img/s, trainer {ours[-1]:.0f}, trainer+checkpoints "
                   f"{ours_ckpt[-1]:.0f}", flush=True)
-        ratio = statistics.median(o / h for o, h in zip(ours, hand))
-        rows_speed.append((name, statistics.median(hand), statistics.median(ours), ratio))
-        ckpt_ratio = statistics.median(c / o for c, o in zip(ours_ckpt, ours))
-        rows_ckpt.append((name, statistics.median(blocked_share), 1 - ckpt_ratio))
+        rows_speed.append((name, statistics.median(hand), statistics.median(ours),
+                           [o / h for o, h in zip(ours, hand)]))
+        rows_ckpt.append((name, blocked_share, [1 - c / o for c, o in zip(ours_ckpt, ours)]))
         aug = dict(keys, augment="crop+flip")
         shares = [loader_share(aug) for _ in range(reps)]
-        load = statistics.median(s[0] for s in shares)
-        full = statistics.median(s[1] for s in shares)
-        rows_load.append((name, load * 1e3, full * 1e3, load / full))
-
-    env = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-           f"{time.strftime('%Y-%m-%d')}, {reps} interleaved repetitions, medians")
-    lines = ["# Benchmarks", "", "Written by `python -m benchmarks.foundation` (" + env + "). Ratios are against a "
-             "baseline measured in the same run; absolute numbers vary by ±15% between runs on these machines.", "",
+        rows_load.append((name, statistics.median(s[0] for s in shares) * 1e3,
+                          statistics.median(s[1] for s in shares) * 1e3, [s[0] / s[1] for s in shares]))
+    minutes = (time.perf_counter() - t_start) / 60
+    env = (f"torch {torch.__version__}, {threads} thread, {time.strftime('%Y-%m-%d')}, {reps} interleaved "
+           f"repetitions, {minutes:.0f} min, {machine_note()}")
+    lines = ["# Benchmarks", "", "Written by `python -m benchmarks.foundation` (" + env + "). " + NOTE + " Absolute "
+             "img/s and ms are medians and depend on the machine's load; compare the ratios.", "",
              "## Foundation", "",
              "### Trainer throughput vs a minimal hand-written loop (target >= 0.95)", "",
-             "| workload | hand loop img/s | trainer img/s | ratio |", "|---|---|---|---|"]
-    lines += [f"| {n} | {h:.0f} | {o:.0f} | **{r:.3f}** |" for n, h, o, r in rows_speed]
+             "| workload | hand loop img/s | trainer img/s | trainer / hand |", "|---|---|---|---|"]
+    lines += [f"| {n} | {h:.0f} | {o:.0f} | {fmt(r)} |" for n, h, o, r in rows_speed]
     lines += ["", "Both train the same model from the same initialization on the same in-memory tensors, batch size, "
-              "SGD and cosine schedule, without augmentation; only training steps are timed. The trainer also "
-              "accumulates per-member metrics, checks the loss for NaN every step and fires the events.", "",
+              "SGD and cosine schedule, without augmentation; only training steps are timed (evaluation is "
+              "measured by `benchmarks.evaluation`). The trainer also accumulates per-member metrics, checks the "
+              "loss for NaN every step and fires the events.", "",
               "### Data loading and augmentation share of a step (target <= 5%)", "",
               "| workload | load+crop+flip+normalize ms/batch | full step ms | share |", "|---|---|---|---|"]
-    lines += [f"| {n} | {a:.2f} | {b:.1f} | **{100 * s:.2f}%** |" for n, a, b, s in rows_load]
+    lines += [f"| {n} | {a:.2f} | {b:.1f} | {fmt_pct(s)} |" for n, a, b, s in rows_load]
     lines += ["", "### Checkpointing every epoch (target <= 2% of epoch time)", "",
               "| workload | training thread blocked (share of train time) | throughput lost, runs with vs without "
               "checkpoints |", "|---|---|---|"]
-    lines += [f"| {n} | **{100 * b:.2f}%** | {100 * d:+.1f}% |" for n, b, d in rows_ckpt]
+    lines += [f"| {n} | {fmt_pct(b)} | {fmt_pct(d, bold=False)} |" for n, b, d in rows_ckpt]
     lines += ["", "Checkpoints are written on a background thread from a snapshot; the blocked share is the snapshot "
-              "time. The run-vs-run difference includes the background write competing for the two cores and is "
-              "within the run-to-run noise (a negative value means the checkpointed runs happened to be faster).",
+              "time. The run-vs-run difference includes the background write competing for the cores and is "
+              "within the run-to-run noise (a negative value means the checkpointed run happened to be faster).",
               ""]
     write_section("foundation", lines[2:], Path(args.out))
     print("\n".join(lines))

@@ -4,8 +4,8 @@ ResNet-20 on random 3x32x32 data, batch 64, SGD, one thread. Three copies of the
 no taps (a :class:`FeatureTaps` with nothing requested is attached, so no hook exists), one tap (``layer3``) and three
 taps (``layer1``, ``layer2``, ``layer3``); each step also calls ``taps.clear()`` as the trainer does. The captured
 tensors are not used in the loss: this measures the hooks, not extra loss terms. Repetitions are interleaved
-(the order rotates every repetition) and every figure is the median over repetitions of (step time with taps) / (step time
-without taps in the same repetition).
+(the order rotates every repetition); every figure is (step time with taps) / (step time without taps in the
+same repetition), reported as the median with its min and max over repetitions.
 
 Run: ``python -m benchmarks.taps [--quick]``.
 """
@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import write_section  # noqa: E402
+from benchmarks._spread import NOTE, fmt, machine_note  # noqa: E402
 from resprout.engine.taps import FeatureTaps  # noqa: E402
 from resprout.models import build_model  # noqa: E402
 
@@ -81,20 +82,21 @@ def main() -> None:
         assert all(taps.calls("model", p) == 1 for p in paths)
     rows = []
     for name in VARIANTS:
-        ratio = statistics.median(t / b for t, b in zip(times[name], times["no taps"]))
-        rows.append((name, 1e3 * statistics.median(times[name]), ratio))
+        rows.append((name, 1e3 * statistics.median(times[name]),
+                     [t / b for t, b in zip(times[name], times["no taps"])]))
     elapsed = time.perf_counter() - t_start
     base_t = sorted(times["no taps"])
     spread = base_t[3 * len(base_t) // 4] / base_t[len(base_t) // 4] - 1
     lines = ["## Feature taps", "",
              (f"Written by `python -m benchmarks.taps` (torch {torch.__version__}, {torch.get_num_threads()} thread, "
               f"{time.strftime('%Y-%m-%d')}, {reps} interleaved repetitions of {per} steps, medians, "
-              f"{elapsed:.0f} s). ResNet-20, random 3x32x32 data, batch 64, SGD training step (forward, "
-              "cross-entropy, backward, step, plus `taps.clear()`); captured features are not used in the loss."), "",
-             "| variant | ms / step | ratio to no taps |", "|---|---|---|"]
-    lines += [f"| {n} | {ms:.1f} | **{r:.3f}** |" for n, ms, r in rows]
+              f"{elapsed:.0f} s, {machine_note()}). ResNet-20, random 3x32x32 data, batch 64, SGD training step (forward, "
+              "cross-entropy, backward, step, plus `taps.clear()`); captured features are not used in the loss. "
+              + NOTE), "", f"No taps: {1e3 * statistics.median(times['no taps']):.1f} ms / step (median).", "",
+             "| variant | ms / step | ratio to no taps, same repetition |", "|---|---|---|"]
+    lines += [f"| {n} | {ms:.1f} | {fmt(r)} |" for n, ms, r in rows[1:]]
     lines += ["", (f"Noise: the no-tap step time itself varies by {100 * spread:.0f}% between its quartiles in this "
-                   "run (shared machine), so ratios within a few percent of 1 mean no measurable overhead. "
+                   "run (shared machine), so a range that contains 1 means no measurable overhead. "
                    "No taps means a `FeatureTaps` was attached with nothing requested: no hook is registered. One tap "
                    "hooks `layer3`; three taps hook `layer1`, `layer2`, `layer3`; each adds a root pre-hook that resets "
                    "the member's captures at the start of its forward."), ""]

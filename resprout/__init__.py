@@ -6,6 +6,7 @@ The Python API in one screen::
     result = resprout.train(data="digits", model="cnn", epochs=3)        # a stored, resumable run
     resprout.resume(result["run_dir"])                                   # continue after a crash
     cfg = resprout.make_config(data="fashion-mnist", per_class=100, method="ls", epochs=30)
+    resprout.train(train=my_dataset, test=my_test_set, module=MyNet, method="ke", ke={"split_rate": 0.5})
 
 Layers, each importing only those below it: ``cli`` / ``run`` > ``methods``, ``analysis`` > ``engine`` >
 ``surgery`` > ``models``, ``data`` > ``config``, ``errors``, ``seeding``.
@@ -17,18 +18,22 @@ from resprout.config import Config, load_config, make_config  # noqa: E402
 from resprout.errors import ResproutError  # noqa: E402
 
 
-def train(*args, **kwargs):
-    """See :func:`resprout.run.train`."""
-    from resprout.run import train as _train
-
-    return _train(*args, **kwargs)
-
-
-def resume(*args, **kwargs):
-    """See :func:`resprout.run.resume`."""
-    from resprout.run import resume as _resume
-
-    return _resume(*args, **kwargs)
+# ``resprout.train`` and ``resprout.resume`` are the functions of :mod:`resprout.run` themselves (so ``help()`` shows
+# their real signature and docstring), loaded on first access: ``import resprout`` (and the CLI's --help) stays free
+# of torch.
+_LAZY = {"train": "resprout.run", "resume": "resprout.run", "open_run": "resprout.run"}
 
 
-__all__ = ["Config", "ResproutError", "load_config", "make_config", "resume", "train", "__version__"]
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'resprout' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["Config", "ResproutError", "load_config", "make_config", "open_run", "resume", "train", "__version__"]

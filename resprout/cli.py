@@ -9,6 +9,8 @@
     resprout profile model=NAME [key=value ...] [--json]
     resprout slim DIR --out FILE [--force] [--bn reestimate|copy] [--json]
     resprout keys
+    resprout compare method=A,B,... seeds=0,1,2 [key=value ...] --out DIR [--json]
+    resprout analyze DIR [baseline=DIR] [--out DIR] [--json]
 
 A mistake in a key, value, path or file prints one line on stderr and exits with code 2; a diverged run exits
 with 3, an interrupted one with 130 (its checkpoint is saved: ``resprout resume DIR`` continues it).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import json
 import os
 import signal
@@ -60,7 +63,24 @@ def _summary(result: dict) -> str:
             text += (f"  | best {best['selected_on']} top1 {100 * best['top1']:.2f} "
                      f"(generation {best['generation']}, epoch {best['epoch']})")
         lines.append(text)
+        slim = _slim_summary(result, member)
+        if slim:
+            lines.append(slim)
     return "\n".join(lines)
+
+
+# the slim network's accuracies a Knowledge Evolution (kels) run records per generation
+_SLIM_METRICS = (("slim_top1", "BN copied"), ("slim_bnfix_top1", "BN re-estimated"))
+
+
+def _slim_summary(result: dict, member: str) -> str | None:
+    """The last generation's slim fit hypothesis accuracy of ``member`` (KE runs), as one line."""
+    gens = result.get("generations") or []
+    last = gens[-1].get(member, {}) if gens else {}
+    parts = [f"{100 * last[k]:.2f} ({how})" for k, how in _SLIM_METRICS if k in last]
+    if not parts:
+        return None
+    return f"  {member}: slim network (generation {len(gens)}) test top1 " + ", ".join(parts)
 
 
 def _report_result(result: dict, as_json: bool) -> int:
@@ -86,7 +106,7 @@ def cmd_resume(ns: argparse.Namespace) -> int:
 
     runtime = parse_overrides(ns.overrides)
     progress = runtime.pop("progress", None)  # progress=none and --quiet both work (and together)
-    result = resume(ns.run_dir, progress="none" if ns.quiet else progress, **runtime)
+    result = resume(ns.run_dir, progress="none" if ns.quiet else progress, module=ns.module, **runtime)
     return _report_result(result, ns.json)
 
 
@@ -180,7 +200,7 @@ def cmd_slim(ns: argparse.Namespace) -> int:
     if out.exists() and (out.is_dir() or not ns.force):
         raise ConfigError(f"slim --out {out} already exists; nothing was overwritten"
                           + ("" if out.is_dir() else " (add --force to replace it)"))
-    meta = export_slim(open_run(ns.run_dir, device="cpu"), ns.out, bn=ns.bn, source=ns.run_dir)
+    meta = export_slim(open_run(ns.run_dir, device="cpu", module=ns.module), ns.out, bn=ns.bn, source=ns.run_dir)
     if ns.json:
         _print_json({**meta, "out": str(ns.out)})
     else:
@@ -191,18 +211,37 @@ def cmd_slim(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys(ns: argparse.Namespace) -> int:
-    from resprout.analysis.tables import format_table
-    from resprout.config import describe_keys
+def cmd_compare(ns: argparse.Namespace) -> int:
+    from resprout.compare import compare, exit_code
 
-    print(format_table(["key", "default", "meaning"], describe_keys()))
-    print("\nplus model.<option>, data.<option> and <method>.<option> (see the README)")
+    result = compare(ns.args, ns.out)
+    _print_json(result) if ns.json else print(result["table"])
+    return exit_code(result)
+
+
+def cmd_analyze(ns: argparse.Namespace) -> int:
+    from resprout.analysis.filters import analyze_command
+
+    return analyze_command(ns.run_dir, ns.args, ns.out, ns.json)
+
+
+def cmd_keys(ns: argparse.Namespace) -> int:
+    from resprout.describe import render
+
+    print(render())
     return 0
 
 
+_MODULE_HELP = ("the class or function that builds the run's custom model (a run made in Python with module=); "
+                "needed only when the run could not record an importable one")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="resprout", description="Regrow the idle capacity of small-data networks: Knowledge "
-                "Evolution, Neural Rejuvenation, Filter Grafting, KTAN and their baselines.")
+    from resprout.describe import installed_methods
+
+    p = _Parser(prog="resprout", description="Train small-data networks with methods that regrow their idle "
+                f"capacity, and the baselines they are compared with. Methods here: {', '.join(installed_methods())} "
+                "(`resprout keys` says what each is and takes).")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a run", description="Train a run. Keys: `resprout keys`.")
@@ -218,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", metavar="device=|threads=|progress=|lr=|momentum=|...")
     r.add_argument("--json", action="store_true")
     r.add_argument("--quiet", action="store_true")
+    r.add_argument("--module", metavar="PKG.MOD:FACTORY", help=_MODULE_HELP)
     r.set_defaults(fn=cmd_resume)
 
     ls = sub.add_parser("runs", help="list the runs in the results store")
@@ -241,11 +281,28 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--bn", choices=("reestimate", "copy"), default="reestimate",
                     help="re-estimate the slim network's BN statistics on training batches (default) or copy them")
     sl.add_argument("--force", action="store_true", help="replace an existing --out file (never the run's own)")
+    sl.add_argument("--module", metavar="PKG.MOD:FACTORY", help=_MODULE_HELP)
     sl.add_argument("--json", action="store_true")
     sl.set_defaults(fn=cmd_slim)
 
     k = sub.add_parser("keys", help="list the configuration keys")
     k.set_defaults(fn=cmd_keys)
+
+    an = sub.add_parser("analyze", help="filter analyses of a run: invalid filters, information, filter norms")
+    an.add_argument("run_dir")
+    an.add_argument("args", nargs="*", metavar="baseline=DIR")
+    an.add_argument("--out", help="where to write filters.md and the plots (default: DIR/analysis)")
+    an.add_argument("--json", action="store_true")
+    an.set_defaults(fn=cmd_analyze)
+
+    cmp = sub.add_parser("compare", help="run methods side by side (same data, seeds, budget) and print the table",
+                         description="Run every method x seed (reusing finished runs) and print the comparison "
+                         "table. Keys: method=A,B seeds=0,1,2 budget=equal|per-method jobs=N baseline=ce|none, plus "
+                         "any `resprout keys` key shared by every run.")
+    cmp.add_argument("args", nargs="+", metavar="key=value")
+    cmp.add_argument("--out", required=True, help="directory of the comparison (runs, store, table, plot)")
+    cmp.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    cmp.set_defaults(fn=cmd_compare)
     return p
 
 
@@ -271,7 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _on_early_sigterm)
     try:
         ns = build_parser().parse_args(argv)
-        return ns.fn(ns)
+        code = ns.fn(ns)
+        if argv is None and "torch" in sys.modules:
+            # the process ends next: its final garbage collections walk every object torch and the run left (1-2 s
+            # of the demo's exit, BENCHMARKS.md `startup`); everything resprout writes is closed by now
+            gc.freeze()
+        return code
     except ResproutError as e:
         print(f"resprout: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -32,7 +32,7 @@ from resprout.options import base_type, check_range, coerce, fill_options, optio
 
 
 # Keys that may differ between a run and its resumption (where it runs, not what it computes).
-RUNTIME_KEYS = ("device", "threads", "progress")
+RUNTIME_KEYS = ("device", "threads", "progress", "loggers")
 
 
 @dataclass
@@ -40,7 +40,8 @@ class Config:
     """Everything a run needs. Defaults train the small CNN on digits."""
 
     # -- data ---------------------------------------------------------------------------------------------------
-    data: str = option("digits", "data source: digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder, synthetic")
+    data: str = option("digits", "data source: digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder, "
+                       "synthetic; user for data passed from Python (resprout.train(train=..., test=...))")
     data_path: str | None = option(None, "directory of the data source (default: where the source is found)")
     per_class: int | None = option(None, "keep N seeded training images per class (small-data experiments)", min=1)
     test_per_class: int | None = option(None, "evaluate on a fixed subset of N test images per class (quick "
@@ -51,44 +52,56 @@ class Config:
     image_fit: str = option("auto", "how image_size is reached: auto (pad if larger, else resize), pad, resize",
                             choices=("auto", "pad", "resize"))
     channels: int | None = option(None, "convert images to 1 or 3 channels", choices=(1, 3))
-    augment: str = option("auto", "train augmentation", choices=("auto", "none", "crop", "flip", "crop+flip"))
+    augment: str = option("auto", "random augmentation of training batches: none, crop (pad and crop back), flip "
+                          "(mirror left-right), crop+flip; auto: crop for digits and mnist, none for synthetic and "
+                          "data from Python, crop+flip otherwise", choices=("auto", "none", "crop", "flip", "crop+flip"))
     crop_padding: int | None = option(None, "padding of the random crop (default: image_size // 8)", min=0)
     data_options: dict = option({}, "options of the data source (data.<key>=...)")
     # -- model --------------------------------------------------------------------------------------------------
     model: str = option("cnn", "architecture name (see `resprout profile`), or tv:<name> / timm:<name>")
     width: float | None = option(None, "channel width multiplier of the model", min=0.0, min_exclusive=True)
-    stem: str | None = option(None, "ResNet stem", choices=("cifar", "imagenet"))
+    stem: str | None = option(None, "first layers of resnet18/34/50: cifar (3x3 conv, no pooling) or imagenet (7x7 "
+                              "stride-2 conv, max-pool)", choices=("cifar", "imagenet"))
     model_options: dict = option({}, "other options of the model (model.<key>=...)")
     # -- method -------------------------------------------------------------------------------------------------
     method: str = option("ce", "training method, or several joined by '+' (e.g. ke+ls)")
     method_options: dict = option({}, "options of the methods (<method>.<key>=...)")
     member_options: dict = option({}, "optimizer and schedule keys of one member (member.<name>.<key>=..., "
                                   "e.g. member.discriminator.optimizer=adam)")
+    teacher: list = option([], "teacher run directories, comma-separated (their best weights if stored, else "
+                           "the last), for methods that distil from a teacher (kd, fitnet, at, dln, ktan)")
     # -- schedule -----------------------------------------------------------------------------------------------
-    epochs: int = option(10, "epochs per generation", min=1)
+    epochs: int = option(10, "training epochs in each generation (the whole run: epochs x generations)", min=1)
     generations: int = option(1, "generations (KE, Born-Again, ...): epochs x generations in all", min=1)
     seed: int = option(0, "seed of initialization, data order and augmentation", min=0)
     batch_size: int = option(64, "training batch size (global, over all processes)", min=1)
-    eval_batch_size: int = option(512, "evaluation batch size", min=1)
-    optimizer: str = option("sgd", "optimizer", choices=("sgd", "adam"))
+    eval_batch_size: int = option(512, "images per evaluation batch (changes speed and memory, not the results)", min=1)
+    optimizer: str = option("sgd", "optimizer of every trainable member: sgd (with momentum) or adam",
+                            choices=("sgd", "adam"))
     lr: float = option(0.1, "peak learning rate", min=0.0, min_exclusive=True)
-    momentum: float = option(0.9, "SGD momentum", min=0.0, max=1.0)
-    nesterov: bool = option(False, "Nesterov momentum (SGD)")
-    betas: list = option([0.9, 0.999], "Adam betas")
-    weight_decay: float = option(5e-4, "weight decay", min=0.0)
+    momentum: float = option(0.9, "momentum factor of SGD (adam ignores it)", min=0.0, max=1.0)
+    nesterov: bool = option(False, "use Nesterov's form of momentum in SGD")
+    betas: list = option([0.9, 0.999], "Adam's decay rates of its first and second moment estimates")
+    weight_decay: float = option(5e-4, "L2 penalty coefficient the optimizer adds to the gradients", min=0.0)
     decay_bn_bias: bool = option(True, "apply weight decay to BN parameters and biases too")
-    schedule: str = option("cosine", "learning-rate schedule", choices=("cosine", "step", "constant"))
+    schedule: str = option("cosine", "how the learning rate changes over each generation: cosine (down to zero), "
+                           "step (times gamma at milestones), constant", choices=("cosine", "step", "constant"))
     warmup_epochs: float = option(0.0, "linear warmup at the start of every generation, in epochs", min=0.0)
     milestones: list = option([], "epochs at which the step schedule multiplies the rate by gamma (default: 50%, 75%)")
     gamma: float = option(0.1, "step-schedule factor", min=0.0, min_exclusive=True)
-    eval_every: int = option(1, "evaluate every N epochs (and always at the last epoch of a generation)", min=1)
+    eval_every: int | None = option(None, "evaluate every N epochs, and always at the last epoch of a generation "
+                                    "(default: every ceil(evaluated images / training images) epochs, e.g. every "
+                                    "epoch on digits, every 10th on Fashion-MNIST at per_class=100)", min=1)
     # -- runtime ------------------------------------------------------------------------------------------------
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     threads: int | None = option(None, "CPU threads (default: torch's choice)", min=1)
     channels_last: bool = option(False, "channels-last memory format (faster convolutions on CPU and GPU)")
     checkpoint_every: int = option(1, "write a checkpoint every N epochs (and at the end of every generation)", min=1)
     checkpoint_minutes: float = option(10.0, "also checkpoint inside an epoch after this many minutes (0 = never)", min=0.0)
-    progress: str = option("auto", "progress output", choices=("auto", "bar", "plain", "none"))
+    progress: str = option("auto", "how progress is shown: auto (a live bar on a terminal, plain lines otherwise), "
+                           "bar, plain, none", choices=("auto", "bar", "plain", "none"))
+    loggers: str = option("csv", "dashboard logs in the run directory, comma-separated: csv (metrics.csv), "
+                          "tensorboard (event files; pip install 'resprout[tensorboard]'), or none")
 
     # ---------------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -99,6 +112,8 @@ class Config:
         ident = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
         if not ident["member_options"]:  # keeps the fingerprints of runs made before the key existed
             del ident["member_options"]
+        if not ident["teacher"]:  # likewise
+            del ident["teacher"]
         return ident
 
     def fingerprint(self, *, without_seed: bool = False) -> str:
@@ -156,6 +171,16 @@ def _set(values: dict, key: str, value: Any, *, from_text: bool) -> None:
             values.setdefault("data_options", {})[opt] = v
         else:
             values.setdefault("method_options", {}).setdefault(family, {})[opt] = v
+        return
+    if isinstance(value, dict) and key not in FIELDS:
+        # a table, as in a TOML file: ke={"split_rate": 0.3} is ke.split_rate=0.3, member={"d": {"lr": 1}} is
+        # member.d.lr=1
+        for sub, v in value.items():
+            if key == "member" and isinstance(v, dict):
+                for mk, mv in v.items():
+                    _set(values, f"member.{sub}.{mk}", mv, from_text=from_text)
+            else:
+                _set(values, f"{key}.{sub}", v, from_text=from_text)
         return
     if key not in FIELDS or key in _OPEN_FIELDS:
         raise _unknown_key(key)
@@ -313,6 +338,9 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(f"bad value for betas: {cfg.betas} (two numbers in [0, 1))")
     if cfg.warmup_epochs > cfg.epochs:
         raise ConfigError(f"bad value for warmup_epochs: {cfg.warmup_epochs} (at most epochs={cfg.epochs})")
+    from resprout.engine.loggers import parse_logger_names  # one list of names, kept beside the loggers
+
+    parse_logger_names(cfg.loggers)
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"bad value for device: {cfg.device!r} (allowed: auto, cpu, cuda, cuda:N)")
 

@@ -34,10 +34,11 @@ from torch import nn
 
 from resprout import __version__
 from resprout.config import Config, config_from_dict, make_config
-from resprout.data import channel_stats, load_source, prepare
+from resprout.data import Dataset, channel_stats, load_source, prepare
 from resprout.data.augment import default_augment
 from resprout.data.loader import EvalLoader, Normalizer, TrainLoader
 from resprout.data.samplers import make_sampler
+from resprout.data.user import check_same_data, is_user_source, user_config_keys, user_dataset
 from resprout.engine import checkpoint as ckpt
 from resprout.engine.checkpoint import remove_stale_temporaries
 from resprout.engine.distributed import (
@@ -46,6 +47,7 @@ from resprout.engine.distributed import (
     init_from_env,
     shutdown,
 )
+from resprout.engine.loggers import split_loggers
 from resprout.engine.progress import Progress, make_progress
 from resprout.engine.rundir import RUN_FILE, RunLock, read_run_file, write_run_file
 from resprout.engine.store import Store, default_store_path
@@ -57,7 +59,9 @@ from resprout.errors import (
     TrainingDiverged,
 )
 from resprout.methods import build_methods, resolved_options
+from resprout.methods.teachers import build_teachers, split_teacher_arg, teacher_entries
 from resprout.models import build_model
+from resprout.models.fit import check_model_fits, factory_dir, factory_path, import_factory
 from resprout.seeding import seed_everything
 
 
@@ -91,8 +95,14 @@ def environment(device: torch.device, dist: DistInfo) -> dict:
 
 
 # -- building the pieces ------------------------------------------------------------------------------------------------
-def build_dataset(cfg: Config):
-    ds = load_source(cfg.data, cfg.data_path, **cfg.data_options)
+def build_dataset(cfg: Config, data: Dataset | None = None):
+    """The dataset a run trains on: from the source ``cfg.data``, or from ``data`` (the user's own splits, see
+    :mod:`resprout.data.user`) when ``cfg.data`` is ``user``."""
+    if is_user_source(cfg.data):
+        check_same_data(cfg.data_options, data, "this run")
+        ds = data
+    else:
+        ds = load_source(cfg.data, cfg.data_path, **cfg.data_options)
     return prepare(ds, per_class=cfg.per_class, val_split=cfg.val_split, data_seed=cfg.data_seed,
                    image_size=cfg.image_size, channels=cfg.channels, fit=cfg.image_fit,
                    test_per_class=cfg.test_per_class)
@@ -158,7 +168,8 @@ def _resolve(cfg: Config, module: nn.Module | None) -> tuple[Config, list]:
     if module is not None and not cfg.model.startswith("custom:"):
         cfg = make_config({**cfg.to_dict(), "model": f"custom:{_module_name(module)}"})
     methods = build_methods(cfg)
-    cfg = make_config({**cfg.to_dict(), "method_options": resolved_options(methods)})
+    cfg = make_config({**cfg.to_dict(), "method_options": resolved_options(methods),
+                       "teacher": teacher_entries(cfg, methods)})
     return cfg, methods
 
 
@@ -247,19 +258,26 @@ def _undo_new_run(run_dir: Path, run_id: str, store_path: Path, created: bool) -
 # -- the entry points -------------------------------------------------------------------------------------------------------
 def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, store_path: Path | None,
                    module: nn.Module | None = None, progress: Progress | str | None = None, continuing: bool = False,
-                   dist: DistInfo | None = None, load_config: Config | None = None) -> Trainer:
-    """Build data, members, methods and the trainer of ``cfg``; load the checkpoint of a continuing run."""
+                   dist: DistInfo | None = None, load_config: Config | None = None,
+                   teachers: list[nn.Module] | None = None, data: Dataset | None = None,
+                   loggers: list | None = None) -> Trainer:
+    """Build data, members, methods and the trainer of ``cfg``; load the checkpoint of a continuing run.
+    ``data``: the user's own dataset of a ``data=user`` run (:func:`resprout.data.user.user_dataset`).
+    ``teachers``: the teacher modules the config records as ``module:<Class>`` (in order)."""
     device = resolve_device(cfg.device)
     dist = dist or init_from_env(device)
     device = resolve_device(cfg.device, dist)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cfg, methods = _resolve(cfg, module)
-    ds = build_dataset(cfg)
+    ds = build_dataset(cfg, data)
     seed_everything(cfg.seed)
     model, factory = _make_model(module, cfg, ds)
+    if module is not None:  # a user's network built for other data: one line naming both numbers, now
+        check_model_fits(model, ds.input_shape, ds.num_classes, data=f"data {cfg.data}")
     train, evals = build_loaders(cfg, ds, methods, device, dist)
     full_evals = build_eval_loaders(cfg, ds, train.normalize, device, DistInfo()) if dist.enabled else None
+    teacher_members = build_teachers(cfg, ds, teachers)  # refused here, before anything is written
     store = None
     if run_dir is not None and dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -268,13 +286,17 @@ def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, sto
         if not continuing:
             info = {"run_id": run_id, "store": str(Path(store_path).resolve()), "config": cfg.to_dict(),
                     "fingerprint": cfg.fingerprint(), "created": time.time(), "resprout": __version__}
+            if factory_path(module):  # lets `resprout slim` / `resume` rebuild a custom model by themselves
+                info["module"], info["module_dir"] = factory_path(module), factory_dir(module)
             write_run_file(run_dir, info)
         store.register_run(run_id, str(run_dir.resolve()), cfg.to_dict(), cfg.fingerprint(),
                            cfg.fingerprint(without_seed=True), environment(device, dist))
     if progress is None or isinstance(progress, str):
         progress = make_progress((progress or cfg.progress) if dist.is_main else "none")
-    trainer = Trainer(cfg, {"model": model}, train, evals, methods, device=device, run_dir=run_dir, store=store,
-                      run_id=run_id, progress=progress, dist=dist, full_evals=full_evals, model_factory=factory)
+    trainer = Trainer(cfg, {"model": model, **teacher_members}, train, evals, methods, device=device,
+                      run_dir=run_dir, store=store,
+                      run_id=run_id, progress=progress, dist=dist, full_evals=full_evals, model_factory=factory,
+                      loggers=loggers)
     trainer.dataset = ds
     if continuing and run_dir is not None:
         path = run_dir / CHECKPOINT_NAME
@@ -317,31 +339,63 @@ def _finish(trainer: Trainer, results: dict) -> dict:
 
 
 def train(config: Config | str | Path | None = None, *, out: str | Path | None = None,
-          module: nn.Module | ModelFactory | None = None,
+          module: nn.Module | ModelFactory | None = None, train: Any = None, val: Any = None, test: Any = None,
           store: str | Path | None = None, progress: Progress | str | None = None, save: bool = True,
-          **keys: Any) -> dict:
+          teacher: Any = None, **keys: Any) -> dict:
     """Train a run and return its results (``run_dir``, ``final``, ``best``, ``generations``).
+
+    Example::
+
+        resprout.train(data="fashion-mnist", per_class=100, model="resnet20", method="ke+ls", generations=5,
+                       ke={"split_rate": 0.5}, ls={"smoothing": 0.1}, seed=0)
+
+    Every key of ``resprout keys`` can be given by name; a method's options as a dict (``ke={"split_rate": 0.3}``,
+    as a ``[ke]`` table in a TOML file) or dotted (``**{"ke.split_rate": 0.3}``).
+
+    ``module``: your own network instead of ``model=``: a class or function building it (preferred: the seed then
+    sets its initial weights, methods that need a fresh network can build one, and ``resprout slim`` / ``resume``
+    can rebuild it by its import path), or a built ``nn.Module``. It must take the data's images and return one
+    score per class: a dry forward checks that before training.
+
+    ``train``, ``test`` (and optionally ``val``): your own data instead of ``data=``: a torch ``Dataset`` of
+    ``(image, label)`` pairs (uint8 or ``ToTensor()`` images) or an ``(images, labels)`` pair of tensors
+    (:mod:`resprout.data.user`). ``per_class``, ``val_split``, ``augment`` and the seeded order apply as for a
+    built-in source; the run stores a fingerprint of the data, and resuming it needs the same data again.
 
     ``config`` is a :class:`Config`, a TOML/YAML file, or None; ``keys`` override it (``epochs=3``, or
     ``method_options={"ls": {"smoothing": 0.2}}``). ``out`` is the run directory (default: a new one beside the
     store); an existing run directory with the same configuration is continued, one with another configuration is
-    refused. ``save=False`` trains in memory: no directory, no store, no checkpoints.
+    refused. ``save=False`` trains in memory: no directory, no store, no checkpoints. ``teacher``: an
+    ``nn.Module``, a run directory or a list of them, for the methods that distil from a teacher (kd, ktan, ...).
+
+    ``loggers``: the dashboard logs, ``"csv"`` (default: ``metrics.csv`` in the run directory), ``"csv,tensorboard"``
+    or ``"none"``; a list may also hold your own logger objects (``log_hparams(config)``,
+    ``log_metrics(step, member, metrics)``, ``close()``: :class:`resprout.engine.loggers.Logger`).
     """
     from resprout.config import load_config
 
+    teachers: list[nn.Module] = []
+    if teacher is not None:
+        keys["teacher"], teachers = split_teacher_arg(teacher)
+    user_loggers = _user_loggers(keys)
     if isinstance(config, (str, Path)):
         cfg = load_config(config)
     else:
         cfg = config or Config()
     if keys:
         cfg = make_config({**cfg.to_dict(), **keys})
+    user_data = None
+    if train is not None or test is not None or val is not None:  # read once, before anything is written
+        user_data = user_dataset(train, test, val)
+        cfg = make_config(user_config_keys(cfg.to_dict(), user_data))
     probe = make_config(cfg.to_dict())  # validated copy used to decide the directory
     probe, _ = _resolve(probe, module)
     device = resolve_device(probe.device)
     dist = init_from_env(device)
     if not save:
         trainer = create_trainer(probe, run_dir=None, run_id=None, store_path=None, module=module,
-                                 progress=progress, dist=dist)
+                                 progress=progress, dist=dist, teachers=teachers, data=user_data,
+                                 loggers=user_loggers)
     else:
         store_path = Path(store) if store else default_store_path()
         claim = _claim_run_dir(probe, Path(out) if out else None, store_path) if dist.is_main else None
@@ -352,7 +406,8 @@ def train(config: Config | str | Path | None = None, *, out: str | Path | None =
         try:
             try:
                 trainer = create_trainer(probe, run_dir=run_dir, run_id=run_id, store_path=store_path,
-                                         module=module, progress=progress, continuing=continuing, dist=dist)
+                                         module=module, progress=progress, continuing=continuing, dist=dist,
+                                         teachers=teachers, data=user_data, loggers=user_loggers)
                 return _fit_and_finish(trainer, dist)
             except TrainingDiverged:  # its message says how to go on from the directory
                 raise
@@ -366,37 +421,69 @@ def train(config: Config | str | Path | None = None, *, out: str | Path | None =
     return _fit_and_finish(trainer, dist)
 
 
+def _user_loggers(keys: dict) -> list:
+    """Take the logger objects out of a ``loggers=[...]`` list (its names stay the ``loggers`` key)."""
+    if not isinstance(keys.get("loggers"), (list, tuple)):
+        return []
+    names, objects = split_loggers(keys.pop("loggers"))
+    if names is not None:
+        keys["loggers"] = names
+    return objects
+
+
 def _fit_and_finish(trainer: Trainer, dist: DistInfo) -> dict:
     result = _finish(trainer, trainer.fit())
     shutdown(dist)  # on an error the group is left to torchrun, which tears the processes down
     return result
 
 
-RUNTIME_KEYS = ("device", "threads", "progress")
+RUNTIME_KEYS = ("device", "threads", "progress", "loggers")
 RESUME_KEYS = ("lr", "momentum", "weight_decay", "optimizer", "schedule", "warmup_epochs", "gamma", "nesterov",
                "betas")
 
 
-def resume(run_dir: str | Path, *, module: nn.Module | None = None, progress: Progress | str | None = None,
-           **runtime: Any) -> dict:
+def _reopen_inputs(run_dir: Path, info: dict, cfg: Config, module: Any, train: Any, val: Any, test: Any
+                   ) -> tuple[Any, Dataset | None]:
+    """The model factory and the user data a saved run needs to be rebuilt, or a one-line ConfigError saying
+    how to pass them. ``module`` may be an import path (``pkg.mod:Factory``, the CLI's ``--module``)."""
+    if isinstance(module, str):
+        module = import_factory(module)
+    if cfg.model.startswith("custom:") and module is None:
+        if info.get("module"):  # recorded when the run was made with an importable factory
+            module = import_factory(info["module"], [info["module_dir"]] if info.get("module_dir") else [])
+        else:
+            raise ConfigError(f"{run_dir} trained a custom model ({cfg.model[7:]}) that cannot be imported by "
+                              f"name; pass it: --module package.module:Factory (or module= in Python)")
+    data = None
+    if is_user_source(cfg.data):
+        data = user_dataset(train, test, val) if (train is not None or test is not None) else None
+        check_same_data(cfg.data_options, data, str(run_dir))
+    return module, data
+
+
+def resume(run_dir: str | Path, *, module: nn.Module | ModelFactory | str | None = None,
+           progress: Progress | str | None = None, teacher: Any = None, train: Any = None, val: Any = None,
+           test: Any = None, **runtime: Any) -> dict:
     """Continue the run in ``run_dir`` from its checkpoint.
 
     ``runtime`` may change device, threads and progress, and the optimizer keys of :data:`RESUME_KEYS` (``lr`` after
     a divergence, say): such a change is recorded in ``run.json`` (``config_history``) and becomes the run's
-    configuration. A resume that is refused changes nothing."""
+    configuration. A resume that is refused changes nothing. ``teacher``: the teacher modules of a run that was
+    given ``nn.Module`` teachers (run-directory teachers are found again by themselves). ``module``: the custom
+    model's factory (or ``"pkg.mod:Factory"``) when the run did not record an importable one; ``train``, ``val``,
+    ``test``: the same data again for a run trained on data from Python code."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} does not exist")
     info = read_run_file(run_dir)
     saved = info["config"]
+    user_loggers = _user_loggers(runtime)
     bad = set(runtime) - set(RUNTIME_KEYS) - set(RESUME_KEYS)
     if bad:
         raise ConfigError(f"resume cannot change {', '.join(sorted(bad))}; it can change only "
                           f"{', '.join(RUNTIME_KEYS + RESUME_KEYS)}")
     cfg = config_from_dict({**saved, **runtime})
-    if cfg.model.startswith("custom:") and module is None:
-        raise ConfigError(f"{run_dir} trained a custom model ({cfg.model[7:]}); pass a freshly built one: "
-                          f"resprout.resume(dir, module=...)")
+    module, data = _reopen_inputs(run_dir, info, cfg, module, train, val, test)
     old = config_from_dict(saved).to_dict()
     new = cfg.to_dict()
     changed = {k: new[k] for k in RESUME_KEYS if old.get(k) != new.get(k)}
@@ -416,7 +503,8 @@ def resume(run_dir: str | Path, *, module: nn.Module | None = None, progress: Pr
                                       f"({_config_difference(state['config'], saved)}); nothing was changed")
             position = {k: state["position"][k] for k in ("generation", "epoch", "step")}
         trainer = create_trainer(cfg, run_dir=run_dir, run_id=info["run_id"], store_path=Path(info["store"]),
-                                 module=module, progress=progress, continuing=True, load_config=load_cfg)
+                                 module=module, progress=progress, continuing=True, load_config=load_cfg,
+                                 teachers=split_teacher_arg(teacher)[1], data=data, loggers=user_loggers)
         if changed and _is_main_rank():
             info = dict(info)
             info["config"] = {**saved, **{k: trainer.config.to_dict()[k] for k in changed}}
@@ -431,8 +519,10 @@ def resume(run_dir: str | Path, *, module: nn.Module | None = None, progress: Pr
     return result
 
 
-def open_run(run_dir: str | Path, *, module: nn.Module | None = None, device: str | None = None) -> Trainer:
-    """The trainer of a saved run with its latest checkpoint loaded, for reading (no store, no new checkpoints)."""
+def open_run(run_dir: str | Path, *, module: nn.Module | ModelFactory | str | None = None, device: str | None = None,
+             train: Any = None, val: Any = None, test: Any = None) -> Trainer:
+    """The trainer of a saved run with its latest checkpoint loaded, for reading (no store, no new checkpoints).
+    ``module``, ``train``, ``val``, ``test``: as for :func:`resume`."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} does not exist")
@@ -441,7 +531,8 @@ def open_run(run_dir: str | Path, *, module: nn.Module | None = None, device: st
     path = run_dir / CHECKPOINT_NAME
     if not path.exists():
         raise CheckpointError(f"{run_dir} has no checkpoint yet")
+    module, data = _reopen_inputs(run_dir, info, cfg, module, train, val, test)
     trainer = create_trainer(cfg, run_dir=None, run_id=info["run_id"], store_path=None, module=module,
-                             dist=DistInfo())
+                             dist=DistInfo(), data=data)
     trainer.load_checkpoint(path)
     return trainer

@@ -8,8 +8,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
-# Tests measure mechanics and learning, not speed: keep them from fighting over the two cores.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tests measure mechanics and learning, not speed: one thread each, in this process and in the commands they start
+# (on a busy 2-core machine two threads per process can be many times slower than one).
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +36,7 @@ def cli_env(tmp_path):
     env["RESPROUT_STORE"] = str(tmp_path / "runs" / "resprout.db")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("CI", None)
+    env["OMP_NUM_THREADS"] = "1"
     return env
 
 

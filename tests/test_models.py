@@ -14,6 +14,7 @@ from torch import nn
 from resprout.errors import ConfigError
 from resprout.models import available_models, build_model, model_options, register_model, scale_channels
 from resprout.models import registry
+from resprout.models.external import INSTALL_HINT
 
 BUILTIN = [
     "cnn",
@@ -360,8 +361,8 @@ def test_external_model_without_package(prefix, package):
     with pytest.raises(ConfigError) as exc_info:
         build_model(f"{prefix}:resnet18", in_channels=3, num_classes=10)
     assert _one_line(exc_info) == (
-        f"model '{prefix}:resnet18' needs {package}, which is not installed; "
-        f"install it with: pip install 'resprout[{package}]'"
+        f"model '{prefix}:resnet18' needs {package}, which is not installed beside torch {torch.__version__}; "
+        f"{INSTALL_HINT}"
     )
     assert model_options(f"{prefix}:resnet18") == {}
 

@@ -21,12 +21,12 @@ from resprout.surgery.profile import CATEGORIES, profile_model
 
 @dataclass
 class ProfileKeys:
-    model: str = option("cnn", "architecture")
-    input: str = option("3x32x32", "input size CxHxW")
-    classes: int = option(10, "number of classes", min=1)
-    width: float | None = option(None, "channel width multiplier")
-    stem: str | None = option(None, "ResNet stem", choices=("cifar", "imagenet"))
-    convention: str = option("default", "how to count", choices=("default", "ke-paper"))
+    model: str = option("cnn", "architecture to count: a registered name, tv:<name> or timm:<name>")
+    input: str = option("3x32x32", "shape of one input image, channels x height x width")
+    classes: int = option(10, "size of the classifier's output (the number of classes)", min=1)
+    width: float | None = option(None, "channel width multiplier of the model (as model.width)")
+    stem: str | None = option(None, "first layers of resnet18/34/50: cifar or imagenet (as the run key stem)", choices=("cifar", "imagenet"))
+    convention: str = option("default", "counting convention: default (true params and MACs) or ke-paper (the KE paper's Table 5)", choices=("default", "ke-paper"))
 
 
 def parse_input(text: str) -> tuple[int, int, int]:

@@ -20,7 +20,7 @@ from resprout.engine.store import RunRecord, Store
 from resprout.errors import CheckpointError
 
 # keys that never make two runs differ in a way worth labelling
-_LABEL_SKIP = {"seed", "device", "threads", "progress", "checkpoint_every", "checkpoint_minutes"}
+_LABEL_SKIP = {"seed", "device", "threads", "progress", "checkpoint_every", "checkpoint_minutes", "loggers"}
 
 
 @dataclass
@@ -155,6 +155,7 @@ def plot_curves(runs: list[RunData], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     groups = _group(runs)
     labels = _labels(groups)
@@ -174,19 +175,23 @@ def plot_curves(runs: list[RunData], out: Path) -> list[Path]:
                 x = np.array([p[0] for p in series[0][:n]])
                 y = np.array([[p[1] for p in s[:n]] for s in series])
                 label = labels[key] + (f" [{member}]" if member != "model" else "")
-                line, = ax.plot(x, y.mean(0), label=label)
+                mean_label = label + (f" (mean of {len(series)} seeds)" if len(series) > 1 else "")
+                line, = ax.plot(x, y.mean(0), label=mean_label)
                 if len(series) > 1:
                     ax.fill_between(x, y.mean(0) - y.std(0, ddof=1), y.mean(0) + y.std(0, ddof=1),
-                                    color=line.get_color(), alpha=0.2)
+                                    color=line.get_color(), alpha=0.2, label=f"{label} ± 1 std")
         gens = group[0].config.get("generations", 1)
         for g in range(1, gens):
             for ax in axes:
-                ax.axvline(g * epochs + 0.5, color="grey", lw=0.5, ls=":")
+                boundary = "generation boundary" not in ax.get_legend_handles_labels()[1]
+                ax.axvline(g * epochs + 0.5, color="grey", lw=0.5, ls=":",
+                           label="generation boundary" if boundary else None)
     axes[0].set(xlabel="epoch", ylabel="test top-1 (%)", title="test accuracy")
     axes[1].set(xlabel="epoch", ylabel="loss", title="training loss")
-    for ax in axes:
+    for ax in axes:  # every line and band named; epochs are whole numbers
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / "curves.png"
     fig.savefig(path, dpi=110)
@@ -206,6 +211,7 @@ def plot_generations(runs: list[RunData], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     labels = _labels(_group(runs))
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -220,12 +226,15 @@ def plot_generations(runs: list[RunData], out: Path) -> list[Path]:
                 y = np.array([[r.generations[member][g].get(metric, np.nan) for g in range(n)] for r in group]) * 100
                 x = np.arange(1, n + 1)
                 name = labels[key] + (f" [{member}]" if member != "model" else "") + f" {metric}"
-                line, = ax.plot(x, y.mean(0), marker="o", ms=3, label=name)
+                line, = ax.plot(x, y.mean(0), marker="o", ms=3,
+                                label=name + (f" (mean of {len(group)} seeds)" if len(group) > 1 else ""))
                 if len(group) > 1:
                     sd = y.std(0, ddof=1)
-                    ax.fill_between(x, y.mean(0) - sd, y.mean(0) + sd, color=line.get_color(), alpha=0.15)
+                    ax.fill_between(x, y.mean(0) - sd, y.mean(0) + sd, color=line.get_color(), alpha=0.15,
+                                    label=f"{name} ± 1 std")
     ax.set(xlabel="generation", ylabel="top-1 (%)", title="per generation (mean ± std over seeds)")
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "generations.png"
@@ -242,9 +251,19 @@ def write_report(run_dirs: list[Path], out: Path) -> tuple[str, list[Path]]:
         if not d.is_dir():
             raise CheckpointError(f"{d} does not exist")
         runs.append(load_run(d))
+    # a run that has not finished an epoch has nothing to show: one line says so (and nothing is written when no
+    # run has anything)
+    empty = [d for d, r in zip(run_dirs, runs) if not r.curves]
+    note = ""
+    if empty:
+        what = ", ".join(f"{d} ({r.record.status})" for d, r in zip(run_dirs, runs) if not r.curves)
+        note = f"no finished epoch yet in {what}: not in the report"
+        if len(empty) == len(runs):
+            raise CheckpointError(note.replace(": not in the report", "; nothing to report"))
+        runs = [r for r in runs if r.curves]
     out.mkdir(parents=True, exist_ok=True)
     headers, rows = comparison_table(runs)
-    text = format_table(headers, rows)
+    text = (note + "\n\n" if note else "") + format_table(headers, rows)
     gen = generation_table(runs)
     if gen:
         text += "\n\nper generation (test top-1, mean ± std over seeds)\n\n" + format_table(*gen)

@@ -35,6 +35,6 @@ def default_augment(source: str) -> str:
     """What ``augment=auto`` means per source: no flips for digits (a mirrored 2 is not a 2)."""
     if source in ("digits", "mnist"):
         return "crop"
-    if source == "synthetic":
-        return "none"
+    if source == "synthetic" or source == "user" or source.startswith("user:"):
+        return "none"  # data from Python code: resprout cannot know which flips keep a label, so none by default
     return "crop+flip"

@@ -68,6 +68,17 @@ def all_gather_object(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
+def all_gather_tensor(t: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
+    """Every rank's tensor ``t`` (same shape and dtype on every rank), in rank order (``[t]`` in one process).
+    Mutual learning with one peer per rank exchanges its logits this way."""
+    if not info.enabled:
+        return [t]
+    t = t.detach().contiguous()
+    out = [torch.empty_like(t) for _ in range(info.world_size)]
+    dist.all_gather(out, t)
+    return out
+
+
 def broadcast_surgery_args(args: dict, info: DistInfo) -> dict:
     """Rank 0's surgery arguments on every rank, so that every rank cuts and adds the same channels (a plan
     computed from a rank's own statistics would otherwise differ between ranks and the replicas would diverge)."""

@@ -1,5 +1,12 @@
 """Evaluation and epoch reporting: metrics of a batch and a split, train metrics accumulated over an epoch, the
-epoch line, the store rows and the best weights.
+epoch line, the store rows (and their copies in the dashboard logs) and the best weights.
+
+Evaluation runs under ``torch.inference_mode`` on batches of ``eval_batch_size`` in the run's memory layout (the
+eval loader converts to channels-last when the run trains so). Its cadence is ``eval_every``; by default
+(``eval_every`` unset) a run evaluates every ``ceil(evaluated images / training images per epoch)`` epochs, so that
+a test split much larger than a small training set (Fashion-MNIST's 10,000 test images against 1,000 training
+images) is not evaluated after every epoch; see :func:`auto_eval_every`. The last epoch of every generation is
+always evaluated.
 
 :class:`Reporting` is a part of :class:`~resprout.engine.trainer.Trainer` (split out by concern); it reads the
 trainer's members, loaders, store and position.
@@ -7,6 +14,8 @@ trainer's members, loaders, store and position.
 
 from __future__ import annotations
 
+import math
+import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,9 +40,19 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> torch
                         torch.tensor(float(len(targets)), device=loss.device)])
 
 
-@torch.no_grad()
+def auto_eval_every(eval_images: int, train_images: int) -> int:
+    """The default cadence: evaluate every ``ceil(eval_images / train_images)`` epochs (at least 1).
+
+    A forward pass costs about a third of a training step per image, so evaluating ``eval_images`` every N epochs
+    of ``train_images`` each keeps evaluation near or below a quarter of the run's time (measured in
+    ``benchmarks/evaluation.py``); when the split is no larger than the training set, every epoch is evaluated."""
+    return max(1, math.ceil(eval_images / max(train_images, 1)))
+
+
+@torch.inference_mode()
 def evaluate(model: nn.Module, loader: EvalLoader, dist: DistInfo | None = None) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (fractions) of ``model`` on ``loader``, over all processes."""
+    """Loss, top-1 and top-5 accuracy (fractions) of ``model`` on ``loader``, over all processes (under
+    ``torch.inference_mode``: no autograd bookkeeping, as cheap as a forward pass can be)."""
     was_training = model.training
     model.eval()
     sums = None
@@ -77,6 +96,19 @@ class Reporting:
         return (self.evaluator or evaluate)(model, self.eval_loaders[split], self.dist)
 
     @property
+    def eval_interval(self: Trainer) -> int:
+        """Evaluate every this many epochs: ``eval_every`` when given, else :func:`auto_eval_every` of the run's
+        evaluation splits and its training images per epoch."""
+        if self.config.eval_every is not None:
+            return self.config.eval_every
+        evaluated = sum(loader.total for loader in self.eval_loaders.values())
+        return auto_eval_every(evaluated, self.train_loader.steps(0, 0) * self.train_loader.batch_size)
+
+    def log_step(self: Trainer, generation: int, epoch: int) -> int:
+        """The dashboard logs' step of an epoch: epochs of the whole run, from 1."""
+        return generation * self.config.epochs + epoch + 1
+
+    @property
     def selection_split(self: Trainer) -> str:
         """Where "best" is chosen: validation when the run has it, else test (reported as such)."""
         return "val" if "val" in self.eval_loaders else "test"
@@ -91,6 +123,9 @@ class Reporting:
             gens[self.generation].setdefault(member, {}).update({k: float(v) for k, v in metrics.items()})
         if self.store is not None:
             self.store.log_generation(self.run_id, member, self.generation, metrics)
+        if self.loggers:  # at the step of the generation's last epoch
+            self.loggers.log(self.log_step(self.generation, self.config.epochs - 1), member,
+                             {f"generation/{k}": v for k, v in metrics.items()})
 
     # -- train metrics ------------------------------------------------------------------------------------------------
     def _accumulate(self: Trainer, n: int) -> None:
@@ -134,7 +169,9 @@ class Reporting:
             if not member.evaluate or not member.local:
                 continue
             train = self._train_metrics(name) if member.trainable else {}
+            t0 = time.perf_counter()
             evals = {split: self.evaluate(member.model, split) for split in self.eval_loaders} if evaluate_now else {}
+            self._eval_time += time.perf_counter() - t0
             extra = {"lr": member.optimizer.param_groups[0]["lr"], "seconds": self._epoch_time,
                      "images_per_second": images / max(self._epoch_time, 1e-9)} if member.trainable else {}
             rows[name] = (train, extra, evals)
@@ -151,11 +188,14 @@ class Reporting:
         local = [m for m in self.trainable if m.local]
         lr = local[0].optimizer.param_groups[0]["lr"] if local else 0.0
         images = self.train_loader.steps(g, e) * self.train_loader.batch_size
-        every = self.config.eval_every
+        every = self.eval_interval
         evaluate_now = (e + 1) % every == 0 or e + 1 == self.config.epochs
         self.last_eval = {}
+        self._eval_time = 0.0
         parts = [f"gen {g + 1}/{self.config.generations} ep {e + 1}/{self.config.epochs}"]
-        for name, (train, extra, evals) in self._epoch_rows(evaluate_now, images).items():
+        rows = self._epoch_rows(evaluate_now, images)
+        step = self.log_step(g, e)
+        for name, (train, extra, evals) in rows.items():
             if evals:
                 self.last_eval[name] = evals
                 self.results["final"][name] = dict(evals.get("test", {}))
@@ -163,9 +203,13 @@ class Reporting:
                 self.store.log_epoch(self.run_id, name, g, e, "train", {**train, **extra})
                 for split, metrics in evals.items():
                     self.store.log_epoch(self.run_id, name, g, e, split, metrics)
+            if self.loggers:
+                self.loggers.log(step, name, {**{f"train/{k}": v for k, v in {**train, **extra}.items()},
+                                              **{f"{split}/{k}": v for split, m in evals.items() for k, v in m.items()}})
             self._update_best(name, evals)
             parts.append(f"{name}:" + format_metrics(train, evals))
-        parts.append(f"lr {lr:.4g} | {self._epoch_time:.1f}s")
+        parts.append(f"lr {lr:.4g} | train {self._epoch_time:.1f}s, " + self._eval_text(evaluate_now and bool(rows),
+                                                                                        every))
         line = "  ".join(parts)
         self.progress.end_epoch(line)
         self._log_line(line)
@@ -176,6 +220,15 @@ class Reporting:
         # the last epoch of a generation is saved by the generation's end, right after it
         if self.epoch % self.config.checkpoint_every == 0 and self.epoch < self.config.epochs:
             self.save_checkpoint()
+
+    def _eval_text(self: Trainer, evaluated: bool, every: int) -> str:
+        """What the epoch evaluated and how long it took, and the run's thread count."""
+        threads = torch.get_num_threads()
+        tail = f" | {threads} thread{'s' if threads > 1 else ''}"
+        if not evaluated:
+            return f"not evaluated (every {every} epochs and the last){tail}"
+        what = ", ".join(f"{split} {loader.total:,}" for split, loader in self.eval_loaders.items())
+        return f"eval {self._eval_time:.1f}s ({what} images){tail}"
 
     def _update_best(self: Trainer, name: str, evals: dict[str, dict]) -> None:
         split = self.selection_split
@@ -197,12 +250,28 @@ class Reporting:
             if member.evaluate and name in self.results["final"]:
                 self.log_generation(name, {f"test_{k}": v for k, v in self.results["final"][name].items()})
         self._emit(Event.GENERATION_END)
+        self._generation_line()
         self.generation += 1
         self.epoch = 0
         self.step = 0
         self.started = False
         if self.generation < self.config.generations:  # after the last one, fit() saves the finished run
             self.save_checkpoint()
+
+    def _generation_line(self: Trainer) -> None:
+        """After a generation: its top-1 metrics per member (the dense test accuracy, a method's own such as KE's
+        slim network), on the progress display and in train.log."""
+        gens = self.results["generations"]
+        if self.config.generations == 1 or len(gens) <= self.generation:  # one generation: the epoch line says it
+            return
+        parts = [f"{name}: " + "  ".join(f"{k} {100 * v:.2f}" for k, v in sorted(metrics.items())
+                                          if k.endswith("top1"))
+                 for name, metrics in gens[self.generation].items() if isinstance(metrics, dict)]
+        parts = [p for p in parts if not p.endswith(": ")]
+        if parts:
+            line = f"gen {self.generation + 1}/{self.config.generations} done  " + "  ".join(parts)
+            self.progress.message(line)
+            self._log_line(line)
 
     def _log_line(self: Trainer, line: str) -> None:
         if self.run_dir and self.dist.is_main:

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from resprout import lazy_dynamo
 from resprout.config import MEMBER_KEYS  # what a member may set for itself; the config validates them
 from resprout.errors import ConfigError
 
+lazy_dynamo.defer()  # torch's optimizers would import torch._dynamo (seconds) in a run that never compiles
 OPTIM_KEYS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "betas", "decay_bn_bias")
 SCHEDULE_KEYS = ("schedule", "warmup_epochs", "milestones", "gamma")
 assert MEMBER_KEYS == OPTIM_KEYS + SCHEDULE_KEYS
@@ -40,9 +42,10 @@ def build_optimizer(model: nn.Module, spec: dict) -> torch.optim.Optimizer:
     if name == "sgd":
         if spec["nesterov"] and spec["momentum"] == 0:
             raise ConfigError("nesterov=true needs momentum > 0")
-        opt = torch.optim.SGD(groups, lr=spec["lr"], momentum=spec["momentum"], nesterov=spec["nesterov"])
+        opt = lazy_dynamo.eager(torch.optim.SGD)(groups, lr=spec["lr"], momentum=spec["momentum"],
+                                                 nesterov=spec["nesterov"])
     elif name == "adam":
-        opt = torch.optim.Adam(groups, lr=spec["lr"], betas=tuple(spec["betas"]))
+        opt = lazy_dynamo.eager(torch.optim.Adam)(groups, lr=spec["lr"], betas=tuple(spec["betas"]))
     else:
         raise ConfigError(f"unknown optimizer {name!r}; allowed: sgd, adam")
     for g in opt.param_groups:

@@ -14,6 +14,20 @@ from resprout.errors import CheckpointError
 RUN_FILE = "run.json"
 
 
+def read_run_dir(run_dir: str | Path, what: str) -> dict:
+    """``run.json`` of a run directory that a command or method reads (a teacher, ``analyze``), or one line
+    (:class:`~resprout.errors.ConfigError`, exit code 2) saying what ``what`` was given instead."""
+    from resprout.errors import ConfigError
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{what} {run_dir} does not exist (expected a resprout run directory)")
+    try:
+        return read_run_file(run_dir)
+    except CheckpointError as e:
+        raise ConfigError(f"{what}: {e}") from None
+
+
 def read_run_file(run_dir: Path) -> dict:
     f = Path(run_dir) / RUN_FILE
     if not f.is_file():

@@ -90,7 +90,12 @@ class RunState:
         if member.trainable and member.local and self.started:
             self.rebuild_optimizer(name)
             carry_optimizer_state(old_state, member.model, member.optimizer, result.index_maps)
-        self._member_resized(name, replay=False)
+        # methods that keep per-weight tensors (pruning masks) carry them through the same index map
+        self.resized_maps = result.index_maps
+        try:
+            self._member_resized(name, replay=False)
+        finally:
+            self.resized_maps = None
         return member.model
 
     def _run_surgery(self: Trainer, name: str, op: str, args: dict) -> SurgeryResult:

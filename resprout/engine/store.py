@@ -159,14 +159,23 @@ class Store:
         if path.exists():
             if path.is_dir():
                 raise StoreError(f"results store {path} is a folder, not a file")
-            with open(path, "rb") as fh:
-                head = fh.read(len(_SQLITE_MAGIC))
-            if head and head != _SQLITE_MAGIC:
-                raise StoreError(f"{path} is not a resprout results store (not an SQLite file); it was not changed")
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=30.0)
-        complete = self._check_schema()  # before anything writes: a foreign file stays byte-identical
+        try:
+            complete = self._check_schema()  # before anything writes: a foreign file stays byte-identical
+        except sqlite3.DatabaseError as e:
+            # The file's header is read only now that SQLite refused it: opening and closing a store file with a
+            # plain file handle drops every POSIX lock this process holds on it, so another process closing its
+            # connection would take itself for the last one and delete the WAL under this process's live
+            # connection to the same store (rows lost; seen with `resprout compare jobs=2`).
+            if "not a database" in str(e).lower():
+                with open(path, "rb") as fh:
+                    head = fh.read(len(_SQLITE_MAGIC))
+                if head and head != _SQLITE_MAGIC:
+                    raise StoreError(f"{path} is not a resprout results store (not an SQLite file); it was not "
+                                     f"changed") from None
+            raise
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")

@@ -28,6 +28,7 @@ from resprout.engine import checkpoint as ckpt
 from resprout.engine.distributed import DistInfo, all_reduce_sum
 from resprout.engine.evaluation import Reporting, classification_metrics, evaluate  # noqa: F401  (re-exported)
 from resprout.engine.events import Event
+from resprout.engine.loggers import Loggers
 from resprout.engine.members import PLACEMENTS, Member, UpdateStep
 from resprout.engine.method import Method, handlers
 from resprout.engine.optim import MEMBER_KEYS, OPTIM_KEYS, Schedule, build_optimizer, set_lr
@@ -44,14 +45,15 @@ class Trainer(RunState, Reporting):
     """Trains ``members`` with ``methods`` on ``train`` and evaluates on ``evals`` (``{"val": ..., "test": ...}``).
 
     ``full_evals`` are the same splits unsharded, for runs with per-rank members under torch.distributed (each
-    rank evaluates its own members on the whole split)."""
+    rank evaluates its own members on the whole split). ``loggers``: objects that receive a copy of the metrics
+    (:class:`resprout.engine.loggers.Logger`), besides the ones ``config.loggers`` names."""
 
     def __init__(self, config: Config, members: dict[str, nn.Module | Member], train: TrainLoader,
                  evals: dict[str, EvalLoader], methods: list[Method], *, device: torch.device | str = "cpu",
                  run_dir: str | Path | None = None, store: Store | None = None, run_id: str | None = None,
                  progress: Progress | None = None, dist: DistInfo | None = None,
                  full_evals: dict[str, EvalLoader] | None = None,
-                 model_factory: Callable[[], nn.Module] | None = None) -> None:
+                 model_factory: Callable[[], nn.Module] | None = None, loggers: list | None = None) -> None:
         self.config = config
         self.model_factory = model_factory
         self.device = torch.device(device)
@@ -90,8 +92,10 @@ class Trainer(RunState, Reporting):
         self.scratch: dict[str, Any] = {}  # per batch: what one update step leaves for a later one
         self.resized: str | None = None  # the member whose shapes just changed (during on_member_resized)
         self.replaying = False
+        self.resized_maps: dict | None = None  # during on_member_resized: the surgery's index maps
         self._accum: dict[str, torch.Tensor] = {}
         self._epoch_time = 0.0
+        self._eval_time = 0.0  # evaluation seconds of the epoch being finished
         self._terms: list[tuple[str, str, torch.Tensor]] = []
         self._manual_terms: set[str] = set()
         self.inputs: torch.Tensor | None = None
@@ -110,6 +114,9 @@ class Trainer(RunState, Reporting):
         self._handlers = {e: handlers(self.methods, e) for e in Event}
         self._step_methods = [m for m in self.methods if type(m).update_steps is not Method.update_steps]
         self._configure_members()
+        # dashboard logs (metrics.csv, TensorBoard, the user's objects): the main process writes them, as the store
+        self.loggers = Loggers.build(getattr(config, "loggers", "csv"), self.run_dir, config.epochs,
+                                     list(self.members), loggers) if dist.is_main else Loggers([])
 
     # -- members ----------------------------------------------------------------------------------------------------
     def add_member(self, name: str, model: nn.Module, *, trainable: bool = True, evaluate: bool = True,
@@ -307,6 +314,7 @@ class Trainer(RunState, Reporting):
             if self.finished:
                 status = "finished"
                 return self.results
+            self.loggers.start(self.log_step(self.generation, self.epoch), cfg.to_dict())
             steps_per_epoch = self.train_loader.steps(0, 0)
             for name, stream in self._streams.items():
                 if stream.steps(0, 0) != steps_per_epoch:
@@ -344,6 +352,7 @@ class Trainer(RunState, Reporting):
             if self.store is not None:
                 self.store.set_status(self.run_id, status)
             self.progress.close()
+            self.loggers.close()
 
     def _run_epoch(self) -> None:
         g, e = self.generation, self.epoch

@@ -38,7 +38,8 @@ class CrossEntropy(Method):
 
     def on_loss(self, trainer) -> None:
         for m in trainer.task_members:
-            trainer.add_loss(m.name, "ce", F.cross_entropy(trainer.outputs[m.name], trainer.targets))
+            trainer.add_loss(m.name, "ce", F.cross_entropy(trainer.outputs[m.name],
+                                                             trainer.targets_of(m.name)))
 
 
 @dataclass
@@ -56,4 +57,5 @@ class LabelSmoothing(Method):
     def on_loss(self, trainer) -> None:
         eps = self.options.smoothing
         for m in trainer.task_members:
-            trainer.add_loss(m.name, "ls", smooth_cross_entropy(trainer.outputs[m.name], trainer.targets, eps))
+            targets = trainer.targets_of(m.name)  # a member with its own data stream has its own labels
+            trainer.add_loss(m.name, "ls", smooth_cross_entropy(trainer.outputs[m.name], targets, eps))

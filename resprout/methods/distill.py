@@ -2,6 +2,12 @@
 
 * :func:`kd_loss`: Hinton et al., "Distilling the Knowledge in a Neural Network" (2015): the KL divergence between
   temperature-softened distributions, times ``T^2`` so its gradients keep their scale as ``T`` changes.
+* :func:`soft_targets` / :func:`kd_loss_to`: the same against a given target distribution, e.g. the mean of
+  several teachers' softened probabilities (Grafting+, Meng et al. 2020, Sec. "Grafting+": ``p_bar^t``).
+* :class:`KnowledgeDistillation` (``method=kd``): ``ce_weight * CE + weight * T^2 * KL(p_bar^t || p^s)``, Hinton's
+  setting as in the KTAN paper's Table I (Liu et al., Sec. IV-A (3): ``T = 4``, weight 0.9, CE weight 0.1).
+  Grafting+'s recipe ``CE + tau^2 * softCE(p_bar^t, p^s)`` is ``kd.temperature=2 kd.weight=1 kd.ce_weight=1``
+  (soft cross-entropy and KL differ by the target's entropy, a constant: the same gradients).
 * :class:`ClassWiseSelfKD` (``method=cskd``): Yun et al., "Regularizing Class-wise Predictions via Self-knowledge
   Distillation", CVPR 2020, Sec. 3: each anchor's prediction is pulled towards the (fixed) prediction of another
   image of its class, ``L = CE(x) + lambda * T^2 * KL(P(y|x'; T) || P(y|x; T))``. The Knowledge Evolution paper
@@ -17,6 +23,8 @@ import torch.nn.functional as F
 
 from resprout.config import option
 from resprout.engine.method import Method
+from resprout.errors import ConfigError
+from resprout.methods.teachers import require_teachers, teacher_logits
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -27,9 +35,73 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return F.kl_div(log_p, q, reduction="batchmean") * (t * t)
 
 
+def soft_targets(teacher_logits: list[torch.Tensor] | torch.Tensor, temperature: float) -> torch.Tensor:
+    """The mean of the teachers' probabilities at temperature ``T`` (one teacher: its softened softmax)."""
+    if isinstance(teacher_logits, torch.Tensor):
+        teacher_logits = [teacher_logits]
+    probs = [F.softmax(t.detach() / temperature, dim=1) for t in teacher_logits]
+    return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
+
+
+def kd_loss_to(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(target || softmax(student/T))``, summed over classes, averaged over the batch."""
+    t = temperature
+    log_p = F.log_softmax(student_logits / t, dim=1)
+    return F.kl_div(log_p, target_probs.detach(), reduction="batchmean") * (t * t)
+
+
+@dataclass
+class KDOptions:
+    temperature: float = option(4.0, "T: softening temperature (Hinton; KTAN Table I: 4)", min=0.0,
+                                min_exclusive=True)
+    weight: float = option(0.9, "weight of the T^2-scaled KL term to the teachers' mean probability", min=0.0)
+    ce_weight: float | None = option(None, "weight of the cross-entropy with the labels (default: 1 - weight)",
+                                     min=0.0)
+
+
+class KnowledgeDistillation(Method):
+    """``method=kd``: every trainable task member (``model``, ``peer_1..K``; never a teacher or a discriminator)
+    learns ``ce_weight * CE(y) + weight * T^2 * KL(p_bar^t || p^s)``, where ``p_bar^t`` is the mean of the
+    teachers' probabilities at temperature ``T`` (teachers forwarded once per step, without gradient). It
+    supplies the task loss, so it does not combine with ``ls``."""
+
+    name = "kd"
+    Options = KDOptions
+    provides_task_loss = True
+    needs_teacher = True
+
+    def setup(self, trainer) -> None:
+        o = self.options
+        if o.ce_weight is None and o.weight > 1:
+            raise ConfigError(f"kd.weight={o.weight} > 1 makes the default CE weight 1 - weight negative; give "
+                              f"kd.ce_weight too (e.g. kd.ce_weight=1)")
+        if self.ce_weight == 0 and o.weight == 0:
+            raise ConfigError("kd.weight=0 and a CE weight of 0 leave no loss; set one of them above 0")
+        self._teachers = require_teachers(trainer, self.name)
+
+    @property
+    def ce_weight(self) -> float:
+        o = self.options
+        return 1.0 - o.weight if o.ce_weight is None else o.ce_weight
+
+    def on_loss(self, trainer) -> None:
+        members = trainer.task_members
+        if not members:
+            return
+        o = self.options
+        for m in members:
+            logits = trainer.outputs[m.name]
+            target = soft_targets(teacher_logits(trainer, self._teachers, trainer.inputs_of(m.name)), o.temperature)
+            if self.ce_weight:
+                trainer.add_loss(m.name, "ce", self.ce_weight * F.cross_entropy(logits, trainer.targets_of(m.name)))
+            if o.weight:
+                trainer.add_loss(m.name, "kd", o.weight * kd_loss_to(logits, target, o.temperature))
+
+
 @dataclass
 class CSKDOptions:
-    temperature: float = option(4.0, "T: softening temperature", min=0.0, min_exclusive=True)
+    temperature: float = option(4.0, "T: temperature that softens both softmaxes of the class-wise KL term",
+                                min=0.0, min_exclusive=True)
     weight: float = option(3.0, "lambda_cls: weight of the class-wise distillation term", min=0.0)
 
 

@@ -401,7 +401,7 @@ def retrieval_metrics(
 @dataclass
 class TripletOptions:
     margin: float = option(0.2, "m: the triplet margin (Eq. 3)", min=0.0)
-    dim: int = option(128, "embedding size", min=1)
+    dim: int = option(128, "length of the embedding vector the triplet loss compares", min=1)
     k: int = option(5, "images per class in a P x K batch (P = batch_size / k)", min=2)
 
 
@@ -431,7 +431,7 @@ class TripletMetric(Method):
 
     def on_loss(self, trainer) -> None:
         for m in trainer.task_members:
-            loss = semi_hard_triplet_loss(trainer.outputs[m.name], trainer.targets, self.options.margin)
+            loss = semi_hard_triplet_loss(trainer.outputs[m.name], trainer.targets_of(m.name), self.options.margin)
             trainer.add_loss(m.name, "triplet", loss)
 
     @staticmethod

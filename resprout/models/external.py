@@ -1,8 +1,9 @@
 """Models from torchvision (``tv:<name>``) and timm (``timm:<name>``), built untrained.
 
-Both packages are optional. Extra options are passed to the external factory unchecked. After building, in-place
-activations are switched off (they would overwrite features captured by forward hooks) and, for torchvision, the
-first conv is replaced when ``in_channels != 3`` (timm does that itself through ``in_chans``).
+Both packages are optional; a failure to import either, of any kind, is one line (:func:`import_package`). Extra
+options are passed to the external factory unchecked. After building, in-place activations are switched off (they
+would overwrite features captured by forward hooks) and, for torchvision, the first conv is replaced when
+``in_channels != 3`` (timm does that itself through ``in_chans``).
 """
 
 from __future__ import annotations
@@ -15,17 +16,37 @@ from torch import nn
 from resprout.errors import ConfigError
 from resprout.models._common import init_weights
 
-_PACKAGES = {"tv": ("torchvision", "torchvision"), "timm": ("timm", "timm")}
+_PACKAGES = {"tv": "torchvision", "timm": "timm"}
+# A plain `pip install torchvision` (or timm, which depends on it) picks the newest release, whose torch pin
+# replaces the installed torch by another build (on x86_64 a CUDA build of several GB): the hint names the route.
+INSTALL_HINT = ("install the torchvision (and timm) release built for this torch, with torch pinned in the same "
+                "command (README, 'torchvision and timm models'): an unpinned install replaces torch by another build")
+
+
+def import_package(prefix: str, what: str | None = None):
+    """The module behind ``tv:`` / ``timm:`` models, or a one-line :class:`ConfigError` when it is missing or
+    fails to import in any way (e.g. a torchvision whose compiled operators do not match this torch:
+    ``operator torchvision::nms does not exist``)."""
+    module = _PACKAGES[prefix]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name not in (module, None) and not module.startswith(str(e.name)):
+            reason = f"fails to import (ModuleNotFoundError: {e})"
+        else:
+            reason = "is not installed"
+    except Exception as e:  # noqa: BLE001  (any failure of a foreign package's import is one line)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        reason = f"fails to import ({type(e).__name__}{': ' + first if first else ''})"
+    import torch
+
+    what = what or f"{prefix}:<name> models"
+    raise ConfigError(f"{what} need{'s' if what.startswith('model ') else ''} {module}, which {reason} beside "
+                      f"torch {torch.__version__}; {INSTALL_HINT}") from None
 
 
 def _import(name: str, prefix: str):
-    module, extra = _PACKAGES[prefix]
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(
-            f"model {name!r} needs {module}, which is not installed; install it with: pip install 'resprout[{extra}]'"
-        ) from None
+    return import_package(prefix, f"model {name!r}")
 
 
 def _disable_inplace(model: nn.Module) -> None:

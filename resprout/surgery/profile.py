@@ -6,10 +6,15 @@ The model's train/eval flags are restored and the hooks removed afterwards, also
 
 MAC rules (one multiply-add = 1 MAC; bias additions are not counted):
 
-* conv (``Conv1d/2d/3d``, grouped and depthwise included):
-  ``output elements * (in_channels / groups) * prod(kernel_size)``;
-  transposed conv (``ConvTranspose1d/2d/3d``): ``input elements * (out_channels / groups) * prod(kernel_size)``.
-* linear (``Linear``): ``out_features * in_features * rows``, where ``rows = input.numel() / in_features``.
+* conv and linear come from torch's own counter, :class:`torch.utils.flop_counter.FlopCounterMode` (its FLOPs / 2),
+  which sees the operations themselves, not module types: a functional ``F.conv2d`` with a computed weight (a
+  weight-standardized conv, say) or an ``F.linear`` / ``x @ w`` inside ``forward`` is counted like a layer. Convolution
+  ops (grouped, depthwise and transposed included) are ``conv``; matrix products (``mm``, ``addmm``, ``bmm``,
+  attention) are ``linear``. For the standard layers this is the textbook formula:
+  conv ``output elements * (in_channels / groups) * prod(kernel_size)``, transposed conv
+  ``input elements * (out_channels / groups) * prod(kernel_size)``, linear ``out_features * in_features * rows``.
+  A layer's entry in ``layers`` holds what ran inside its call; what ran outside every hooked module (a functional
+  conv in a container's ``forward``) is one extra entry named ``<functional>``.
 * bn (``BatchNorm*``, ``SyncBatchNorm``, ``GroupNorm``, ``LayerNorm``, ``InstanceNorm*``): one multiply-add per
   output element (the eval-mode affine transform).
 * pool (``MaxPool*``, ``AvgPool*``, ``LPPool*``): ``output elements * kernel elements``; adaptive pooling
@@ -27,6 +32,7 @@ conventions live with their method (the Knowledge Evolution paper's Table 5 conv
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,7 +40,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
+from resprout import lazy_dynamo
 from resprout.errors import ConfigError
 
 __all__ = [
@@ -80,6 +88,8 @@ _ADAPTIVE_POOL = (
     nn.AdaptiveMaxPool3d,
 )
 _COUNTED = _CONV + _CONV_T + (nn.Linear,) + _NORM + _POOL + _ADAPTIVE_POOL
+lazy_dynamo.defer()  # torch's counter would otherwise import torch._dynamo on first use (seconds)
+FUNCTIONAL = "<functional>"  # the layers entry of conv / matrix-product MACs done outside every hooked module
 
 
 @dataclass(frozen=True)
@@ -171,6 +181,12 @@ def _layer_macs(module: nn.Module, inp: torch.Tensor | None, out: torch.Tensor |
     return "other", 0
 
 
+def _split_flops(counts: dict) -> tuple[int, int]:
+    """(convolution MACs, matrix-product MACs) from a flop counter's per-op FLOPs (2 per multiply-add)."""
+    conv = sum(v for op, v in counts.items() if "conv" in str(op))
+    return conv // 2, (sum(counts.values()) - conv) // 2
+
+
 def _model_device_and_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype]:
     for tensor in list(model.parameters()) + list(model.buffers()):
         if tensor.is_floating_point():
@@ -201,9 +217,13 @@ def _hooked_forward(
     dtype: torch.dtype,
     modules: list[tuple[str, nn.Module]],
     on_call: Callable[[str, nn.Module, torch.Tensor | None, torch.Tensor | None], None],
+    on_enter: Callable[[str, nn.Module], None] | None = None,
+    context: Any = None,
 ) -> None:
     """Run ``model`` once on zeros of shape ``(1, *shape)`` in eval mode under ``torch.no_grad``, calling
-    ``on_call(name, module, first input tensor, first output tensor)`` after every call of each module in ``modules``.
+    ``on_call(name, module, first input tensor, first output tensor)`` after every call of each module in ``modules``
+    (and ``on_enter(name, module)`` before it, if given). ``context`` (a context manager, e.g. torch's flop
+    counter) is entered around the forward.
 
     The hooks are removed and every module's train/eval flag restored afterwards, also when the forward fails; a
     failing forward raises :class:`~resprout.errors.ConfigError`.
@@ -216,14 +236,22 @@ def _hooked_forward(
 
         return hook
 
+    def make_pre_hook(name: str):
+        def pre_hook(module: nn.Module, inputs: tuple) -> None:
+            on_enter(name, module)
+
+        return pre_hook
+
     training = {module: module.training for module in model.modules()}
     handles = []
     try:
         for name, module in modules:
+            if on_enter is not None:
+                handles.append(module.register_forward_pre_hook(make_pre_hook(name or model_name)))
             handles.append(module.register_forward_hook(make_hook(name or model_name)))
         model.eval()
         x = torch.zeros((1, *shape), device=device, dtype=dtype)
-        with torch.no_grad():
+        with torch.no_grad(), (context if context is not None else contextlib.nullcontext()):
             try:
                 model(x)
             except (RuntimeError, ValueError, IndexError) as exc:
@@ -256,9 +284,30 @@ def profile_model(
     trainable = sum(p.numel() for p in params.values() if p.requires_grad)
 
     layers: list[LayerCost] = []
+    counter = FlopCounterMode(display=False)
+    stack: list[list] = []  # per open call: [counts when it started, MACs of hooked calls inside it]
+    own = [0, 0]  # conv and matrix-product MACs counted inside hooked calls
+
+    def counted() -> tuple[int, int]:
+        """(conv, matrix-product) MACs torch's counter has seen so far in this forward."""
+        return _split_flops(counter.flop_counts.get("Global", {}))
+
+    def on_enter(name: str, module: nn.Module) -> None:
+        stack.append([counted(), (0, 0)])
 
     def on_call(name: str, module: nn.Module, inp: torch.Tensor | None, out: torch.Tensor | None) -> None:
+        (conv0, mm0), (inner_conv, inner_mm) = stack.pop()
+        conv1, mm1 = counted()
+        if stack:  # what ran in this call is not the enclosing call's own work
+            outer = stack[-1]
+            outer[1] = (outer[1][0] + conv1 - conv0, outer[1][1] + mm1 - mm0)
+        conv, mm = conv1 - conv0 - inner_conv, mm1 - mm0 - inner_mm
+        own[0] += conv
+        own[1] += mm
         category, macs = _layer_macs(module, inp, out)
+        if category in ("conv", "linear") or conv or mm:  # torch's count replaces the formula
+            category = "conv" if conv >= mm and (conv or category == "conv") else "linear"
+            macs = conv + mm
         layers.append(
             LayerCost(
                 name=name,
@@ -270,11 +319,17 @@ def profile_model(
             )
         )
 
-    _hooked_forward(model, shape, device, dtype, _hooked_modules(model, _COUNTED), on_call)
+    _hooked_forward(model, shape, device, dtype, _hooked_modules(model, _COUNTED), on_call, on_enter=on_enter,
+                    context=counter)
+    total_conv, total_mm = counted()
+    for category, rest in (("conv", total_conv - own[0]), ("linear", total_mm - own[1])):
+        if rest > 0:  # a functional conv or matmul outside every hooked module
+            layers.append(LayerCost(FUNCTIONAL, "functional", category, int(rest), 0, None))
 
     by_type = dict.fromkeys(CATEGORIES, 0)
     for layer in layers:
         by_type[layer.category] += layer.macs
+    by_type["conv"], by_type["linear"] = total_conv, total_mm  # torch's count, by operation (see the docstring)
     return ModelProfile(
         params=total_params,
         trainable_params=trainable,

@@ -29,6 +29,12 @@ bench: venv
 	$(BIN)/python -m benchmarks.taps
 	$(BIN)/python -m benchmarks.evolution --speed
 	$(BIN)/python -m benchmarks.evolution
+	$(BIN)/python -m benchmarks.evaluation
+	$(BIN)/python -m benchmarks.startup
+	$(BIN)/python -m benchmarks.distillation
+	$(BIN)/python -m benchmarks.grafting
+	$(BIN)/python -m benchmarks.rejuvenation
+	$(BIN)/python -m benchmarks.ke_table2
 
 clean:
 	rm -rf $(VENV) runs report .pytest_cache

@@ -220,9 +220,25 @@ def cmd_compare(ns: argparse.Namespace) -> int:
 
 
 def cmd_analyze(ns: argparse.Namespace) -> int:
-    from resprout.analysis.filters import analyze_command
+    """``resprout analyze DIR [baseline=DIR] [--out DIR] [--json]``: the grafting paper's filter analyses."""
+    from resprout.analysis.filters import FILES, analyze
 
-    return analyze_command(ns.run_dir, ns.args, ns.out, ns.json)
+    baseline = None
+    for a in ns.args:
+        key, sep, value = a.partition("=")
+        if key != "baseline" or not sep or not value:
+            raise ConfigError(f"analyze: unknown argument {a!r}; allowed: baseline=DIR")
+        baseline = value
+    out_dir = Path(ns.out) if ns.out else Path(ns.run_dir) / "analysis"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"analyze --out {out_dir} is an existing file, not a directory")
+    text, result = analyze(ns.run_dir, baseline, out_dir)
+    if ns.json:
+        print(json.dumps({**result, "out": str(out_dir)}, indent=2, sort_keys=True, default=str))
+    else:
+        print(text)
+        print(f"wrote {', '.join(str(out_dir / f) for f in FILES)}", file=sys.stderr)
+    return 0
 
 
 def cmd_keys(ns: argparse.Namespace) -> int:

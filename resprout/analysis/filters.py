@@ -15,9 +15,7 @@ The networks analyzed are the run's task members (``model``, ``student``, ``peer
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from pathlib import Path
 
 import torch
@@ -210,23 +208,3 @@ def plot(nets: dict[str, dict[str, torch.Tensor]], result: dict, out: Path) -> l
     fig.savefig(files[-1], dpi=110)
     plt.close(fig)
     return files
-
-
-def analyze_command(run_dir: str, args: list[str], out: str | None, as_json: bool) -> int:
-    """``resprout analyze DIR [baseline=DIR] [--out DIR] [--json]``."""
-    baseline = None
-    for a in args:
-        key, sep, value = a.partition("=")
-        if key != "baseline" or not sep or not value:
-            raise ConfigError(f"analyze: unknown argument {a!r}; allowed: baseline=DIR")
-        baseline = value
-    out_dir = Path(out) if out else Path(run_dir) / "analysis"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"analyze --out {out_dir} is an existing file, not a directory")
-    text, result = analyze(run_dir, baseline, out_dir)
-    if as_json:
-        print(json.dumps({**result, "out": str(out_dir)}, indent=2, sort_keys=True, default=str))
-    else:
-        print(text)
-        print(f"wrote {', '.join(str(out_dir / f) for f in FILES)}", file=sys.stderr)
-    return 0

@@ -15,6 +15,13 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread in every test, whatever an earlier test's run set (``threads=`` changes it process-wide)."""
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(autouse=True)
 def isolated_store(tmp_path, monkeypatch):
     """Every test writes its results store and run directories under its own tmp_path."""
     monkeypatch.setenv("RESPROUT_STORE", str(tmp_path / "runs" / "resprout.db"))

@@ -9,7 +9,6 @@ of a concatenation do not.
 from __future__ import annotations
 
 import pytest
-import torch
 from torch import nn
 
 from resprout.models import build_model
@@ -29,14 +28,6 @@ def _depthwise(m: nn.Module) -> bool:
 
 def _producer(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and not _depthwise(m)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name,options", MODELS, ids=[m for m, _ in MODELS])

@@ -20,15 +20,6 @@ from resprout.surgery.profile import FUNCTIONAL, profile_model
 SHAPE = (3, 16, 16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Counting runs tiny forwards: one thread, so that they do not fight a loaded machine's other work."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def torch_macs(model: nn.Module, shape: tuple[int, ...]) -> int:
     """torch's own count of the whole forward (FLOPs / 2), on its own: no hooks of ours."""
     model.eval()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,10 +41,13 @@ from resprout.methods.rejuvenation import NeuralRejuvenation  # noqa: E402
 from resprout.run import train  # noqa: E402
 
 SEEDS = (0, 1, 2)
-FAST = {"every": 0.25, "lam_step": 0.05, "l1": "proximal"}
+# per setup, the lambda step that ends the sparsity phase within the first third of the run (see the docstring)
+FAST_DIGITS = {"every": 0.25, "lam_step": 0.05, "l1": "proximal"}
+FAST_FASHION = {"every": 0.25, "lam_step": 0.01, "l1": "proximal"}
 DIGITS = dict(data="digits", model="vgg11", model_options={"width": 0.25}, epochs=6)
 FASHION = dict(data="fashion-mnist", per_class=100, test_per_class=100, model="resnet20", model_options={"width": 0.5},
-               epochs=5, eval_every=5)
+               epochs=20, eval_every=20)
+PARTS = ("digits", "fashion", "fashion-more")
 TIMES: list[dict] = []
 
 
@@ -121,92 +125,121 @@ HEADER = ["| run | top-1 last (%) | top-1 best (%) | cost (conv+linear weights) 
 RESULTS = ROOT / "benchmarks" / "runs"
 
 
-def tables():
-    table1 = {
+def table1(fast: dict) -> dict:
+    """Table 1 analog: the baseline and every ablation at equal parameters (target 1.0)."""
+    return {
         "BL": ("nr", {"nr": {"mode": "bl", "scheme": "nr"}}),
         "BL-CA": ("nr", {"nr": {"mode": "bl", "scheme": "ca"}}),
-        "NR (cross kept)": ("nr", {"nr": {**FAST, "scheme": "nr"}}),
-        "NR-CR": ("nr", {"nr": {**FAST, "scheme": "cr"}}),
-        "NR-CA": ("nr", {"nr": {**FAST, "scheme": "ca"}}),
-        "NR-CA-BR": ("nr", {"nr": {**FAST, "scheme": "ca", "rescale": True}}),
-        "NR-FS": ("nr", {"nr": {**FAST, "mode": "fs"}}),
-        "NR-IP": ("nr", {"nr": {**FAST, "scheme": "cr", "mode": "ip"}}),
+        "NR (cross kept)": ("nr", {"nr": {**fast, "scheme": "nr"}}),
+        "NR-CR": ("nr", {"nr": {**fast, "scheme": "cr"}}),
+        "NR-CA": ("nr", {"nr": {**fast, "scheme": "ca"}}),
+        "NR-CA-BR": ("nr", {"nr": {**fast, "scheme": "ca", "rescale": True}}),
+        "NR-FS": ("nr", {"nr": {**fast, "mode": "fs"}}),
+        "NR-IP": ("nr", {"nr": {**fast, "scheme": "cr", "mode": "ip"}}),
     }
-    table4 = {
-        "NR-CR, target 0.5": ("nr", {"nr": {**FAST, "scheme": "cr", "target": 0.5, "threshold": 0.25}}),
+
+
+def table4(fast: dict) -> dict:
+    """Table 4 analog: compression to half the cost (T_r = 0.25, as the paper's CIFAR runs) against slimming."""
+    return {
+        "NR-CR, target 0.5": ("nr", {"nr": {**fast, "scheme": "cr", "target": 0.5, "threshold": 0.25}}),
         "Network Slimming, 0.5": ("slimming", {"slimming": {"target": 0.5}}),
     }
-    table5 = {"NR-CR, up to 3": ("nr", {"nr": {**FAST, "scheme": "cr", "rejuvenations": 3}})}
-    return table1, table4, table5
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--seeds", type=int, default=len(SEEDS))
-    p.add_argument("--part", choices=("all", "digits", "fashion", "fashion-tr", "report"), default="all",
-                   help="run one part (results kept under benchmarks/runs/), or write the section from both")
-    p.add_argument("--epochs", type=int, default=None, help="override the epochs (a quick smoke run)")
-    args = p.parse_args()
-    if args.epochs:
-        DIGITS["epochs"] = FASHION["epochs"] = FASHION["eval_every"] = args.epochs
-    seeds = SEEDS[: args.seeds]
-    methods._METHODS["nr"] = TimedNR
-    table1, table4_digits, table5 = tables()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    # Fashion-MNIST / ResNet-20: the main stream (excluded, always live) is about half the cost, so r stays above
-    # 0.5 and the paper's compression T_r = 0.25 is never reached; "fashion-tr" adds the run at T_r = 0.6
-    fashion_tr = {"NR-CR, target 0.5, T_r 0.6": ("nr", {"nr": {**FAST, "scheme": "cr", "target": 0.5,
-                                                                  "threshold": 0.6}})}
-    parts = ("digits", "fashion", "fashion-tr") if args.part == "all" else () if args.part == "report" else \
-        (args.part,)
-    for part in parts:
-        t0, out = time.perf_counter(), {}
-        configs = {"digits": {**table1, **table4_digits, **table5}, "fashion": table4_digits,
-                   "fashion-tr": fashion_tr}[part]
-        print(f"{part}: interleaved by seed", flush=True)
-        for seed in seeds:
-            for name, (method, opts) in configs.items():
-                out.setdefault(name, []).append(run(DIGITS if part == "digits" else FASHION, method, seed, opts))
-        (RESULTS / f"rejuvenation-{part}.json").write_text(json.dumps(
-            {"results": out, "times": TIMES, "seconds": time.perf_counter() - t0, "seeds": list(seeds)},
-            default=str))
-        TIMES.clear()
-    saved = {part: json.loads(f.read_text()) for part in ("digits", "fashion", "fashion-tr")
+def table5(fast: dict) -> dict:
+    return {"NR-CR, up to 3": ("nr", {"nr": {**fast, "scheme": "cr", "rejuvenations": 3}})}
+
+
+def configs(part: str) -> tuple[dict, dict]:
+    if part == "digits":
+        return DIGITS, {**table1(FAST_DIGITS), **table4(FAST_DIGITS), **table5(FAST_DIGITS)}
+    if part == "fashion":
+        return FASHION, table1(FAST_FASHION)
+    return FASHION, {**table4(FAST_FASHION), **table5(FAST_FASHION)}
+
+
+def run_part(part: str, seeds) -> None:
+    base, todo = configs(part)
+    t0, out = time.perf_counter(), {}
+    print(f"{part}: interleaved by seed", flush=True)
+    for seed in seeds:
+        for name, (method, opts) in todo.items():
+            out.setdefault(name, []).append(run(base, method, seed, opts))
+    (RESULTS / f"rejuvenation-{part}.json").write_text(json.dumps(
+        {"results": out, "times": TIMES, "seconds": time.perf_counter() - t0, "seeds": list(seeds),
+         "epochs": base["epochs"]}, default=str))
+    TIMES.clear()
+
+
+def run_parallel(parts, args) -> float:
+    """Every part in its own process, ``--jobs`` at a time (one thread each); returns the elapsed seconds."""
+    t0, waiting, running = time.perf_counter(), list(parts), []
+    while waiting or running:
+        while waiting and len(running) < args.jobs:
+            cmd = [sys.executable, "-m", "benchmarks.rejuvenation", "--part", waiting.pop(0), "--seeds",
+                   str(args.seeds)] + (["--epochs", str(args.epochs)] if args.epochs else [])
+            running.append(subprocess.Popen(cmd, cwd=ROOT))
+        time.sleep(1)
+        for p in [p for p in running if p.poll() is not None]:
+            running.remove(p)
+            if p.returncode:
+                raise SystemExit(f"benchmark part failed: {' '.join(p.args)}")
+    return time.perf_counter() - t0
+
+
+def setup_line(base: dict, fast: dict, what: str) -> str:
+    return (f"{what}, {base['epochs']} epochs, batch 64, SGD cosine from lr 0.1 (held during the sparsity phase and "
+            f"restarted at each rejuvenation: `nr.lr=hold`, the default), 1 thread, mean ± std over seeds. NR runs: "
+            f"a check every {fast['every']} epoch, adaptive lambda with Delta lambda = {fast['lam_step']} (proximal "
+            f"L1), T_r = 0.5 (0.25 for compression), one rejuvenation unless said. Cost = conv and linear weights "
+            f"(NR-CR without its removed cross blocks) of the final network.")
+
+
+def tables_of(results: dict, names, title: str, baseline: str | None = None) -> list[str]:
+    lines = ["", title, "", *HEADER]
+    if baseline:
+        lines.append(row(f"{baseline} (the baseline)", results[baseline]))
+    return lines + [row(n, results[n]) for n in names if n in results]
+
+
+def report() -> None:
+    saved = {part: json.loads(f.read_text()) for part in PARTS
              if (f := RESULTS / f"rejuvenation-{part}.json").is_file()}
-    if "digits" not in saved:
-        return
-    out = saved["digits"]["results"]
-    fashion = {**saved.get("fashion", {}).get("results", {}), **saved.get("fashion-tr", {}).get("results", {})}
-    times = [t for v in saved.values() for t in v["times"]]
+    if not saved:
+        raise SystemExit("no benchmark results under benchmarks/runs/: run the parts first")
+    elapsed = RESULTS / "rejuvenation-elapsed.json"
     total = sum(v["seconds"] for v in saved.values())
-    seeds = saved["digits"]["seeds"]
-    lines = [f"Digits (1,437 train / 359 test images, 8x8), VGG-11-BN (GAP + one FC, Sec. 4.4) at width 0.25, "
-             f"{DIGITS['epochs']} epochs, batch 64, SGD cosine from lr 0.1, seeds {list(seeds)}, 1 thread; "
-             f"mean ± std over seeds. NR runs: check every 0.25 epoch, adaptive lambda with Delta lambda = 0.05 "
-             f"(proximal L1), T_r = 0.5 (0.25 for compression), one rejuvenation unless said. Cost = conv and "
-             f"linear weights (NR-CR without its removed cross blocks), of the final network. Total time of "
-             f"this benchmark: {total / 60:.1f} min summed over its parts ({', '.join(saved)}), which ran side by "
-             f"side as processes: {max(v['seconds'] for v in saved.values()) / 60:.1f} min elapsed.", "",
-             "**Table 1 analog (equal parameters, target 1.0)**", "", *HEADER]
-    lines += [row(n, out[n]) for n in table1]
-    lines += ["", "**Table 4 analog (compression to half the cost)**, digits / VGG-11:", "", *HEADER,
-              row("BL", out["BL"])]
-    lines += [row(n, out[n]) for n in table4_digits]
+    lines = [f"Total time: {total / 60:.1f} min of runs summed over the parts ({', '.join(saved)})" +
+             (f", {json.loads(elapsed.read_text())['seconds'] / 60:.1f} min elapsed with the parts in "
+              f"{json.loads(elapsed.read_text())['jobs']} processes." if elapsed.is_file() else ".")]
+    if "digits" in saved:
+        out = saved["digits"]["results"]
+        lines += ["", "### Digits, VGG-11", "", setup_line(DIGITS, FAST_DIGITS,
+                  f"Digits (1,437 train / 359 test images, 8x8), VGG-11-BN (GAP + one FC, Sec. 4.4) at width 0.25, "
+                  f"seeds {saved['digits']['seeds']}")]
+        lines += tables_of(out, table1(FAST_DIGITS), "**Table 1 analog (equal parameters, target 1.0)**")
+        lines += tables_of(out, table4(FAST_DIGITS), "**Table 4 analog (compression to half the cost)**", "BL")
+        lines += tables_of(out, ["NR-CR", *table5(FAST_DIGITS)], "**Table 5 analog (several rejuvenations)**",
+                           "BL")
+    fashion = {**saved.get("fashion", {}).get("results", {}), **saved.get("fashion-more", {}).get("results", {})}
     if fashion:
-        lines += ["", f"Fashion-MNIST (100 train images per class; 100 test images per class, 1,000 in all), "
-                      f"ResNet-20 at width 0.5, {FASHION['epochs']} epochs, evaluated at the end only (the "
-                      f"baseline is left out to stay within the time budget). The main stream, excluded and "
-                      f"always live, is about half of ResNet-20's cost, so r stays above 0.5: at the paper's "
-                      f"T_r = 0.25 no rejuvenation happens and the growing lambda only hurts; T_r = 0.6 does "
-                      f"rejuvenate:", "", *HEADER]
-        lines += [row(n, fashion[n]) for n in fashion]
-    lines += ["", "**Table 5 analog (several rejuvenations, NR-CR, equal parameters)**:", "", *HEADER,
-              row("0 (BL)", out["BL"]), row("1 (NR-CR)", out["NR-CR"])]
-    lines += [row(n, out[n]) for n in table5]
-    lines += ["", "(the rejuvenations column says how many happened: a run stops at 3 or when its epochs run out)"]
+        seeds = (saved.get("fashion") or saved["fashion-more"])["seeds"]
+        lines += ["", "### Fashion-MNIST, ResNet-20", "", setup_line(FASHION, FAST_FASHION,
+                  f"Fashion-MNIST (100 train images per class; 100 test images per class, 1,000 in all, evaluated "
+                  f"at the end), ResNet-20 at width 0.5, main stream excluded from the monitor, seeds {seeds}")]
+        lines += tables_of(fashion, table1(FAST_FASHION), "**Table 1 analog (equal parameters, target 1.0)**")
+        base = "BL" if "BL" in fashion else None
+        lines += tables_of(fashion, table4(FAST_FASHION), "**Table 4 analog (compression to half the cost)**", base)
+        lines += tables_of(fashion, ["NR-CR", *table5(FAST_FASHION)], "**Table 5 analog (several rejuvenations)**",
+                           base)
+    lines += ["", "(rejuvenations: how many happened, mean over seeds; a run stops at its maximum or when its "
+                  "epochs run out)"]
+    times = [t for v in saved.values() for t in v["times"]]
     checks = [sum(c for _, c, rej in t["epochs"] if not rej) / sum(e for e, _, rej in t["epochs"] if not rej)
               for t in times if t["check"] and any(not rej for _, _, rej in t["epochs"])]
     rejs = [r / statistics.median(e for e, _, _ in t["epochs"]) for t in times for r in t["rejuvenate"]]
+
     def spread_of(values):
         return fmt(values, scale=100, suffix="%") if values else "no measurement"
 
@@ -217,6 +250,27 @@ def main() -> None:
               f"{spread_of(rejs)} over {len(rejs)} rejuvenations (target <= 100%)"]
     write_section("rejuvenation", lines)
     print("\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--seeds", type=int, default=len(SEEDS))
+    p.add_argument("--part", choices=("all", *PARTS, "report"), default="all",
+                   help="run one part (results kept under benchmarks/runs/), all of them, or only write the section")
+    p.add_argument("--jobs", type=int, default=2, help="--part all: parts run side by side in this many processes")
+    p.add_argument("--epochs", type=int, default=None, help="override the epochs (a quick smoke run)")
+    args = p.parse_args()
+    if args.epochs:
+        DIGITS["epochs"] = FASHION["epochs"] = FASHION["eval_every"] = args.epochs
+    methods._METHODS["nr"] = TimedNR
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.part == "all":
+        seconds = run_parallel(PARTS, args)
+        (RESULTS / "rejuvenation-elapsed.json").write_text(json.dumps({"seconds": seconds, "jobs": args.jobs}))
+    elif args.part != "report":
+        run_part(args.part, SEEDS[: args.seeds])
+        return
+    report()
 
 
 if __name__ == "__main__":

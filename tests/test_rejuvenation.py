@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import subprocess
 
 import pytest
@@ -17,12 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from resprout.engine.method import Method
+from resprout.engine.optim import Schedule
 from resprout.errors import ConfigError
 from resprout.methods.rejuvenation import (NeuralRejuvenation, add_l1_subgradient, cross_attention, cross_masks,
                                            install_cross_attention, l1_penalty, labels_of, mask_gradients,
                                            next_lambda, real_cost, reinit_split, rejuvenation_plan, rescale,
                                            solve_expansion, topology, utilization, zero_cross)
 from resprout.methods import register_method
+from resprout.methods.rejuvenation.schedule import RejuvenationSchedule
 from resprout.methods.rejuvenation.sparsity import soft_threshold
 from resprout.models import build_model
 from resprout.run import resume, train
@@ -364,6 +367,54 @@ def test_adaptive_lambda_in_a_run_follows_the_rule_from_its_own_history():
             break
         assert nxt["lambda"] == pytest.approx(next_lambda(h["lambda"], h["r"], r_prev, delta_lambda=0.3))
         r_prev = h["r"]
+
+
+@pytest.mark.parametrize("kind, warmup", [("cosine", 0.0), ("cosine", 1.0), ("step", 0.0)])
+def test_held_schedule_is_one_then_the_run_schedule_restarted_over_the_remaining_epochs(kind, warmup):
+    inner = Schedule(kind, 10, warmup, (5.0, 7.5), 0.1)
+    for restart in (None, 4.0):
+        sched = RejuvenationSchedule(inner, restart, hold=0.3)
+        start = 3.0 if restart is None else 4.0
+        for t in [x / 4 for x in range(40)]:
+            if t < warmup:
+                expect = inner.factor(t, 0.25)
+            elif t < start:
+                expect = 1.0
+            elif kind == "cosine":
+                expect = 0.5 * (1 + math.cos(math.pi * (t - start) / (10 - start)))
+            else:  # the milestones at 50% and 75% of the remaining epochs
+                expect = 0.1 ** ((t - start >= 0.5 * (10 - start)) + (t - start >= 0.75 * (10 - start)))
+            assert sched.factor(t, 0.25) == pytest.approx(expect), (restart, t)
+
+
+class LR(Method):
+    """Records the learning rate every step was taken with."""
+
+    name = "test_nr_lr"
+    seen: list = []
+
+    def on_after_step(self, trainer):
+        LR.seen.append((trainer.epoch, trainer.step, trainer.members["model"].optimizer.param_groups[0]["lr"]))
+
+
+register_method(LR)
+
+
+@pytest.mark.parametrize("lr", ["hold", "run"])
+def test_in_a_run_the_rate_is_held_until_the_rejuvenation_and_then_restarted(lr):
+    LR.seen = []
+    res = train(**synthetic(method="test_nr_kill+nr+test_nr_lr", epochs=2,
+                            method_options={"nr": {**NR_FAST, "lr": lr}}), save=False)
+    start = res["rejuvenation"]["rejuvenations"][0]["epoch"]
+    assert start == 0.5  # the check after the kill at step 3
+    for epoch, step, rate in LR.seen:
+        t = epoch + step / 8
+        if lr == "run":
+            expect = 0.5 * (1 + math.cos(math.pi * t / 2))
+        else:
+            expect = 1.0 if t < start else 0.5 * (1 + math.cos(math.pi * (t - start) / (2 - start)))
+        assert rate == pytest.approx(0.05 * expect), (epoch, step)
+    assert len(LR.seen) == 16
 
 
 def test_ablation_modes_ip_fs_and_bl_ca():

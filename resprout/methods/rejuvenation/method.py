@@ -26,6 +26,7 @@ from resprout.methods.rejuvenation import mixed
 from resprout.methods.rejuvenation.monitor import Topology, topology, utilization, widths
 from resprout.methods.rejuvenation.rebuild import (new_labels, real_cost, reinit_split, rejuvenation_plan, rescale,
                                                    solve_expansion, survivor_order)
+from resprout.methods.rejuvenation.schedule import RejuvenationSchedule
 from resprout.methods.rejuvenation.sparsity import (DELTA_LAMBDA, DELTA_R, add_l1_subgradient, next_lambda,
                                                     soft_threshold)
 from resprout.seeding import derive_seed
@@ -59,6 +60,11 @@ class NROptions:
                            min=0.0, min_exclusive=True)
     mode: str = option("nr", "nr; ip (NR-IP: no reallocation); fs (NR-FS: found architecture from scratch); bl "
                        "(baseline; BL-CA with nr.scheme=ca)", choices=("nr", "ip", "fs", "bl"))
+    lr: str = option("hold", "the learning rate: hold (at its initial value during the sparsity phase, then the "
+                     "run's schedule restarted over the remaining epochs at each rejuvenation, as the official code "
+                     "does) or run (the run's schedule untouched)", choices=("hold", "run"))
+    hold: float = option(0.5, "nr.lr=hold: the longest sparsity phase, as a fraction of the epochs (the schedule "
+                         "restarts there if no rejuvenation came)", min=0.0, max=1.0)
     member: str = option("model", "the member that is monitored and rejuvenated")
 
 
@@ -139,6 +145,18 @@ class NeuralRejuvenation(Method):
         model, topo = self._model(trainer), self.topo(trainer)
         return [model.get_submodule(b) for k in topo.monitored(self.options.mainstream) for b in topo.units[k].bns]
 
+    def on_batch_start(self, trainer) -> None:
+        """Keep the member's schedule wrapped (``nr.lr=hold``): the trainer rebuilds it with every optimizer."""
+        if self.options.lr != "hold" or self.options.mode == "bl":
+            return
+        member = trainer.members[self.options.member]
+        restart = next((r["epoch"] for r in reversed(self.records) if r.get("generation", 0) == trainer.generation),
+                       None)
+        sched = member.schedule
+        if not isinstance(sched, RejuvenationSchedule) or sched.restart != restart:
+            inner = sched.inner if isinstance(sched, RejuvenationSchedule) else sched
+            member.schedule = RejuvenationSchedule(inner, restart, self.options.hold)
+
     def on_after_backward(self, trainer) -> None:
         if self.lam and self.options.l1 == "subgradient":
             add_l1_subgradient(self._penalized(trainer), self.lam)
@@ -208,7 +226,7 @@ class NeuralRejuvenation(Method):
         more = o.sparsity == "fixed" and self.count < o.rejuvenations
         self.lam, after = (o.lam if more else 0.0), self._utilization(trainer)
         self.r_prev = after["r"]
-        record = {"epoch": epoch, "step": trainer.step + 1, "utilization_before": u["r"],
+        record = {"epoch": epoch, "generation": trainer.generation, "step": trainer.step + 1, "utilization_before": u["r"],
                   "lambda_before": self.history[-1]["lambda"] if self.history else 0.0,
                   "cost_before": u["cost"], "cost_used_before": u["used"], "target": target,
                   "cost_after": sol["cost"], "cost_after_counted": real_cost(model, topo, self._cost_labels(),

@@ -226,7 +226,8 @@ class NeuralRejuvenation(Method):
         more = o.sparsity == "fixed" and self.count < o.rejuvenations
         self.lam, after = (o.lam if more else 0.0), self._utilization(trainer)
         self.r_prev = after["r"]
-        record = {"epoch": epoch, "generation": trainer.generation, "step": trainer.step + 1, "utilization_before": u["r"],
+        record = {"epoch": epoch, "generation": trainer.generation, "step": trainer.step + 1,
+                  "utilization_before": u["r"],
                   "lambda_before": self.history[-1]["lambda"] if self.history else 0.0,
                   "cost_before": u["cost"], "cost_used_before": u["used"], "target": target,
                   "cost_after": sol["cost"], "cost_after_counted": real_cost(model, topo, self._cost_labels(),

@@ -351,10 +351,14 @@ def main(argv: list[str] | None = None) -> int:
             gc.freeze()
         return code
     except ResproutError as e:
-        print(f"resprout: error: {e}", file=sys.stderr)
+        # torchrun signals every process when one fails or the user stops the run: the cause is reported by the
+        # failing rank, the interruption by rank 0, so the other ranks' "interrupted" is noise
+        if _is_main_process() or not isinstance(e, Interrupted):
+            print(f"resprout: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("resprout: aborted; nothing was saved after the last checkpoint, if any", file=sys.stderr)
+        if _is_main_process():
+            print("resprout: aborted; nothing was saved after the last checkpoint, if any", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (e.g. `| head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

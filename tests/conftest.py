@@ -44,6 +44,7 @@ def cli_env(tmp_path):
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("CI", None)
     env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"  # a process that aborts in C++ (SIGABRT, SIGSEGV) prints its Python stacks
     return env
 
 

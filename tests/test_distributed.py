@@ -110,3 +110,28 @@ def test_ring_exchange_and_gather_in_one_process_are_identities():
     state = {"w": torch.arange(6.0).view(2, 3), "n": torch.tensor(3)}
     assert ring_exchange(state, DistInfo()) is state
     assert all_gather_object({"a": 1}, DistInfo()) == [{"a": 1}]
+
+
+def test_an_interruption_is_reported_by_rank_0_alone(monkeypatch, capsys):
+    """torchrun signals every process when one fails or the user stops the run; one "interrupted" line is enough
+    (the rank that failed prints its own cause)."""
+    from resprout import cli
+    from resprout.errors import ConfigError, Interrupted
+
+    def stopped(ns):
+        raise Interrupted("interrupted at step 3")
+
+    def refused(ns):
+        raise ConfigError("graft.peers=3 but torchrun started 2 processes")
+
+    seen = {}
+    for rank in ("0", "1"):
+        for name, fn in (("stopped", stopped), ("refused", refused)):
+            monkeypatch.setenv("RANK", rank)
+            monkeypatch.setattr(cli, "cmd_keys", fn)
+            code = cli.main(["keys"])
+            seen[rank, name] = (code, capsys.readouterr().err)
+    assert seen["0", "stopped"] == (130, "resprout: error: interrupted at step 3\n")
+    assert seen["1", "stopped"] == (130, "")
+    refusal = (2, "resprout: error: graft.peers=3 but torchrun started 2 processes\n")
+    assert seen["0", "refused"] == seen["1", "refused"] == refusal  # a refusal may be a rank's own: every rank says it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 
@@ -135,3 +136,36 @@ def test_an_interruption_is_reported_by_rank_0_alone(monkeypatch, capsys):
     assert seen["1", "stopped"] == (130, "")
     refusal = (2, "resprout: error: graft.peers=3 but torchrun started 2 processes\n")
     assert seen["0", "refused"] == seen["1", "refused"] == refusal  # a refusal may be a rank's own: every rank says it
+
+
+THREADS_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, {root!r})
+import resprout
+resprout.train(**{keys!r}, out=sys.argv[1])
+names = [open(f"/proc/self/task/{{t}}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+with open(os.path.join(sys.argv[2], "threads-" + os.environ["RANK"] + ".json"), "w") as f:  # one file a rank
+    json.dump(names, f)
+"""
+
+
+def test_a_finished_run_leaves_no_communication_threads_behind(tmp_path):
+    """After a data-parallel run returns, its process group is freed: no gloo thread runs on into the interpreter's
+    exit, where a leftover one can abort the process. (torch 2.13 pins the group when torch._dynamo is first
+    imported while it exists, as DDP's first construction does; the engine imports it before joining.)"""
+    import pytest
+
+    from tests.conftest import ROOT, synthetic
+
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("needs Linux's /proc to list a process's threads")
+    script = tmp_path / "threads.py"
+    script.write_text(THREADS_SCRIPT.format(root=str(ROOT), keys=synthetic(epochs=1, seed=2)))
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", str(script), str(tmp_path / "run"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        names = json.loads((tmp_path / f"threads-{rank}.json").read_text())
+        # before the fix: gloo_tcp_loop and two pt_gloo_runloop threads on each rank
+        assert names and not [n for n in names if "gloo" in n], (rank, names)

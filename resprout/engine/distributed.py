@@ -39,6 +39,10 @@ def init_from_env(device: torch.device) -> DistInfo:
         return DistInfo()
     owned = not dist.is_initialized()
     if owned:
+        # DDP imports torch._dynamo at its first construction; imported while a group exists, it keeps references
+        # to that group (torch 2.13), so destroy_process_group() would not free it and gloo's threads would run on
+        # into the interpreter's exit. Imported first, the group is freed when the run leaves it.
+        import torch._dynamo  # noqa: F401
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned)

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 
+import pytest
 import torch
 
 from resprout.engine.store import Store
@@ -19,12 +20,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(args: list[str], tmp_path, nproc: int = 2) -> subprocess.CompletedProcess:
+def launch(target: list[str], tmp_path, nproc: int = 2, **env_extra: str) -> subprocess.CompletedProcess:
+    """``torchrun`` on 127.0.0.1 with ``target`` (a script and its arguments, or ``-m resprout ...``)."""
     cmd = [PYTHON, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", "-m", "resprout", *args]
-    env = cli_env(tmp_path)
-    env["OMP_NUM_THREADS"] = "1"
+           f"--master_port={free_port()}", *target]
+    env = {**cli_env(tmp_path), **env_extra}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+def torchrun(args: list[str], tmp_path, nproc: int = 2) -> subprocess.CompletedProcess:
+    return launch(["-m", "resprout", *args], tmp_path, nproc)
 
 
 def test_ddp_two_processes_train_one_member_and_only_rank_0_writes(tmp_path):
@@ -66,13 +71,7 @@ def run_script(tmp_path, *args: str, nproc: int = 2, crash: str | None = None) -
 
     script = tmp_path / "peers.py"
     script.write_text(SCRIPT.format(root=str(ROOT), keys=PEER_KEYS))
-    cmd = [PYTHON, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", str(script), *args]
-    env = cli_env(tmp_path)
-    env["OMP_NUM_THREADS"] = "1"
-    if crash:
-        env["RESPROUT_TEST_CRASH"] = crash
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    return launch([str(script), *args], tmp_path, nproc, **({"RESPROUT_TEST_CRASH": crash} if crash else {}))
 
 
 def test_one_peer_per_rank_averaging_equals_the_same_run_in_one_process_and_resumes_exactly(tmp_path):
@@ -151,19 +150,15 @@ with open(os.path.join(sys.argv[2], "threads-" + os.environ["RANK"] + ".json"), 
 
 def test_a_finished_run_leaves_no_communication_threads_behind(tmp_path):
     """After a data-parallel run returns, its process group is freed: its worker threads do not run on into the
-    interpreter's exit, where a leftover one can abort the process. (torch 2.13 pins the group when torch._dynamo is first
-    imported while it exists, as DDP's first construction does; the engine imports it before joining.)"""
-    import pytest
-
+    interpreter's exit, where a leftover one can abort the process. (torch 2.13 pins the group when torch._dynamo
+    is first imported while it exists, as DDP's first construction does; the engine imports it before joining.)"""
     from tests.conftest import ROOT, synthetic
 
     if not os.path.isdir("/proc/self/task"):
         pytest.skip("needs Linux's /proc to list a process's threads")
     script = tmp_path / "threads.py"
     script.write_text(THREADS_SCRIPT.format(root=str(ROOT), keys=synthetic(epochs=1, seed=2)))
-    cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", str(script), str(tmp_path / "run"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = launch([str(script), str(tmp_path / "run"), str(tmp_path)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
         names = json.loads((tmp_path / f"threads-{rank}.json").read_text())

@@ -5,13 +5,12 @@ the same global batch."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
 
 import torch
 from torch import nn
 
-from tests.conftest import PYTHON, ROOT, cli_env, synthetic
+from tests.conftest import ROOT, synthetic
+from tests.test_distributed import launch
 
 # The student has no batch norm: with it, each process would normalize by its own half of the batch and the run
 # would differ from one process by design, not by a bug. The teacher's batch norm is frozen (eval mode).
@@ -56,12 +55,6 @@ resprout.train(**KEYS, module=Student, teacher=make_teacher(), out=sys.argv[1])
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_kd_ktan_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     from resprout.engine.checkpoint import load_file
     from resprout.run import train
@@ -69,11 +62,7 @@ def test_kd_ktan_two_processes_equal_one_process_with_the_same_global_batch(tmp_
     train(**KEYS, module=Student, teacher=make_teacher(), out=tmp_path / "single")
     script = tmp_path / "ddp.py"
     script.write_text(SCRIPT.format(root=str(ROOT)))
-    env = cli_env(tmp_path)
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                           f"--master_port={free_port()}", str(script), str(tmp_path / "ranks")],
-                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = launch([str(script), str(tmp_path / "ranks")], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = (load_file(tmp_path / d / "checkpoint.pt")["members"] for d in ("single", "ranks"))
     assert set(one) == set(two) == {"model", "teacher", "regressor", "discriminator"}

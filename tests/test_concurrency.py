@@ -58,3 +58,36 @@ def test_two_resumes_of_one_directory_one_trains_the_other_is_refused(tmp_path):
     refused = next(r for r in results if r[2] == 2)
     assert "in use by process" in refused[1] and refused[1].count("\n") == 1 and "Traceback" not in refused[1]
     assert load_file(out2 / "checkpoint.pt")["position"]["finished"]
+
+
+def _open_store_and_register(path: str, start, results) -> None:
+    import os
+
+    start.wait()
+    try:
+        with Store(path) as store:
+            store.register_run(str(os.getpid()), "d", {"seed": 0}, "h", "g", {})
+        results.put("ok")
+    except Exception as e:  # noqa: BLE001 - the test reports whatever went wrong
+        results.put(repr(e))
+
+
+def test_processes_that_create_one_new_store_at_once_all_succeed(tmp_path):
+    # `compare jobs=2` starts two runs on a store that does not exist yet: without one transaction around the
+    # schema, about a third of such races ended in "database is locked" or a half-made schema
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")  # the children open their own connections
+    for i in range(20):
+        path = str(tmp_path / f"s{i}.db")
+        start, results = ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_open_store_and_register, args=(path, start, results)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        time.sleep(0.05)
+        start.set()
+        for p in procs:
+            p.join(timeout=120)
+        assert [results.get(timeout=5) for _ in procs] == ["ok"] * 3
+        with Store(path) as store:
+            assert len(store.runs()) == 3

@@ -307,6 +307,9 @@ def run_workers(grid: Grid, todo: list[Cell], runs_dir: Path, store_path: Path, 
                         other.signal(signal.SIGINT)
             feed(w)
 
+    # The store is created here, before any worker: two processes creating one new SQLite file at once race on
+    # its schema and journal mode ("database is locked", even "disk I/O error"); an existing WAL store is safe.
+    Store(store_path).close()
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for _ in range(min(grid.jobs, len(pending))):

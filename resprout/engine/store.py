@@ -163,7 +163,16 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=30.0)
         try:
+            # One transaction holds the write lock from the schema check to the last CREATE: processes that open
+            # a new store at once (`compare jobs=2`) would otherwise see each other's half-made schema.
+            writable = self._begin_immediate()
             complete = self._check_schema()  # before anything writes: a foreign file stays byte-identical
+            if not complete and writable:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+            if writable:
+                self._db.execute("COMMIT")
         except sqlite3.DatabaseError as e:
             # The file's header is read only now that SQLite refused it: opening and closing a store file with a
             # plain file handle drops every POSIX lock this process holds on it, so another process closing its
@@ -176,14 +185,36 @@ class Store:
                     raise StoreError(f"{path} is not a resprout results store (not an SQLite file); it was not "
                                      f"changed") from None
             raise
+        if not writable:
+            if not complete:
+                raise StoreError(f"results store {path} is read-only and holds no resprout tables; set --store or "
+                                 f"RESPROUT_STORE to a writable file")
+            return  # a read-only store with every table: it can be read (runs, report); writing raises
+        self._journal_wal()
+        self._db.execute("PRAGMA synchronous=NORMAL")
+
+    def _begin_immediate(self) -> bool:
+        """Take the write lock (waiting for other writers); False for a store that cannot be written."""
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
+            self._db.execute("BEGIN IMMEDIATE")
+            return True
         except sqlite3.OperationalError as e:
-            if not (complete and "readonly" in str(e).lower()):
-                raise
-            # a read-only store with every table: it can be read (runs, report); writing raises a StoreError
+            if "readonly" in str(e).lower() or "read-only" in str(e).lower():
+                return False
+            raise
+
+    def _journal_wal(self) -> None:
+        """WAL mode (several readers beside one writer). Switching needs every other connection gone for a moment,
+        and SQLite answers "locked" at once instead of waiting: retry for the connection's timeout."""
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _check_schema(self) -> bool:
         """Refuse a file of another schema; whether the file already holds every resprout table."""

@@ -1,6 +1,6 @@
 """Small stand-ins for real models that torchvision would build (torchvision does not import beside this CPU torch):
 the blocks that decide how channel surgery treats them, at widths a test runs in milliseconds. Used by
-tests/test_evolution_models.py, tests/test_resize.py and tests/test_graph.py.
+tests/test_evolution_models.py, tests/test_resize.py and tests/test_channel_coupling.py.
 
 * :class:`GroupedNet`: a stem and two bottleneck blocks 1x1 -> grouped 3x3 -> [squeeze-excitation] -> 1x1 with a
   residual add (projection shortcut in the first block, identity in the second): ResNeXt (Xie et al. 2017, Fig. 3c;
@@ -99,7 +99,8 @@ class FlatNet(nn.Module):
 
     def __init__(self, dims: int) -> None:
         super().__init__()
-        conv, bn = {1: (nn.Conv1d, nn.BatchNorm1d), 2: (nn.Conv2d, nn.BatchNorm2d), 3: (nn.Conv3d, nn.BatchNorm3d)}[dims]
+        conv, bn = {1: (nn.Conv1d, nn.BatchNorm1d), 2: (nn.Conv2d, nn.BatchNorm2d),
+                    3: (nn.Conv3d, nn.BatchNorm3d)}[dims]
         self.dims = dims
         self.conv1, self.bn1 = conv(4, 16, 3), bn(16)
         self.conv2 = conv(16, 24, 3)

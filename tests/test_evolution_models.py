@@ -196,6 +196,10 @@ def test_a_grouped_network_is_refused_by_default_and_accepted_by_ke():
     assert str(e.value) == ("channel surgery cannot cut channel group 'block1.conv1' channel by channel: it is read "
                             "by grouped convolution 'block1.conv2' (groups=8), so every group must keep the same "
                             "channels; only a plan that cuts all 8 groups alike can (Knowledge Evolution's KELS)")
+    from resprout.methods.rejuvenation.monitor import topology
+
+    with pytest.raises(ConfigError, match="^channel surgery cannot cut channel group 'block1.conv1' channel by"):
+        topology(model, (3, 8, 8))  # Neural Rejuvenation refuses it when its run starts
     check_traceable(model, X[:2], grouped=True)
     ke = _fit_start(model, split="kels")
     ref = kels_masks(model, (3, 8, 8), 0.5)

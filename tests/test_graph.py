@@ -92,8 +92,8 @@ def test_a_softmax_or_normalization_over_the_output_classes_is_accepted(fn):
     (lambda x: x * torch.randn(8, 1, 1), "which combines them with a constant or parameter that has one value per "
                                          "channel"),
     (lambda x: x.transpose(1, 3).transpose(1, 3), "which moves the channels away from dim 1"),
-    (lambda x: x.reshape(2, 2, 4, 8, 8).transpose(1, 2).reshape(2, 8, 8, 8), "which splits the channels into "
-                                                                             "several dims (as a channel shuffle does)"),
+    (lambda x: x.reshape(2, 2, 4, 8, 8).transpose(1, 2).reshape(2, 8, 8, 8),
+     "which splits the channels into several dims (as a channel shuffle does)"),
     (lambda x: F.softmax(x, dim=0), "which resize cannot follow"),  # over the batch: opaque, nothing more to say
 ])
 def test_the_refusal_says_what_the_call_does_to_the_channels(fn, why):

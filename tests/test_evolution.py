@@ -88,18 +88,14 @@ def test_kels_concat_inputs_keep_the_prefix_of_every_chunk():
     assert plan[op.output] == expected
 
 
-def test_depthwise_follows_its_input_and_grouped_convs_are_refused_by_name():
+def test_depthwise_follows_its_input():
+    # (grouped convolutions keep the prefix of every group: tests/test_evolution_models.py)
     model = build_model("mobilenetv2", in_channels=3, num_classes=10)
     masks = kels_masks(model, (3, 32, 32), 0.5)
     dw = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1][0]
     mask = masks[f"{dw}.weight"]
     c = mask.shape[0]
     assert mask[: math.ceil(c / 2)].all() and not mask[math.ceil(c / 2):].any()
-
-    grouped = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, groups=4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                            nn.Linear(8, 2))
-    with pytest.raises(ConfigError, match="grouped convolution '1' \\(groups=4\\)"):
-        kels_masks(grouped, (3, 8, 8), 0.5)
 
 
 # -- re-initialization -------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from torch.nn.utils import parametrize
 
 from resprout.errors import ConfigError
 from resprout.models import available_models, build_model
+from resprout.surgery.channels import channel_groups
 from resprout.surgery.graph import check_traceable, trace
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -43,25 +44,63 @@ def _kinds(fn) -> list[tuple[str, str]]:
 # -- calls that mix channels are opaque and refused -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fn, name", [
-    (lambda x: F.softmax(x, dim=1), "softmax"),
-    (lambda x: x.softmax(1), "softmax"),
-    (lambda x: torch.log_softmax(x, dim=-3), "log_softmax"),
-    (lambda x: F.softmax(x), "softmax"),  # implicit dim of a 4-d tensor is 1
-    (lambda x: F.normalize(x), "normalize"),  # dim=1 by default
-    (nn.LocalResponseNorm(2), "local_response_norm"),
-    (lambda x: torch.cumsum(x, 1), "cumsum"),
-    (lambda x: x.cumprod(dim=1), "cumprod"),
-    (lambda x: x - x.mean(1, keepdim=True), "mean"),
-    (lambda x: x / x.norm(dim=1, keepdim=True), "norm"),
-    (lambda x: x - x.sum(dim=(1, 2), keepdim=True), "sum"),
-    (lambda x: torch.flip(x, [1]), "flip"),
+@pytest.mark.parametrize("fn, kind, name", [
+    # normalizations over the channels that keep them in place: "mix", refused unless they are the output classes
+    (lambda x: F.softmax(x, dim=1), "mix", "softmax"),
+    (lambda x: x.softmax(1), "mix", "softmax"),
+    (lambda x: torch.log_softmax(x, dim=-3), "mix", "log_softmax"),
+    (lambda x: F.softmax(x), "mix", "softmax"),  # implicit dim of a 4-d tensor is 1
+    (lambda x: F.normalize(x), "mix", "normalize"),  # dim=1 by default
+    (nn.LocalResponseNorm(2), "opaque", "local_response_norm"),
+    (lambda x: torch.cumsum(x, 1), "opaque", "cumsum"),
+    (lambda x: x.cumprod(dim=1), "opaque", "cumprod"),
+    (lambda x: x - x.mean(1, keepdim=True), "opaque", "mean"),
+    (lambda x: x / x.norm(dim=1, keepdim=True), "opaque", "norm"),
+    (lambda x: x - x.sum(dim=(1, 2), keepdim=True), "opaque", "sum"),
+    (lambda x: torch.flip(x, [1]), "opaque", "flip"),
 ])
 @pytest.mark.filterwarnings("ignore:Implicit dimension choice for softmax")
-def test_calls_mixing_channels_are_opaque_and_refused(fn, name):
-    assert ("opaque", name) in _kinds(fn)
+def test_calls_mixing_channels_are_refused_between_layers(fn, kind, name):
+    assert (kind, name) in _kinds(fn)
     with pytest.raises(ConfigError, match=f"cannot cut channel group 'conv1'.*'{name}'"):
         check_traceable(_Between(fn), X)
+
+
+class _Head(nn.Module):
+    """conv -> pool -> fc -> ``fn``: ``fn`` works on the network's output classes."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn, self.conv, self.fc = fn, nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fn(self.fc(torch.flatten(F.adaptive_avg_pool2d(self.conv(x), 1), 1)))
+
+
+@pytest.mark.parametrize("fn", [lambda x: F.log_softmax(x, dim=1), lambda x: x.softmax(-1),
+                                lambda x: F.normalize(x) * 2, lambda x: torch.log_softmax(x, 1).clamp(min=-30)])
+def test_a_softmax_or_normalization_over_the_output_classes_is_accepted(fn):
+    graph = check_traceable(_Head(fn), X)
+    groups = channel_groups(graph)
+    assert groups["output"].writers == ["fc"] and groups["conv"].resizable  # fc writes the classes, kept whole
+    assert [op.kind for op in graph.ops if op.index > next(o.index for o in graph.ops if o.module == "fc")][0] == "mix"
+
+
+@pytest.mark.parametrize("fn, why", [
+    (lambda x: torch.cat(x.chunk(2, dim=1)[::-1], 1), "which splits or selects the channels"),
+    (lambda x: x - x.mean(1, keepdim=True), "which mixes the channels"),
+    (lambda x: x * torch.randn(8, 1, 1), "which combines them with a constant or parameter that has one value per "
+                                         "channel"),
+    (lambda x: x.transpose(1, 3).transpose(1, 3), "which moves the channels away from dim 1"),
+    (lambda x: x.reshape(2, 2, 4, 8, 8).transpose(1, 2).reshape(2, 8, 8, 8),
+     "which splits the channels into several dims (as a channel shuffle does)"),
+    (lambda x: F.softmax(x, dim=0), "which resize cannot follow"),  # over the batch: opaque, nothing more to say
+])
+def test_the_refusal_says_what_the_call_does_to_the_channels(fn, why):
+    with pytest.raises(ConfigError) as e:
+        check_traceable(_Between(fn), X)
+    assert "channel surgery cannot cut channel group 'conv1': it flows into '" in str(e.value)
+    assert f", {why}" in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("fn", [
@@ -253,7 +292,6 @@ def test_constant_chunk_is_recorded_and_blocks_the_traced_chunk():
 
 def test_constant_chunk_next_to_the_image_is_fine():
     # CoordConv-like: the image channels are never cut, so the constant chunk blocks nothing
-    from resprout.surgery.channels import channel_groups
     from resprout.surgery.resize import resize
 
     model = _ConstantConcat(after_conv=False).eval()

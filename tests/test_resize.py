@@ -20,6 +20,7 @@ from resprout.surgery.channels import channel_groups
 from resprout.surgery.graph import trace
 from resprout.surgery.registry import get_surgery
 from resprout.surgery.resize import resize
+from tests.real_models import GROUPED, GroupedNet
 
 SHAPE = (3, 16, 16)
 
@@ -128,7 +129,9 @@ class FunctionalNet(nn.Module):
 
 
 CUSTOM = {"odd": (OddNet, SHAPE), "cat": (CatNet, SHAPE), "se": (SENet, SHAPE), "conv1d": (Conv1dNet, (3, 16)),
-          "functional": (FunctionalNet, SHAPE)}
+          "functional": (FunctionalNet, SHAPE),
+          # grouped convolutions: ResNeXt, and RegNetY with squeeze-excitation tied to the grouped conv's output
+          **{name: (lambda kw=GROUPED[name]: GroupedNet(**kw), SHAPE) for name in ("resnext", "regnety")}}
 
 
 def zoo_model(name: str) -> nn.Module:
@@ -170,21 +173,28 @@ def free_groups(model, x):
     return {k: g for k, g in channel_groups(trace(model, x[:2])).items() if g.resizable}
 
 
+def alike(g, block: list[int]) -> list[int]:
+    """The plan ``block`` of one block repeated in every block of a group split by a grouped convolution."""
+    size = g.channels // g.blocks
+    return [j + b * size if j >= 0 else -1 for b in range(g.blocks) for j in block]
+
+
 def grow_plan(groups, gen):
     plan = {}
     for key, g in groups.items():
-        index = list(range(g.channels))
+        index = list(range(g.channels // g.blocks))
         for _ in range(2):  # new channels at random places, not only at the end
             index.insert(int(torch.randint(len(index) + 1, (1,), generator=gen)), -1)
-        plan[key] = index
+        plan[key] = alike(g, index)
     return plan
 
 
 def shrink_plan(groups, gen):
     plan = {}
     for i, (key, g) in enumerate(groups.items()):
-        keep = torch.randperm(g.channels, generator=gen)[: max(1, g.channels // 2)].tolist()
-        plan[key] = keep if i % 2 else sorted(keep)  # permuted and in order
+        size = g.channels // g.blocks
+        keep = torch.randperm(size, generator=gen)[: max(1, size // 2)].tolist()
+        plan[key] = alike(g, keep if i % 2 else sorted(keep))  # permuted and in order
     return plan
 
 
@@ -350,9 +360,15 @@ def test_refusals_are_one_line_config_errors():
 
     grouped = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, groups=4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                             nn.Linear(8, 2))
-    one_line_error("group '0': it is read by grouped convolution '1' \\(groups=4\\)", resize, grouped,
-                   {"0": [0, 1, 2, 3]}, x)
-    one_line_error("group '1': it is written by grouped convolution '1'", resize, grouped, {"1": [0, 1]}, x)
+    one_line_error("^plan of channel group '0' must cut its 4 groups of 2 channels alike \\(it is read by grouped "
+                   "convolution '1' \\(groups=4\\)\\): the same channels of every group, group after group$",
+                   resize, grouped, {"0": [0, 1, 2, 3]}, x)
+    one_line_error("group '1' must cut its 4 groups of 2 channels alike \\(it is written by grouped convolution '1'",
+                   resize, grouped, {"1": [0, 2, 4, 7]}, x)
+    one_line_error("group '1' must cut its 4 groups", resize, grouped, {"1": [0, -1, 2, -1, 4, 6, -1]}, x)
+    cut = resize(grouped, {"0": [1, 3, 5, 7], "1": [0, -1, 2, -1, 4, -1, 6, -1]}, x)  # alike: second of each, grown
+    assert cut.index_maps["1.weight"] == {0: [0, -1, 2, -1, 4, -1, 6, -1], 1: [1]}
+    assert (cut.model[1].groups, cut.model[1].in_channels, cut.model[1].out_channels) == (4, 4, 8)
 
     class Shuffle(nn.Module):
         def forward(self, x):

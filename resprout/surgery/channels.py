@@ -4,9 +4,17 @@
 channels that must be resized together (a *group*): a residual add ties its inputs into one group, a concatenation
 lays its chunk groups side by side, a depthwise convolution's output is its input's group (each channel repeated
 ``multiplier`` times), BN and elementwise calls keep their input's groups, a flatten spreads channel ``c`` over
-features ``c*HW ... (c+1)*HW - 1``. A group is named by the module path of the first conv/linear that writes it
-(``"layer1.0.conv1"``); the image channels are ``"input"`` and the network's output channels ``"output"``.
+features ``c*HW ... (c+1)*HW - 1``, a softmax over the channels keeps them in place (it blocks cutting them unless
+they are the network's output classes). A group is named by the module path of the first conv/linear that writes
+it (``"layer1.0.conv1"``); the image channels are ``"input"`` and the network's output channels ``"output"``.
 Surgery plans are written per group (:mod:`resprout.surgery.resize`, Knowledge Evolution's prefix plan).
+
+A grouped convolution (``1 < groups < in_channels``; ResNeXt, RegNet) splits the channels it reads and the ones it
+writes into ``groups`` equal blocks, output block ``j`` reading input block ``j`` only. Both groups stay resizable
+with :attr:`Group.blocks` set: a plan must cut every block alike (the same channels of each block, in block
+order), so every group of the convolution keeps the same width and its weight one index map per dim. Two grouped
+convolutions on one group must split it in nested blocks (one count dividing the other); a grouped convolution
+that reads channels of several groups (a concatenation) or repeated ones (a depthwise multiplier) blocks them.
 
 :func:`node_maps` expands a group plan to every feature map, :func:`layer_plans` to every layer, :func:`layer_masks`
 to binary weight masks and :func:`zero_outside` zeroes what a plan drops in the dense network.
@@ -38,7 +46,9 @@ class Group:
 
     ``places``: where the group lives, as (node id, offset, multiplier): channel ``c`` of the group is channels
     ``offset + c*m ... offset + c*m + m - 1`` of that feature map. ``kind`` is ``"free"`` (resizable) or one of
-    ``input``/``output``/``source``/``blocked``, with ``reason`` the one-line why.
+    ``input``/``output``/``source``/``blocked``, with ``reason`` the one-line why. ``blocks``: the number of equal
+    blocks a grouped convolution splits the group into (1: none), which every plan must cut alike; ``grouping``
+    says which convolution, for messages.
     """
 
     key: str
@@ -47,6 +57,8 @@ class Group:
     places: list[tuple[int, int, int]] = field(default_factory=list)
     kind: str = "free"
     reason: str = ""
+    blocks: int = 1
+    grouping: str = ""
 
     @property
     def resizable(self) -> bool:
@@ -67,6 +79,7 @@ class _Groups:
         self.writers: dict[int, list[str]] = {}
         self.reasons: dict[int, list[tuple[str, str]]] = {}
         self.layout: dict[int, list[tuple[int, int]]] = {}
+        self.grouped: dict[int, list[tuple[str, int, str]]] = {}  # id -> (conv, groups, "read"/"written") splitting it
 
     def new(self, channels: int, op_index: int, name: str, module: str | None = None) -> int:
         gid = len(self.parent)
@@ -75,6 +88,7 @@ class _Groups:
         self.writer[gid] = (op_index, name)
         self.writers[gid] = [module] if module else []
         self.reasons[gid] = []
+        self.grouped[gid] = []
         return gid
 
     def find(self, a: int) -> int:
@@ -92,6 +106,7 @@ class _Groups:
         self.parent[b] = a
         self.writers[a] += [w for w in self.writers[b] if w not in self.writers[a]]
         self.reasons[a] += self.reasons[b]
+        self.grouped[a] += self.grouped[b]
 
     def mark(self, layout: list[tuple[int, int]], kind: str, reason: str) -> None:
         for gid, _ in layout:
@@ -145,11 +160,14 @@ def _analyse(graph: ChannelGraph) -> _Groups:
             if op.module not in seen_out:
                 seen_out[op.module] = u.new(out.channels, op.index, op.module, op.module)
             u.layout[op.output] = [(seen_out[op.module], 1)]
-            if groups > 1:
-                why = f"grouped convolution '{op.module}' (groups={groups}), which mixes its groups; only depthwise " \
-                      f"and ungrouped convolutions can be resized"
-                u.mark(ins[0], "blocked", f"it is read by {why}")
-                u.mark(u.layout[op.output], "source", f"it is written by {why}")
+            if groups > 1:  # output block j reads input block j: both sides are cut alike in every block
+                u.grouped[u.find(seen_out[op.module])].append((op.module, groups, "written"))
+                if len(ins[0]) == 1 and ins[0][0][1] == 1:
+                    u.grouped[u.find(ins[0][0][0])].append((op.module, groups, "read"))
+                else:
+                    u.mark(ins[0], "blocked", f"it is read by grouped convolution '{op.module}' (groups={groups}) "
+                                              f"together with other channels (a concatenation or a depthwise "
+                                              f"multiplier), so its groups cannot be cut alike")
             elif op.kind == "linear" and len(nodes[op.inputs[0]].shape) != 2:
                 why = f"linear layer '{op.module}' applied to a {len(nodes[op.inputs[0]].shape)}-d tensor (its " \
                       f"features are not dim 1)"
@@ -167,19 +185,42 @@ def _analyse(graph: ChannelGraph) -> _Groups:
             for lay in full[1:]:
                 u.tie(full[0], lay, where)
             u.layout[op.output] = full[0]
+        elif op.kind == "mix":  # channels stay in place but depend on each other: fine for the output classes
+            u.layout[op.output] = ins[0]
+            u.mark(ins[0], "blocked", f"it flows into {where}, which normalizes over the channels (accepted "
+                                      f"only over the network's output classes)")
         elif op.kind == "cat" and sum(op.info["sizes"]) == sum(nodes[i].channels for i in op.inputs):
             u.layout[op.output] = [seg for lay in ins for seg in lay]
         elif op.kind == "flatten":
             u.layout[op.output] = [(gid, k * op.info["spatial"]) for gid, k in ins[0]]
         else:  # opaque (or a concatenation with untraced chunks): channels cannot be followed through it
+            why = op.info.get("why")
+            what = f"which {why}; resize cannot follow it" if why else "which resize cannot follow"
             for lay in ins:
-                u.mark(lay, "blocked", f"it flows into {where}, which resize cannot follow (supported: layers, "
-                                       f"elementwise calls, concatenation along channels, flatten)")
+                u.mark(lay, "blocked", f"it flows into {where}, {what} (supported: layers, elementwise calls, "
+                                       f"concatenation along channels, flatten)")
             u.layout[op.output] = [(u.new(out.channels, op.index, f"{op.context or 'model'}:{op.name}"), 1)]
             u.mark(u.layout[op.output], "source", f"it is written by {where}, which cannot be resized")
     for nid in graph.outputs:
         u.mark(u.layout[nid], "output", "it holds the network's output channels")
     return u
+
+
+def _blocks(cuts: list[tuple[str, int, str]]) -> tuple[int, str, str]:
+    """(blocks, grouping, clash) of a group split by the grouped convolutions ``cuts`` (conv, groups, verb).
+
+    Cutting every one of ``b`` blocks alike also cuts every coarser split alike when its count divides ``b``, so
+    nested splits take the finest; splits that do not nest (groups=2 and groups=3 on 12 channels) leave no plan but
+    keeping everything or nothing: ``clash`` says so (empty when they nest)."""
+    if not cuts:
+        return 1, "", ""
+    module, b, verb = max(cuts, key=lambda c: c[1])
+    grouping = f"it is {verb} by grouped convolution '{module}' (groups={b})"
+    other = next((c for c in cuts if b % c[1]), None)
+    if other is None:
+        return b, grouping, ""
+    return 1, "", (f"grouped convolutions '{module}' (groups={b}) and '{other[0]}' (groups={other[1]}) split it "
+                   f"into groups that do not nest, so no per-group cut fits both")
 
 
 def channel_groups(graph: ChannelGraph) -> dict[str, Group]:
@@ -189,14 +230,15 @@ def channel_groups(graph: ChannelGraph) -> dict[str, Group]:
     groups: dict[str, Group] = {}
     key_of: dict[int, str] = {}
     for r in roots:
-        reasons = sorted(u.reasons[r], key=lambda kr: _PRIORITY[kr[0]])
+        blocks, grouping, clash = _blocks(u.grouped[r])
+        reasons = sorted(u.reasons[r] + ([("blocked", clash)] if clash else []), key=lambda kr: _PRIORITY[kr[0]])
         kind, reason = reasons[0] if reasons else ("free", "")
         base = kind if kind in ("input", "output") else u.writer[r][1]
         key, n = base, 1
         while key in groups:  # e.g. several outputs
             n += 1
             key = f"{base}#{n}"
-        groups[key] = Group(key, u.size[r], list(u.writers[r]), [], kind, reason)
+        groups[key] = Group(key, u.size[r], list(u.writers[r]), [], kind, reason, blocks, grouping)
         key_of[r] = key
     for nid, lay in sorted(u.layout.items()):
         offset = 0
@@ -235,8 +277,28 @@ def check_plan(groups: dict[str, Group], plan: GroupPlan) -> GroupPlan:
             continue
         if not g.resizable:
             raise ConfigError(f"cannot resize channel group '{key}': {g.reason}")
+        if g.blocks > 1 and block_plan(g, index) is None:
+            size = g.channels // g.blocks
+            raise ConfigError(f"plan of channel group '{key}' must cut its {g.blocks} groups of {size} channels "
+                              f"alike ({g.grouping}): the same channels of every group, group after group")
         out[key] = list(index)
     return out
+
+
+def block_plan(g: Group, index: list[int]) -> list[int] | None:
+    """The plan of one block (indices within the block, -1 for new) if ``index`` cuts every one of the
+    ``g.blocks`` blocks of ``g`` alike, block after block; None otherwise."""
+    size = g.channels // g.blocks
+    if len(index) % g.blocks:
+        return None
+    n = len(index) // g.blocks
+    first = list(index[:n])
+    if any(j >= size for j in first):
+        return None
+    for b in range(1, g.blocks):
+        if list(index[b * n:(b + 1) * n]) != [j + b * size if j >= 0 else -1 for j in first]:
+            return None
+    return first
 
 
 def node_maps(groups: dict[str, Group], plan: GroupPlan) -> NodePlan:
@@ -265,10 +327,6 @@ class LayerPlan:
     keep_in: list[int]
 
 
-def _conv_groups(module: nn.Module) -> int:
-    return getattr(module, "groups", 1)
-
-
 def layer_plans(graph: ChannelGraph, plan: NodePlan) -> dict[str, LayerPlan]:
     """Per module: kept output and input channels. A module called twice must keep the same channels each time."""
     layers: dict[str, LayerPlan] = {}
@@ -293,12 +351,11 @@ def layer_masks(model: nn.Module, layers: dict[str, LayerPlan]) -> dict[str, tor
         w = module.weight
         mask = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
         rows = torch.tensor(lp.keep_out, dtype=torch.long, device=w.device)
-        groups = _conv_groups(module) if lp.kind == "conv" else 1
-        if groups > 1:  # depthwise: each output reads its own single input slice
-            mask[rows] = True
-        else:
-            cols = torch.tensor(lp.keep_in, dtype=torch.long, device=w.device)
-            mask[rows[:, None], cols[None, :]] = True
+        # column t of a (grouped) conv's weight reads input t of its row's group: the kept inputs within a group
+        # (all of them for an ungrouped layer, the only one for a depthwise conv; a plan cuts every group alike)
+        within = sorted({j % w.shape[1] for j in lp.keep_in if j >= 0})
+        cols = torch.tensor(within, dtype=torch.long, device=w.device)
+        mask[rows[:, None], cols[None, :]] = True
         masks[f"{path}.weight" if path else "weight"] = mask
     return masks
 

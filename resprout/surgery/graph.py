@@ -19,13 +19,20 @@ what it does to the channel dimension (dim 1). The tracer refuses when in doubt:
   count are tied together, inputs broadcast along channels (size 1) are not;
 * ``cat``: concatenation along dim 1; ``info["sizes"]`` has the channel count of every chunk and
   ``info["constant"]`` says, per chunk, whether it does not come from the input (see below);
-* ``flatten``: (N, C, H, W) -> (N, C*H*W), channel c becomes features ``c*H*W ... (c+1)*H*W - 1``;
+* ``flatten``: (N, C, *S) -> (N, C*prod(S)) for any number of spatial dims (Conv1d, Conv2d, Conv3d maps alike),
+  channel c becomes features ``c*prod(S) ... (c+1)*prod(S) - 1`` (``info["spatial"]`` is ``prod(S)``);
+* ``mix``: a normalization over the channels that keeps every channel in its place (``softmax``, ``log_softmax``,
+  ``softmin``, ``normalize`` over dim 1, same shape out as in): channel c of the output is channel c of the input,
+  but its value depends on all the others. Surgery cannot cut channels through it, but the classes of a network that
+  ends in ``F.log_softmax(x, dim=1)`` (PyTorch's MNIST example) are never cut: :mod:`~resprout.surgery.channels`
+  keeps the channels' group through the call, so the call is accepted exactly when its channels are fixed anyway;
 * ``opaque``: anything else that produces a tensor from a traced one: channel slicing, permutes, reshapes that mix
-  channels, and calls that mix channels while keeping their count: ``softmax``/``log_softmax``/``normalize``/
-  ``cumsum``/``mean``/``sum``/``norm`` over dim 1, ``local_response_norm``, ``group_norm``/``layer_norm`` without a
-  module, ``prelu`` with one weight per channel, an elementwise call with a per-channel constant or parameter
-  operand (``x * self.gamma`` with ``gamma`` of shape (C, 1, 1)), or any call not on the allowlist. Surgery refuses
-  to cut channels that flow into an opaque call, with the call's name and module.
+  channels, and calls that mix channels: ``cumsum``/``mean``/``sum``/``norm`` over dim 1, ``local_response_norm``,
+  ``group_norm``/``layer_norm`` without a module, ``prelu`` with one weight per channel, an elementwise call with a
+  per-channel constant or parameter operand (``x * self.gamma`` with ``gamma`` of shape (C, 1, 1)), or any call not
+  on the allowlist. Surgery refuses to cut channels that flow into an opaque call, with the call's name and module,
+  and for the common cases what the call does to the channels (``info["why"]``: a channel shuffle's reshape, a
+  permute to channels-last, a split along the channels, a reduction over them).
 
 **Tensors that do not come from the input** (constants, buffers or parameters used directly in a forward) are not
 graph nodes. Concatenated along channels, such a chunk is recorded in the ``cat`` op (``info["sizes"]`` includes it,
@@ -69,6 +76,12 @@ _WEIGHT_ARG = {**{f: (1, "weight") for f in _CONV_FUNCS | _LINEAR_FUNCS},
                F.layer_norm: (2, "weight"), torch.layer_norm: (2, "weight")}
 _CAT_FUNCS = {torch.cat, torch.concat, torch.concatenate}
 _RESHAPE_NAMES = {"flatten", "view", "reshape", "squeeze", "unsqueeze"}
+#: Normalizations over one dim that keep every entry in its place (the ``mix`` kind when that dim is the channels).
+_IN_PLACE_NORMALIZATIONS = {"softmax", "log_softmax", "softmin", "_softmax", "_log_softmax", "normalize"}
+_MOVES = {"permute", "transpose", "transpose_", "swapaxes", "swapdims", "movedim", "moveaxis"}
+# calls that select or split along one dim: the position of their ``dim`` argument
+_SPLITS = {"split": 2, "chunk": 2, "tensor_split": 2, "split_with_sizes": 2, "unbind": 1, "narrow": 1,
+           "index_select": 1, "gather": 1}
 
 
 def _with_forms(*names: str) -> set[str]:
@@ -150,7 +163,7 @@ class Op:
     """One recorded call. ``module`` is the layer's path for conv/linear/norm calls."""
 
     index: int
-    kind: str  # input | conv | linear | norm | elementwise | cat | flatten | opaque
+    kind: str  # input | conv | linear | norm | elementwise | cat | flatten | mix | opaque
     name: str
     inputs: list[int]
     output: int
@@ -215,6 +228,41 @@ def _dims(value: Any, ndim: int) -> set[int] | None:
     if not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
         return None
     return {d % ndim for d in value} if ndim else None
+
+
+def _call_dims(name: str, args: tuple, kwargs: dict, x: torch.Tensor) -> set[int] | None:
+    """The dims a call of :data:`SPATIAL_DIM_CALLS` works along, non-negative; None for all (or unreadable)."""
+    pos, key, default = SPATIAL_DIM_CALLS[name]
+    value = _arg(args, kwargs, pos, key, default)
+    if default == "legacy" and value in (None, "legacy"):  # softmax without dim: PyTorch's implicit choice
+        value = 0 if x.dim() in (0, 1, 3) else 1
+    return _dims(value, x.dim())
+
+
+def _why_opaque(name: str, args: tuple, kwargs: dict, x: torch.Tensor, y: torch.Tensor | None) -> dict:
+    """``{"why": phrase}`` saying what an opaque call does to the channels, for the common cases (else ``{}``);
+    the phrase completes "it flows into 'view' in block, which ..."."""
+    why = ""
+    if name in _MOVES and x.dim() >= 3:
+        why = "moves the channels away from dim 1 (e.g. to channels-last for a LayerNorm or Linear over them)"
+    elif name in _RESHAPE_NAMES and y is not None and y.dim() > x.dim() and y.shape[0] == x.shape[0] and \
+            1 < y.shape[1] < x.shape[1] and x.shape[1] % y.shape[1] == 0:
+        why = "splits the channels into several dims (as a channel shuffle does)"
+    elif name in _RESHAPE_NAMES:
+        why = "reshapes the channels together with other dims"
+    elif name in _SPLITS:
+        dim = _arg(args, kwargs, _SPLITS[name], "dim", 0)
+        if isinstance(dim, int) and x.dim() > 1 and dim % x.dim() == 1:
+            why = "splits or selects the channels"
+    elif name in SPATIAL_DIM_CALLS or name in ("local_response_norm", "group_norm", "layer_norm"):
+        dims = _call_dims(name, args, kwargs, x) if name in SPATIAL_DIM_CALLS else {1}
+        if name == "layer_norm":  # over the last len(normalized_shape) dims
+            shape = _arg(args, kwargs, 1, "normalized_shape")
+            n = len(shape) if isinstance(shape, (list, tuple, torch.Size)) else 1
+            dims = set(range(x.dim() - n, x.dim()))
+        if dims is None or 1 in dims:
+            why = "mixes the channels"
+    return {"why": why} if why else {}
 
 
 def _spatial_index(index: Any) -> bool:
@@ -341,18 +389,23 @@ class _Recorder(TorchFunctionMode):
             return "opaque", {}
         fouts = [t for t in outs if t.is_floating_point() or t.is_complex()]
         if len(fouts) != 1 or x.dim() < 2:
-            return "opaque", {}
+            return "opaque", _why_opaque(name, args, kwargs, x, fouts[0] if fouts else None)
         y = fouts[0]
         if name in _RESHAPE_NAMES:
-            if x.dim() == 4 and y.dim() == 2 and y.shape[0] == x.shape[0] and y.shape[1] == x[0].numel():
-                return "flatten", {"spatial": x.shape[2] * x.shape[3]}
+            # one rule for every flatten of (N, C, *spatial) into (N, features): Conv1d stacks, 2-d maps (alexnet,
+            # vgg), Conv3d volumes; channel c becomes prod(spatial) consecutive features
+            if x.dim() >= 3 and y.dim() == 2 and y.shape[0] == x.shape[0] and y.shape[1] == x[0].numel():
+                return "flatten", {"spatial": x[0, 0].numel()}
             if y.dim() >= 2 and y.shape[:2] == x.shape[:2]:
                 return "elementwise", {}
-            return "opaque", {}
+            return "opaque", _why_opaque(name, args, kwargs, x, y)
         if not self._allowed(func, name, args, kwargs, x, y):
-            return "opaque", {}
+            if self._over_channels(name, args, kwargs, x, y):
+                return "mix", {}
+            return "opaque", _why_opaque(name, args, kwargs, x, y)
         if self._per_channel_constant(args, kwargs, y):
-            return "opaque", {"constant_operand": True}
+            return "opaque", {"constant_operand": True,
+                              "why": "combines them with a constant or parameter that has one value per channel"}
         return self._keeps_channels(ins, [y], "elementwise")
 
     def _allowed(self, func, name, args, kwargs, x, y) -> bool:
@@ -360,11 +413,7 @@ class _Recorder(TorchFunctionMode):
         if name in _BINARY_OR_REDUCE and len(args) > 1 and isinstance(args[1], torch.Tensor):
             return True  # torch.max(a, b)
         if name in SPATIAL_DIM_CALLS:
-            pos, key, default = SPATIAL_DIM_CALLS[name]
-            value = _arg(args, kwargs, pos, key, default)
-            if default == "legacy" and value in (None, "legacy"):  # softmax without dim: PyTorch's implicit choice
-                value = 0 if x.dim() in (0, 1, 3) else 1
-            dims = _dims(value, x.dim())
+            dims = _call_dims(name, args, kwargs, x)
             return dims is not None and not dims & {0, 1}
         if name == "__getitem__":
             return _spatial_index(args[1] if len(args) > 1 else None)
@@ -382,6 +431,13 @@ class _Recorder(TorchFunctionMode):
             n = len(shape) if isinstance(shape, (list, tuple, torch.Size)) else 1
             return n <= x.dim() - 2 and _arg(args, kwargs, 2, "weight") is None
         return name in ELEMENTWISE
+
+    @staticmethod
+    def _over_channels(name, args, kwargs, x, y) -> bool:
+        """A softmax/log-softmax/normalize over dim 1 (the channels) that keeps the shape: the ``mix`` kind."""
+        if name not in _IN_PLACE_NORMALIZATIONS or y.shape != x.shape:
+            return False
+        return _call_dims(name, args, kwargs, x) == {1}
 
     def _per_channel_constant(self, args, kwargs, y: torch.Tensor) -> bool:
         """An operand that is not traced (a constant, buffer or parameter) but has one value per channel of ``y``."""
@@ -455,15 +511,19 @@ def trace(model: nn.Module, example: torch.Tensor, *, strict: bool = True) -> Ch
     return graph
 
 
-def check_traceable(model: nn.Module, example: torch.Tensor) -> ChannelGraph:
+def check_traceable(model: nn.Module, example: torch.Tensor, *, grouped: bool = False) -> ChannelGraph:
     """Trace ``model`` and run every refusal of channel surgery now (e.g. when a run starts), not after training.
 
     Refuses, with a one-line :class:`~resprout.errors.ConfigError` naming the module or call: a layer whose weight
     is computed in the forward pass (weight norm, spectral norm, any parametrization, a functional conv/linear with
     a computed weight); a concatenation along channels with a constant chunk that blocks a group surgery could
-    otherwise cut; any channel group that a consumer cannot follow (it flows into an opaque call such as a softmax,
-    cumulative sum or normalization over channels, or a local response norm) and that is not fixed anyway (the
-    image, the classes, channels written by an opaque call or a grouped convolution). Returns the graph.
+    otherwise cut; any channel group that a consumer cannot follow (it flows into an opaque call such as a cumulative
+    sum, a reduction or a channel shuffle, or into a softmax or normalization over channels that are not the
+    network's output) and that is not fixed anyway (the image, the classes, channels written by an opaque call).
+
+    Channels that a grouped convolution splits into groups (:attr:`~resprout.surgery.channels.Group.blocks`) can
+    only be cut alike in every group. ``grouped=True`` accepts them (the caller's plans do that: Knowledge
+    Evolution's per-group prefix); by default they are refused, naming the convolution. Returns the graph.
     """
     # channels reads graphs: import it only here
     from resprout.surgery.channels import channel_groups
@@ -486,4 +546,8 @@ def check_traceable(model: nn.Module, example: torch.Tensor) -> ChannelGraph:
     for key, g in groups.items():
         if g.kind == "blocked":
             raise ConfigError(f"channel surgery cannot cut channel group '{key}': {g.reason}")
+        if g.resizable and g.blocks > 1 and not grouped:
+            raise ConfigError(f"channel surgery cannot cut channel group '{key}' channel by channel: "
+                              f"{g.grouping}, so every group must keep the same channels; only a plan that cuts "
+                              f"all {g.blocks} groups alike can (Knowledge Evolution's KELS)")
     return graph

@@ -13,7 +13,9 @@ What a layer does with its channels:
   from the initializer, a new bias is 0; a new column of a kept row (the outgoing weight of a new channel into a
   consumer) is 0 when ``zero_outgoing``, so a grown network computes what it computed before.
 * Depthwise convolutions (``groups == in_channels``) follow their input; ``groups`` follows the channel count.
-  Other grouped convolutions are refused: their groups would mix.
+  Other grouped convolutions keep ``groups``: the plans of the groups they read and write cut every one of their
+  blocks alike (:func:`~resprout.surgery.channels.check_plan`), so rows follow the output group and columns (the
+  inputs within one group) the plan of one input block.
 * BatchNorm/InstanceNorm: weight, bias, running mean and variance follow; new channels get 1, 0, 0, 1.
 * GroupNorm: with one channel per group, channels follow freely; otherwise only whole groups (aligned blocks of
   ``channels per group``, in order) may be kept, moved or added, so every group keeps its statistics.
@@ -102,14 +104,19 @@ def _resize_layer(op: Op, module: nn.Module, graph: ChannelGraph, out_map: list[
         w = getattr(module, "weight", None)
         if not isinstance(w, torch.Tensor):
             raise ConfigError(f"cannot resize '{op.module}' ({type(module).__name__}): no 'weight' tensor found")
-        groups = weight_groups(module, graph.nodes[op.inputs[0]].channels) if op.kind == "conv" else 1
-        maps = {0: out_map} if groups > 1 else {0: out_map, 1: in_map}
-        fill = _fresh(torch.Size([len(out_map), *w.shape[1:]]) if groups > 1 else
-                      torch.Size([len(out_map), len(in_map), *w.shape[2:]]), w, op.kind, init, gen)
-        if zero_outgoing and groups == 1:
+        c_in = graph.nodes[op.inputs[0]].channels
+        groups = weight_groups(module, c_in) if op.kind == "conv" else 1
+        depthwise = groups > 1 and groups == c_in
+        # the inputs within one group: the whole input map for ungrouped layers, the first block's plan for grouped
+        # ones (every block is cut alike; old channel j of block 0 is column j)
+        cols_map = in_map if groups == 1 else in_map[:len(in_map) // groups]
+        maps = {0: out_map} if depthwise else {0: out_map, 1: cols_map}
+        fill = _fresh(torch.Size([len(out_map), *w.shape[1:]]) if depthwise else
+                      torch.Size([len(out_map), len(cols_map), *w.shape[2:]]), w, op.kind, init, gen)
+        if zero_outgoing and not depthwise:
             rows = torch.tensor([j >= 0 for j in out_map], device=w.device)
-            cols = torch.tensor([j < 0 for j in in_map], device=w.device)
-            outgoing = (rows[:, None] & cols[None, :]).view(len(out_map), len(in_map), *[1] * (w.dim() - 2))
+            cols = torch.tensor([j < 0 for j in cols_map], device=w.device)
+            outgoing = (rows[:, None] & cols[None, :]).view(len(out_map), len(cols_map), *[1] * (w.dim() - 2))
             fill = fill.masked_fill(outgoing, 0.0)
         _set(module, "weight", _remap(w.detach(), maps, fill))
         done["weight"] = maps
@@ -119,7 +126,7 @@ def _resize_layer(op: Op, module: nn.Module, graph: ChannelGraph, out_map: list[
             done["bias"] = {0: out_map}
         attrs = {"out_channels": len(out_map), "in_channels": len(in_map), "out_features": len(out_map),
                  "in_features": len(in_map)}
-        if groups > 1:
+        if depthwise:
             attrs["groups"] = len(in_map)
         for attr, value in attrs.items():
             if hasattr(module, attr):

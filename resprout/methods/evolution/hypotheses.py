@@ -62,7 +62,8 @@ def kels_masks(model: nn.Module, input_shape: tuple[int, ...], split_rate: float
 
     Found on the traced channel groups (:func:`prefix_plan`): the first convolution keeps every input channel, the
     classifier every class, a layer reading a concatenation the first ``ceil(s_r c_j)`` channels of each chunk, a
-    depthwise convolution the channels of its input. BN and biases are not masked.
+    depthwise convolution the channels of its input, a grouped convolution the first ``ceil(s_r C/g)`` channels of
+    each of its ``g`` groups (inputs and outputs). BN and biases are not masked.
     """
     _check_rate(split_rate)
     _, _, layers = kels_plan(model, input_shape, split_rate)
@@ -74,8 +75,12 @@ def prefix_plan(groups: dict[str, Group], split_rate: float) -> GroupPlan:
 
     A group is every set of channels cut together (:func:`~resprout.surgery.channels.channel_groups`), so a residual
     add keeps one prefix, a concatenation keeps the prefix of each chunk (App. B) and a depthwise convolution keeps
-    its input's channels. The image and the classes keep everything, and so do channels that no conv/linear layer
-    writes (grouped convolutions, opaque calls); a group that some consumer cannot follow is refused.
+    its input's channels. A group that a grouped convolution splits into ``g`` blocks (ResNeXt, RegNet) keeps the
+    first ``ceil(s_r C/g)`` channels of every block: the prefix of each of the convolution's groups, so that the
+    slim convolution has ``g`` equal groups again and computes exactly what the masked dense one does (the paper's
+    Fig. 3 rule applied per group; the official code has no grouped convolutions). The image and the classes keep
+    everything, and so do channels that no conv/linear layer writes (opaque calls); a group that some consumer
+    cannot follow is refused.
     """
     if not 0 < split_rate <= 1:
         raise ConfigError(f"bad split rate {split_rate} (must be in (0, 1])")
@@ -85,9 +90,10 @@ def prefix_plan(groups: dict[str, Group], split_rate: float) -> GroupPlan:
             continue
         if not g.resizable:
             raise ConfigError(f"cannot cut channel group '{key}' as a prefix: {g.reason}")
-        n = math.ceil(split_rate * g.channels)
-        if n < g.channels:
-            plan[key] = list(range(n))
+        size = g.channels // g.blocks
+        n = math.ceil(split_rate * size)
+        if n < size:
+            plan[key] = [b * size + t for b in range(g.blocks) for t in range(n)]
     return plan
 
 

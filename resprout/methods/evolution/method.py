@@ -74,8 +74,9 @@ class KnowledgeEvolution(Method):
         model = trainer.members[opts.member].model
         if opts.split == "kels":
             # refuse now, not after a generation has trained: a model channel surgery cannot follow (a weight
-            # computed in the forward pass, channels mixed by an opaque call), then one dry run of the slim network
-            check_traceable(model, example_input(self.input_shape, device=model_device(model)))
+            # computed in the forward pass, channels mixed by an opaque call), then one dry run of the slim network;
+            # grouped convolutions are fine: the prefix plan cuts each of their groups alike
+            check_traceable(model, example_input(self.input_shape, device=model_device(model)), grouped=True)
             self.masks = kels_masks(model, self.input_shape, opts.split_rate)
             fit_hypothesis(model, self.input_shape, opts.split_rate)  # discarded; its refusals are what counts
         else:

@@ -101,8 +101,9 @@ def _record(spec: Spec, exported: list[tuple[list[dict], list[dict]]], folder: P
     res.write(spec.name, rows, bits, folder, order=[r.label for r in spec.rows] + list(spec.depends))
 
 
-def train_dependencies(spec: Spec, work: Path, done: dict, current: dict, stream) -> list:
-    """Train (or continue) every dependency not recorded in results/; its rows, exported."""
+def train_dependencies(spec: Spec, work: Path, done: dict, current: dict, stream, threads: int) -> list:
+    """Train (or continue) every dependency not recorded in results/, alone, with ``threads``; its rows,
+    exported."""
     from resprout.run import train
 
     exported = []
@@ -111,7 +112,7 @@ def train_dependencies(spec: Spec, work: Path, done: dict, current: dict, stream
         if done.get((name, cfg.seed)) == current[(name, cfg.seed)] and (d / "checkpoint.pt").exists():
             continue
         stream.write(f"reproduce {spec.name}: dependency {name} ({cfg.model}, {cfg.epochs} epochs) in {d}\n")
-        train(cfg, out=d, store=d.parent / "resprout.db")
+        train(cfg, out=d, store=d.parent / "resprout.db", threads=threads)
         exported.append(res.export_run(d, name, role="dependency"))
     return exported
 
@@ -130,7 +131,7 @@ def run_table(spec: Spec, jobs: int, threads: int | None, work: Path, folder: Pa
     if not todo:
         return "finished"
     needed = {spec.uses_dependency(spec.row(c.label)) for c in todo if spec.row(c.label)} - {None}
-    exported = train_dependencies(spec, work, done, current, stream) if needed else []
+    exported = train_dependencies(spec, work, done, current, stream, threads or jobs) if needed else []
     if exported:
         _record(spec, exported, folder)
     paths, _ = teacher_refs(spec, work)

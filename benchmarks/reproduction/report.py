@@ -36,6 +36,7 @@ class Outcome:
     paired: stats.Paired | None = None
     verdict: str = stats.UNRESOLVED
     missing: str = ""  # why it could not be computed
+    single: str = ""  # "a" or "b": that operand is one run (a dependency) paired with every seed of the other
 
 
 @dataclass
@@ -75,9 +76,9 @@ def test_claim(claim: Claim, rows: list[dict], bits: dict) -> Outcome:
     out = Outcome(claim)
     sa, sb = _select(rows, claim.a), _select(rows, claim.b)
     if len(sa) == 1 and len(sb) > 1 and next(iter(sa.values()))["role"] == "dependency":
-        sa = {s: next(iter(sa.values())) for s in sb}
+        sa, out.single = {s: next(iter(sa.values())) for s in sb}, "a"
     if len(sb) == 1 and len(sa) > 1 and next(iter(sb.values()))["role"] == "dependency":
-        sb = {s: next(iter(sb.values())) for s in sa}
+        sb, out.single = {s: next(iter(sb.values())) for s in sa}, "b"
     seeds = sorted(s for s in set(sa) & set(sb) if _value(sa[s], claim.a) is not None
                    and _value(sb[s], claim.b) is not None)
     if not seeds:
@@ -148,8 +149,10 @@ def claims_table(t: TableResult) -> str:
             continue
         p = o.paired
         se = f"{100 * p.se:.2f}" + ("" if p.exact else " (independent-test bound)")
-        body.append([name, _paper_text(c), f"{_pm(o.a)} (n={p.n})", _pm(o.b), f"{100 * p.diff:+.2f} ± {se}",
-                     f"**{o.verdict}**"])
+        one = "{:.2f} (one run, paired with each seed)"
+        a = one.format(100 * o.a[0]) if o.single == "a" else f"{_pm(o.a)} (n={p.n})"
+        b = one.format(100 * o.b[0]) if o.single == "b" else _pm(o.b)
+        body.append([name, _paper_text(c), a, b, f"{100 * p.diff:+.2f} ± {se}", f"**{o.verdict}**"])
     return format_table(headers, body)
 
 

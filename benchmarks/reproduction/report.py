@@ -82,8 +82,8 @@ def test_claim(claim: Claim, rows: list[dict], bits: dict) -> Outcome:
     seeds = sorted(s for s in set(sa) & set(sb) if _value(sa[s], claim.a) is not None
                    and _value(sb[s], claim.b) is not None)
     if not seeds:
-        out.missing = "no runs of " + " and ".join(sorted({r.label for r, sel in ((claim.a, sa), (claim.b, sb))
-                                                           if not sel} or {claim.a.label, claim.b.label}))
+        out.missing = "no runs yet of " + " and ".join(sorted({r.label for r, sel in ((claim.a, sa), (claim.b, sb))
+                                                               if not sel} or {claim.a.label, claim.b.label}))
         return out
     out.a = [_value(sa[s], claim.a) for s in seeds]
     out.b = [_value(sb[s], claim.b) for s in seeds]
@@ -145,7 +145,7 @@ def claims_table(t: TableResult) -> str:
         rel = (f"A - B {c.direction} {c.margin:g}" if c.margin else f"A {c.direction} B")
         name = f"{c.claim} (A = {c.a.text()}, B = {c.b.text()}; {rel})"
         if o.paired is None:
-            body.append([name, _paper_text(c), "-", "-", "-", f"not resolved ({o.missing})"])
+            body.append([name, _paper_text(c), "-", "-", "-", f"({o.missing})"])
             continue
         p = o.paired
         se = f"{100 * p.se:.2f}" + ("" if p.exact else " (independent-test bound)")

@@ -129,6 +129,8 @@ def _flatten(table: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in table.items():
         key = f"{prefix}{k}"
+        if not prefix and k in ("model_options", "data_options") and isinstance(v, dict):
+            key = k.split("_")[0]  # [model_options] head = "gap" is model.head, as in a run's config file
         if isinstance(v, dict):
             out.update(_flatten(v, key + "."))
         else:
@@ -242,7 +244,7 @@ def load_spec(path: str | Path) -> Spec:
 
 def load_all(folder: Path, names: list[str] | None = None) -> list[Spec]:
     """Every reproduction file of ``folder`` in name order, or the named ones in the order given."""
-    files = {p.stem: p for p in sorted(folder.glob("*.toml"))}
+    files = {p.stem: p for p in sorted(folder.glob("*.toml"), key=lambda p: p.stem)}
     unknown = [n for n in names or [] if n not in files]
     if unknown:
         raise ConfigError(f"no reproduction named {unknown[0]!r}; available: {', '.join(files) or 'none'}")

@@ -45,12 +45,13 @@ _PHASE_OPTIONS = ("phases", "schedule")
 
 @dataclass
 class RowSpec:
-    """One row of a comparison: a label, a method (``ke+ls``) and the keys this row sets for itself (raw
-    ``key=value`` text values or typed values, as :func:`resprout.config.make_config` takes them)."""
+    """One row of a comparison: a label, a method (``ke+ls``) and the keys this row sets for itself: typed values
+    (as a TOML file gives them), or command-line text with ``text=True``."""
 
     label: str
     method: str
     keys: dict = field(default_factory=dict)
+    text: bool = False  # the values are command-line text (parsed as on the command line), not typed values
 
 
 @dataclass
@@ -159,7 +160,7 @@ def parse_row(label: str, text: str) -> RowSpec:
         if k in ("method", "seed", "seeds") or k in COMPARE_KEYS:
             raise ConfigError(f"bad row {ROW_PREFIX}{label}: a row cannot set {k}= (the method comes first; "
                               f"seeds, budget, jobs and baseline belong to the whole comparison)")
-    return RowSpec(label.strip(), words[0], dict(keys))
+    return RowSpec(label.strip(), words[0], dict(keys), text=True)
 
 
 def _rows(ours: dict, rows: list[RowSpec] | None) -> list[RowSpec]:
@@ -195,9 +196,9 @@ def build_grid(args: list[str], *, cpu_count: int | None = None, rows: list[RowS
     from resprout.methods import build_methods, canonical_name, resolved_options
 
     ours, rest = parse_args(args, rows_given=bool(rows))
-    for k, v in (shared or {}).items():
+    for k, v in (shared or {}).items():  # typed values: "none" stays the string none
         layer: dict = {}
-        route_key(layer, k, v, from_text=isinstance(v, str))
+        route_key(layer, k, v, from_text=False)
         rest = merge(rest, layer)
     specs = _rows(ours, rows)
     seeds = _int_list("seeds", ours.get("seeds", "0"))
@@ -231,7 +232,7 @@ def build_grid(args: list[str], *, cpu_count: int | None = None, rows: list[RowS
         raw: dict = {}
         for k, v in row.keys.items():
             layer: dict = {}
-            route_key(layer, k, v, from_text=isinstance(v, str))
+            route_key(layer, k, v, from_text=row.text)
             raw = merge(raw, layer)
         return raw
 

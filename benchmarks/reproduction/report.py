@@ -298,7 +298,12 @@ def page(tables: list[TableResult], doc: Path = DOC, figures: Path = FIGURES) ->
              "[`reproductions/`](../reproductions). `make reproduce` (or `python -m benchmarks.reproduce [NAME ...] "
              "--jobs 2`) trains what `results/` does not hold yet; `python -m benchmarks.reproduce --from-results` "
              "rebuilds this page from `results/` alone. A verdict is **holds** or **reversed** when the paired "
-             "difference lies more than 2 standard errors from the claim's margin, and **not resolved** otherwise.",
+             "difference lies more than 2 standard errors from the claim's margin, and **not resolved** otherwise; the "
+             "standard error combines the seeds' variance with the sampling of the test images "
+             "([`stats.py`](../benchmarks/reproduction/stats.py)). The file format (rows with their own keys, seeds, "
+             "claims with the paper's numbers, dependencies such as a teacher) is described in "
+             "[`spec.py`](../benchmarks/reproduction/spec.py); the stored columns in "
+             "[`results/README.md`](../results/README.md).",
              "", "## Summary", ""]
     papers = [p for p in PAPERS if any(t.spec.paper == p for t in tables)]
     lines += [summary_line(p, [t for t in tables if t.spec.paper == p]) for p in papers] + [""]
@@ -315,7 +320,7 @@ README_START, README_END = "<!-- reproduction:start -->", "<!-- reproduction:end
 def readme_block(tables: list[TableResult]) -> str:
     papers = [p for p in PAPERS if any(t.spec.paper == p for t in tables)]
     lines = ["**Do the papers' claims hold here?** [docs/reproduction.md](docs/reproduction.md) tests them on "
-             "small-data analogs:", *[summary_line(p, [t for t in tables if t.spec.paper == p]) for p in papers]]
+             "small-data analogs:", "", *[summary_line(p, [t for t in tables if t.spec.paper == p]) for p in papers]]
     return README_START + "\n" + "\n".join(lines) + "\n" + README_END
 
 

@@ -240,8 +240,8 @@ def build_grid(args: list[str], *, cpu_count: int | None = None, rows: list[RowS
         spec = row.method
         names = {canonical_name(n.strip()) for n in spec.split("+")}
         mine = own_keys(row)
-        shared = {f: o for f, o in options.items() if canonical_name(f) in names}
-        raw = merge({**rest, "method_options": shared}, mine,
+        common = {f: o for f, o in options.items() if canonical_name(f) in names}
+        raw = merge({**rest, "method_options": common}, mine,
                     {"method": spec, "seed": seed, "generations": generations, "epochs": epochs,
                      "progress": "none", "threads": threads})
         what = f"row {row.label!r} (method={spec})" if row.label != spec or row.keys else f"method={spec}"

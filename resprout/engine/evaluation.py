@@ -20,6 +20,7 @@ trainer's members, loaders, store and position.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import math
@@ -34,6 +35,7 @@ from torch import nn
 from resprout.data.loader import EvalLoader
 from resprout.engine.distributed import DistInfo, all_gather_object, all_reduce_sum
 from resprout.engine.events import Event
+from resprout.errors import NoSpaceError
 
 if TYPE_CHECKING:
     from resprout.engine.trainer import Trainer
@@ -261,8 +263,14 @@ class Reporting:
         labels = self.full_eval_loaders["test"].labels
         text = json.dumps(correctness_record(previous, member, self.generation + 1, correct, labels))
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # the checkpoint's pattern: a stale one is removed
-        tmp.write_text(text)
-        os.replace(tmp, path)  # whole or not at all
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)  # whole or not at all
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno == errno.ENOSPC:
+                raise NoSpaceError(f"no space left on {self.run_dir} while writing {path.name}") from None
+            raise
 
     def _finish_epoch(self: Trainer) -> None:
         self._emit(Event.EPOCH_END)

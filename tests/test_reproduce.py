@@ -85,6 +85,24 @@ def test_verdict_needs_two_standard_errors(diff, direction, margin, word):
     assert stats.verdict(stats.Paired(diff, se, 3, 100, True, 0, 0), direction, margin) == word
 
 
+def test_a_property_of_the_weights_has_the_seeds_variance_alone():
+    p = stats.paired_from_values([0.10, 0.20, 0.30], [0.20, 0.20, 0.20])
+    assert p.diff == pytest.approx(0.0)
+    assert p.se == pytest.approx(math.sqrt(0.01 / 3))  # d_s = -0.1, 0, 0.1: sample variance 0.01
+
+
+def test_filter_shares_by_hand():
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(1, 3, 1, bias=False), nn.ReLU(), nn.Conv2d(3, 1, 1, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([0.0005, 0.05, 2.0]).view(3, 1, 1, 1))
+        net[2].weight.copy_(torch.tensor([0.3, -0.3, 0.3]).view(1, 3, 1, 1))  # one filter, l1 0.9
+    shares = res.filter_shares(net)
+    assert shares["filters"] == 4
+    assert [shares[c] for c in res.FILTER_COLUMNS] == [0.25, 0.25, 0.5, 0.75]
+
+
 def test_bits_round_trip():
     x = torch.rand(1001) < 0.5
     assert (unpack_bits(pack_bits(x), 1001) == x.numpy()).all()
@@ -108,6 +126,8 @@ BASE = '''title = "t"\npaper = "ke"\ntables = "Table 2"\nanalog = "a"\nseeds = [
     ('color = 1\n', "unknown key 'color'"),
     ('[[rows]]\nlabel = "CE"\nmethod = "ls"\n', "used twice"),
     ('[[rows]]\nlabel = "KD"\nmethod = "kd"\nkeys = { teacher = "@t" }\n', "names no [depends.t]"),
+    ('[[claims]]\nclaim = "x"\na = "CE:filters<0.1"\nb = "CE"\n', "the same thing"),
+    ('[[claims]]\nclaim = "x"\na = "CE:filters<0.5"\nb = "CE:filters<0.5"\n', "filter shares are recorded"),
 ])
 def test_bad_files_are_one_line(tmp_path, extra, says):
     text = BASE.replace('[[rows]]', extra + '[[rows]]', 1) if extra.startswith("color") else BASE + extra

@@ -50,7 +50,7 @@ class TableResult:
 
 
 def _value(row: dict, ref: Ref) -> float | None:
-    return row.get("slim_top1") if ref.slim else row.get("top1")
+    return row.get(ref.column)
 
 
 def _select(rows: list[dict], ref: Ref) -> dict[int, dict]:
@@ -87,6 +87,10 @@ def test_claim(claim: Claim, rows: list[dict], bits: dict) -> Outcome:
         return out
     out.a = [_value(sa[s], claim.a) for s in seeds]
     out.b = [_value(sb[s], claim.b) for s in seeds]
+    if claim.a.filters is not None:  # a property of the weights: the seeds are the only sample
+        out.paired = stats.paired_from_values(out.a, out.b)
+        out.verdict = stats.verdict(out.paired, claim.direction, claim.margin / 100)
+        return out
     pairs = [(_bits_of(bits, sa[s]), _bits_of(bits, sb[s])) for s in seeds]
     images = sa[seeds[0]].get("test_images") or sb[seeds[0]].get("test_images")
     exact = not claim.a.slim and not claim.b.slim and all(
@@ -133,7 +137,8 @@ def _paper_text(c: Claim) -> str:
     p = c.paper
     if not p:
         return "-"
-    nums = f"{p['a']} vs {p['b']}" if "a" in p and "b" in p else ""
+    nums = f"{p['a']} vs {p['b']}" if "a" in p and "b" in p else f"A {p['a']}" if "a" in p else \
+        f"B {p['b']}" if "b" in p else ""
     return f"{nums} {p.get('metric', '')} ({p['where']})".strip()
 
 
@@ -148,7 +153,8 @@ def claims_table(t: TableResult) -> str:
             body.append([name, _paper_text(c), "-", "-", "-", f"({o.missing})"])
             continue
         p = o.paired
-        se = f"{100 * p.se:.2f}" + ("" if p.exact else " (independent-test bound)")
+        se = f"{100 * p.se:.2f}" + ("" if p.exact else " (seeds only)" if not p.images
+                                     else " (independent-test bound)")
         one = "{:.2f} (one run, paired with each seed)"
         a = one.format(100 * o.a[0]) if o.single == "a" else f"{_pm(o.a)} (n={p.n})"
         b = one.format(100 * o.b[0]) if o.single == "b" else _pm(o.b)
@@ -213,7 +219,7 @@ def figure(t: TableResult, path: Path) -> Path | None:
     points = []
     for label in [r.label for r in t.spec.rows] + list(t.spec.depends):
         named = {(r.generation, r.slim) for c in t.spec.claims for r in (c.a, c.b)
-                 if r.label == label and r.generation}
+                 if r.label == label and r.generation and r.filters is None}
         refs = [Ref(label)] + [Ref(label, g, s) for g, s in sorted(named, key=lambda x: (x[1], x[0]))]
         for ref in refs:
             vals = [_value(r, ref) for r in _select(t.rows, ref).values()]

@@ -28,14 +28,17 @@ from resprout.config import Config
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results"
 
+# thresholds of the share of small filters (Filter Grafting, Fig. 7: the ratio of filters whose l1 norm is below one)
+FILTER_THRESHOLDS = (1e-3, 1e-2, 0.1, 1.0)
+FILTER_COLUMNS = [f"filters_lt_{t:g}" for t in FILTER_THRESHOLDS]
 COLUMNS = ["label", "role", "seed", "generation", "generations", "final", "member", "fingerprint", "method",
            "top1", "best_top1", "slim_top1", "test_images", "test_labels", "epochs", "total_epochs", "params",
-           "macs", "slim_params", "slim_macs", "train_seconds", "wall_seconds", "threads", "precision", "resprout",
-           "git_commit", "git_dirty", "status", "finished", "run"]
+           "macs", "slim_params", "slim_macs", "filters", *FILTER_COLUMNS, "train_seconds", "wall_seconds",
+           "threads", "precision", "resprout", "git_commit", "git_dirty", "status", "finished", "run"]
 BIT_COLUMNS = ["label", "seed", "generation", "member", "fingerprint", "images", "labels", "bits"]
 _INT = {"seed", "generation", "generations", "final", "test_images", "epochs", "total_epochs", "params", "macs",
-        "slim_params", "slim_macs", "threads", "images"}
-_FLOAT = {"top1", "best_top1", "slim_top1", "train_seconds", "wall_seconds"}
+        "slim_params", "slim_macs", "threads", "images", "filters"}
+_FLOAT = {"top1", "best_top1", "slim_top1", "train_seconds", "wall_seconds", *FILTER_COLUMNS}
 
 
 def portable_fingerprint(config: dict, teachers: dict[str, str] | None = None) -> str:
@@ -125,8 +128,22 @@ def _data_shape(data_keys: str) -> tuple[tuple[int, int, int], int]:
     return ds.input_shape, ds.num_classes
 
 
-def _final_cost(run_dir: Path, config: dict, member: str) -> tuple[int | None, int | None]:
-    """Parameters and MACs of ``member``'s final network (its surgery replayed), or (None, None) for a
+def filter_shares(model) -> dict:
+    """The number of convolution filters (every output channel of every conv, depthwise included) and the share
+    whose l1 norm lies below each of :data:`FILTER_THRESHOLDS` (Filter Grafting, Fig. 7)."""
+    import torch
+    from torch import nn
+
+    norms = [m.weight.detach().abs().flatten(1).sum(1) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not norms:
+        return {}
+    l1 = torch.cat(norms)
+    return {"filters": len(l1), **{c: float((l1 < t).float().mean()) for c, t in zip(FILTER_COLUMNS,
+                                                                                     FILTER_THRESHOLDS)}}
+
+
+def _final_network(run_dir: Path, config: dict, member: str) -> dict:
+    """Parameters, MACs and filter shares of ``member``'s final network (its surgery replayed); nothing for a
     pseudo-member without weights (an ensemble)."""
     from resprout.errors import ResproutError
     from resprout.methods.teachers import load_run_model
@@ -139,9 +156,9 @@ def _final_cost(run_dir: Path, config: dict, member: str) -> tuple[int | None, i
         model, _ = load_run_model(run_dir, in_channels=shape[0], num_classes=classes, member=member,
                                   what="reproduction run")
     except ResproutError:
-        return None, None
+        return {}
     prof = profile_model(model, shape)
-    return prof.params, prof.macs
+    return {"params": prof.params, "macs": prof.macs, **filter_shares(model)}
 
 
 def choose_member(curves: dict, wanted: str | None) -> str:
@@ -172,7 +189,7 @@ def export_run(run_dir: Path, label: str, *, role: str = "row", member: str | No
                               "seconds"), [])
     correct_path = run_dir / CORRECT_FILE.format(member=member)
     correct = json.loads(correct_path.read_text()) if correct_path.is_file() else {}
-    params, macs = _final_cost(run_dir, cfg, member)
+    network = _final_network(run_dir, cfg, member)
     env = rec.env
     precision = env.get("precision") or cfg.get("precision") or "fp32"
     rows, bits = [], []
@@ -186,7 +203,7 @@ def export_run(run_dir: Path, label: str, *, role: str = "row", member: str | No
                "top1": top1, "best_top1": max(upto) if upto else None, "slim_top1": metrics.get("slim_top1"),
                "test_images": correct.get("images"), "test_labels": correct.get("labels"),
                "epochs": cfg["epochs"], "total_epochs": cfg["epochs"] * (g + 1),
-               "params": params if g == G - 1 else None, "macs": macs if g == G - 1 else None,
+               **(network if g == G - 1 else {}),
                "slim_params": _int(metrics.get("slim_params")), "slim_macs": _int(metrics.get("slim_macs")),
                "train_seconds": sum(v for gg, _, v in seconds if gg <= g),
                "wall_seconds": rec.updated - rec.created if g == G - 1 else None,
@@ -221,5 +238,5 @@ def code_changed_since(commit: str | None, root: Path = ROOT, package: str = "re
     return {0: False, 1: True}.get(out.returncode)
 
 
-__all__ = ["BIT_COLUMNS", "COLUMNS", "RESULTS", "choose_member", "code_changed_since", "export_run",
+__all__ = ["BIT_COLUMNS", "COLUMNS", "FILTER_COLUMNS", "FILTER_THRESHOLDS", "filter_shares", "RESULTS", "choose_member", "code_changed_since", "export_run",
            "finished_runs", "merge", "paths", "portable_fingerprint", "read", "write"]

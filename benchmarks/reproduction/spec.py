@@ -27,7 +27,8 @@ anything runs (a bad key or value is one ``ConfigError`` line naming the file, t
 
     [[claims]]                      # a claim of the paper, tested on the rows
     claim = "KE improves on its first generation"
-    a = "KE@10"                     # LABEL (its last generation), LABEL@g (generation g), LABEL@g:slim (KE's H_g)
+    a = "KE@10"                     # LABEL (its last generation), LABEL@g (generation g), LABEL@g:slim (KE's H_g),
+                                    # LABEL:filters<0.1 (share of the final network's filters with l1 < 0.1)
     b = "KE@1"
     direction = ">"                 # ">" or "<"
     margin = 0.0                    # points: the claim is a - b > margin (or < margin)
@@ -54,21 +55,31 @@ TOP_KEYS = {"title", "paper", "tables", "analog", "seeds", "budget", "baseline",
 ROW_KEYS = {"label", "method", "keys", "member"}
 CLAIM_KEYS = {"claim", "a", "b", "direction", "margin", "paper"}
 PAPER_KEYS = {"a", "b", "metric", "where"}
-_REF = re.compile(r"^(?P<label>[^@:]+?)(?:@(?P<gen>\d+))?(?::(?P<what>slim))?$")
+_REF = re.compile(r"^(?P<label>[^@:]+?)(?:@(?P<gen>\d+))?(?::(?P<what>slim|filters<[0-9.e-]+))?$")
+FILTER_THRESHOLDS = (1e-3, 1e-2, 0.1, 1.0)  # as benchmarks.reproduction.results records them
 DEP_PREFIX = "@"
 
 
 @dataclass
 class Ref:
-    """A claim's operand: a row (or dependency), a generation (None: the last) and what is measured."""
+    """A claim's operand: a row (or dependency), a generation (None: the last) and what is measured: the dense
+    network's top-1 (default), KE's slim network's top-1 (``slim``), or the share of filters whose l1 norm is below
+    a threshold (``filters<0.1``; of the final network)."""
 
     label: str
     generation: int | None = None
     slim: bool = False
+    filters: float | None = None  # the threshold of a filter share
 
     def text(self) -> str:
+        if self.filters is not None:
+            return f"{self.label} filters with l1 < {self.filters:g}"
         return self.label + (f" N_{self.generation}" if self.generation and not self.slim else "") + \
             (f" H_{self.generation or 'G'}" if self.slim else "")
+
+    @property
+    def column(self) -> str:
+        return f"filters_lt_{self.filters:g}" if self.filters is not None else "slim_top1" if self.slim else "top1"
 
 
 @dataclass
@@ -156,11 +167,22 @@ def _unknown(raw: dict, allowed: set, where: str) -> None:
 def parse_ref(text: str, where: str) -> Ref:
     m = _REF.match(text.strip()) if isinstance(text, str) else None
     if not m:
-        raise ConfigError(f"{where}: bad row reference {text!r} (LABEL, LABEL@g or LABEL@g:slim)")
+        raise ConfigError(f"{where}: bad row reference {text!r} (LABEL, LABEL@g, LABEL@g:slim or "
+                          f"LABEL:filters<0.1)")
     gen = int(m["gen"]) if m["gen"] else None
     if gen is not None and gen < 1:
         raise ConfigError(f"{where}: bad row reference {text!r}: generations count from 1")
-    return Ref(m["label"].strip(), gen, bool(m["what"]))
+    what = m["what"] or ""
+    if what.startswith("filters<"):
+        try:
+            threshold = float(what[len("filters<"):])
+        except ValueError:
+            threshold = None
+        if threshold not in FILTER_THRESHOLDS or gen is not None:
+            raise ConfigError(f"{where}: bad row reference {text!r}: filter shares are recorded for the final "
+                              f"network at l1 < {', '.join(f'{t:g}' for t in FILTER_THRESHOLDS)}")
+        return Ref(m["label"].strip(), None, False, threshold)
+    return Ref(m["label"].strip(), gen, what == "slim")
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -225,6 +247,8 @@ def load_spec(path: str | Path) -> Spec:
         for ref in (a, b):
             if ref.label not in labels:
                 raise ConfigError(f"{w}: {ref.label!r} is not a row label (rows: {', '.join(labels)})")
+        if (a.filters is None) != (b.filters is None):
+            raise ConfigError(f"{w}: a and b must measure the same thing (two accuracies, or two filter shares)")
         direction = c.get("direction", ">")
         if direction not in (">", "<"):
             raise ConfigError(f"{w}: bad value for direction: {direction!r} (allowed: >, <)")

@@ -24,6 +24,9 @@ variance of two independent proportions, ``(p_A q_A + p_B q_B) / N``: for two ne
 whose errors are positively correlated, this overstates the paired variance (a conservative choice); the seed
 term is then ``s_d^2 / n`` over the seeds' accuracies.
 
+A property of the weights (the share of filters with a small l1 norm) has no test-set error: its variance is the
+seeds' alone, ``s_d^2 / n`` (:func:`paired_from_values`).
+
 A claim may carry a margin ``m`` (points): "A - B > m" or "A - B < m". Its verdict is "holds" when ``d - m`` lies
 beyond 2 standard errors in the claimed direction, "reversed" when it lies beyond 2 standard errors the other way,
 and "not resolved" otherwise.
@@ -91,6 +94,18 @@ def paired_from_accuracies(a: list[float], b: list[float], images: int) -> Paire
     return Paired(float(d_s.mean()), math.sqrt(seed_var + test_var), n, images, False, seed_var, test_var)
 
 
+def paired_from_values(a: list[float], b: list[float]) -> Paired:
+    """A paired difference of a property of the weights (a share of small filters): the seeds are its only sample,
+    so its variance is the seeds' alone, ``s_d^2 / n``."""
+    a_, b_ = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a_.shape != b_.shape or a_.ndim != 1 or len(a_) < 1:
+        raise ValueError("paired_from_values needs two equally long lists of values")
+    d_s = a_ - b_
+    n = len(d_s)
+    seed_var = float(d_s.var(ddof=1)) / n if n > 1 else math.nan
+    return Paired(float(d_s.mean()), math.sqrt(seed_var), n, 0, False, seed_var, 0.0)
+
+
 def verdict(p: Paired, direction: str = ">", margin: float = 0.0) -> str:
     """"holds", "reversed" or "not resolved" for the claim ``A - B {direction} margin`` (margin as a fraction)."""
     if direction not in DIRECTIONS:
@@ -116,4 +131,4 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 __all__ = ["DIRECTIONS", "HOLDS", "Paired", "REVERSED", "UNRESOLVED", "mean_std", "paired_from_accuracies",
-           "paired_from_bits", "verdict"]
+           "paired_from_bits", "paired_from_values", "verdict"]

@@ -166,10 +166,10 @@ def _finished(out: Path, key: str) -> bool:
 def rebuild(specs: list[Spec], work: Path, folder: Path, doc: Path = rep.DOC, readme: Path = rep.README,
             figures: Path = rep.FIGURES) -> list[rep.TableResult]:
     """Every table, figure, docs/reproduction.md and the README's summary, from results/ alone."""
+    data = {spec.name: rep.recorded(spec.name, current_fingerprints(spec, work)[1], folder) for spec in specs}
     tables = []
     for spec in specs:
-        _, current, _ = current_fingerprints(spec, work)
-        t = rep.build(spec, current, folder)
+        t = rep.build(spec, data)
         rep.figure(t, figures / f"{spec.name}.png")
         tables.append(t)
     doc.parent.mkdir(parents=True, exist_ok=True)

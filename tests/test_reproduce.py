@@ -24,6 +24,7 @@ from resprout.engine.evaluation import pack_bits, unpack_bits
 from resprout.errors import ConfigError
 
 TINY = Path(__file__).parent / "data" / "tiny-reproduction.toml"
+CROSS = Path(__file__).parent / "data" / "tiny-cross.toml"
 
 
 # -- statistics ---------------------------------------------------------------------------------------------------------
@@ -194,7 +195,7 @@ def test_per_image_record_matches_a_re_evaluation(tmp_path):
 
 # -- a tiny table end to end ----------------------------------------------------------------------------------------------
 def run_main(tmp: Path, *extra: str) -> int:
-    return reproduce.main([TINY.stem, "--jobs", "1", "--dir", str(tmp / "repro"), "--results", str(tmp / "results"),
+    return reproduce.main([TINY.stem, CROSS.stem, "--jobs", "1", "--dir", str(tmp / "repro"), "--results", str(tmp / "results"),
                            "--work", str(tmp / "work"), "--doc", str(tmp / "docs" / "reproduction.md"),
                            "--readme", str(tmp / "README.md"), "--figures", str(tmp / "docs" / "figures"), *extra])
 
@@ -204,6 +205,7 @@ def tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("repro")
     (tmp / "repro").mkdir()
     shutil.copy(TINY, tmp / "repro" / TINY.name)
+    shutil.copy(CROSS, tmp / "repro" / CROSS.name)
     (tmp / "README.md").write_text("# resprout\n\nFirst paragraph.\n\n## More\n")
     assert run_main(tmp) == 0
     return tmp
@@ -285,6 +287,18 @@ def test_verdicts_in_the_page_are_the_statistics_of_the_stored_bits(tiny):
     assert cells[1] == "56.73 vs 53.57 top-1 (%) (Table 2, CUB-200)"
     assert cells[4] == f"{100 * p.diff:+.2f} ± {100 * p.se:.2f}"
     assert cells[5] == f"**{stats.verdict(p)}**"
+
+
+def test_a_claim_reads_another_tables_rows(tiny):
+    rows, bits = res.read(TINY.stem, tiny / "results")
+    ls_rows, ls_bits = res.read(CROSS.stem, tiny / "results")
+    assert {r["label"] for r in ls_rows} == {"LS"}  # the other table's CE was not trained again
+    pick = lambda bs, label: np.stack([unpack_bits(b["bits"], b["images"]) for b in  # noqa: E731
+                                       sorted(bs, key=lambda b: b["seed"]) if b["label"] == label])
+    p = stats.paired_from_bits(pick(ls_bits, "LS"), pick(bits, "CE"))
+    page = (tiny / "docs" / "reproduction.md").read_text()
+    line = next(x for x in page.splitlines() if x.startswith("| label smoothing beats CE"))
+    assert [c.strip() for c in line.strip("|").split("|")][4] == f"{100 * p.diff:+.2f} ± {100 * p.se:.2f}"
 
 
 def test_code_changes_since_a_commit_are_told(tmp_path):

@@ -40,6 +40,25 @@ class Outcome:
 
 
 @dataclass
+class Recorded:
+    """A table's recorded runs that match the configuration its file now gives."""
+
+    rows: list[dict]  # finished, current rows
+    bits: dict  # (label, seed, generation, member) -> bit row
+    other_config: list[dict]  # final rows of runs recorded for another configuration (left out)
+
+
+def recorded(name: str, current: dict[tuple[str, int], str], folder: Path | None = None) -> Recorded:
+    """``results/<name>.csv`` restricted to ``current``: (label, seed) -> the fingerprint the file now asks for."""
+    rows, bit_rows = read(name, folder) if folder else read(name)
+    keep = [r for r in rows if current.get((r["label"], r["seed"])) == r["fingerprint"]]
+    other = [r for r in rows if r not in keep and r["final"] == 1]
+    bits = {(b["label"], b["seed"], b["generation"], b["member"]): b for b in bit_rows
+            if current.get((b["label"], b["seed"])) == b["fingerprint"]}
+    return Recorded([r for r in keep if r["status"] == "finished"], bits, other)
+
+
+@dataclass
 class TableResult:
     spec: Spec
     rows: list[dict]  # the current rows (matching fingerprints)
@@ -68,13 +87,16 @@ def _bits_of(bits: dict, row: dict):
     return bits.get((row["label"], row["seed"], row["generation"], row["member"]))
 
 
-def test_claim(claim: Claim, rows: list[dict], bits: dict) -> Outcome:
-    """The paired difference of a claim on the rows (a dependency's single run is paired with every seed of the
-    other operand); per-image records when both operands have them for every seed, else the accuracies alone."""
+def test_claim(claim: Claim, data: dict[str, Recorded], home: str) -> Outcome:
+    """The paired difference of a claim on the recorded rows of its table ``home`` (or of the table a reference
+    names); a dependency's single run is paired with every seed of the other operand; per-image records when both
+    operands have them for every seed, else the accuracies alone."""
     from resprout.engine.evaluation import unpack_bits
 
     out = Outcome(claim)
-    sa, sb = _select(rows, claim.a), _select(rows, claim.b)
+    empty = Recorded([], {}, [])
+    da, db = data.get(claim.a.table or home, empty), data.get(claim.b.table or home, empty)
+    sa, sb = _select(da.rows, claim.a), _select(db.rows, claim.b)
     if len(sa) == 1 and len(sb) > 1 and next(iter(sa.values()))["role"] == "dependency":
         sa, out.single = {s: next(iter(sa.values())) for s in sb}, "a"
     if len(sb) == 1 and len(sa) > 1 and next(iter(sb.values()))["role"] == "dependency":
@@ -91,7 +113,7 @@ def test_claim(claim: Claim, rows: list[dict], bits: dict) -> Outcome:
         out.paired = stats.paired_from_values(out.a, out.b)
         out.verdict = stats.verdict(out.paired, claim.direction, claim.margin / 100)
         return out
-    pairs = [(_bits_of(bits, sa[s]), _bits_of(bits, sb[s])) for s in seeds]
+    pairs = [(_bits_of(da.bits, sa[s]), _bits_of(db.bits, sb[s])) for s in seeds]
     images = sa[seeds[0]].get("test_images") or sb[seeds[0]].get("test_images")
     exact = not claim.a.slim and not claim.b.slim and all(
         x and y and x["labels"] == y["labels"] and x["images"] == y["images"] for x, y in pairs)
@@ -109,20 +131,15 @@ def test_claim(claim: Claim, rows: list[dict], bits: dict) -> Outcome:
     return out
 
 
-def build(spec: Spec, current: dict[tuple[str, int], str], folder: Path | None = None) -> TableResult:
-    """The table's outcomes from ``results/<name>.csv``; ``current``: (label, seed) -> the fingerprint of the
-    configuration as the reproduction file now says (rows of another fingerprint are left out and counted)."""
-    rows, bit_rows = read(spec.name, folder) if folder else read(spec.name)
-    keep = [r for r in rows if current.get((r["label"], r["seed"])) == r["fingerprint"]]
-    other = [r for r in rows if r not in keep and r["final"] == 1]
-    keep = [r for r in keep if r["status"] == "finished"]
-    bits = {(b["label"], b["seed"], b["generation"], b["member"]): b for b in bit_rows
-            if current.get((b["label"], b["seed"])) == b["fingerprint"]}
-    finals = [r for r in keep if r["final"] == 1]
+def build(spec: Spec, data: dict[str, Recorded]) -> TableResult:
+    """The table's outcomes from the recorded runs of every table (``data``: name -> :func:`recorded`)."""
+    mine = data[spec.name]
+    finals = [r for r in mine.rows if r["final"] == 1]
     changed = {r["git_commit"]: code_changed_since(r["git_commit"]) for r in finals}
     stale = [r for r in finals if changed[r["git_commit"]] or r.get("git_dirty")]
     unknown = [r for r in finals if changed[r["git_commit"]] is None and r not in stale]
-    return TableResult(spec, keep, [test_claim(c, keep, bits) for c in spec.claims], other, stale, unknown)
+    return TableResult(spec, mine.rows, [test_claim(c, data, spec.name) for c in spec.claims], mine.other_config,
+                       stale, unknown)
 
 
 # -- text ---------------------------------------------------------------------------------------------------------------
@@ -344,5 +361,5 @@ def write_readme(tables: list[TableResult], readme: Path = README) -> None:
     readme.write_text(text)
 
 
-__all__ = ["Outcome", "TableResult", "build", "claims_table", "figure", "page", "readme_block", "rows_table",
+__all__ = ["Outcome", "Recorded", "TableResult", "build", "recorded", "claims_table", "figure", "page", "readme_block", "rows_table",
            "section", "summary_line", "test_claim", "write_readme"]

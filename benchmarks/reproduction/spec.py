@@ -28,7 +28,8 @@ anything runs (a bad key or value is one ``ConfigError`` line naming the file, t
     [[claims]]                      # a claim of the paper, tested on the rows
     claim = "KE improves on its first generation"
     a = "KE@10"                     # LABEL (its last generation), LABEL@g (generation g), LABEL@g:slim (KE's H_g),
-                                    # LABEL:filters<0.1 (share of the final network's filters with l1 < 0.1)
+                                    # LABEL:filters<0.1 (share of the final network's filters with l1 < 0.1);
+                                    # OTHER/LABEL...: a row of the reproduction OTHER (its runs, not trained here)
     b = "KE@1"
     direction = ">"                 # ">" or "<"
     margin = 0.0                    # points: the claim is a - b > margin (or < margin)
@@ -55,7 +56,8 @@ TOP_KEYS = {"title", "paper", "tables", "analog", "seeds", "budget", "baseline",
 ROW_KEYS = {"label", "method", "keys", "member"}
 CLAIM_KEYS = {"claim", "a", "b", "direction", "margin", "paper"}
 PAPER_KEYS = {"a", "b", "metric", "where"}
-_REF = re.compile(r"^(?P<label>[^@:]+?)(?:@(?P<gen>\d+))?(?::(?P<what>slim|filters<[0-9.e-]+))?$")
+_REF = re.compile(r"^(?:(?P<table>[A-Za-z0-9_.-]+)/)?(?P<label>[^@:/]+?)(?:@(?P<gen>\d+))?"
+                  r"(?::(?P<what>slim|filters<[0-9.e-]+))?$")
 FILTER_THRESHOLDS = (1e-3, 1e-2, 0.1, 1.0)  # as benchmarks.reproduction.results records them
 DEP_PREFIX = "@"
 
@@ -70,11 +72,13 @@ class Ref:
     generation: int | None = None
     slim: bool = False
     filters: float | None = None  # the threshold of a filter share
+    table: str | None = None  # another reproduction's row (its runs are reused, not trained again)
 
     def text(self) -> str:
+        name = f"{self.table}/{self.label}" if self.table else self.label
         if self.filters is not None:
-            return f"{self.label} filters with l1 < {self.filters:g}"
-        return self.label + (f" N_{self.generation}" if self.generation and not self.slim else "") + \
+            return f"{name} filters with l1 < {self.filters:g}"
+        return name + (f" N_{self.generation}" if self.generation and not self.slim else "") + \
             (f" H_{self.generation or 'G'}" if self.slim else "")
 
     @property
@@ -181,8 +185,8 @@ def parse_ref(text: str, where: str) -> Ref:
         if threshold not in FILTER_THRESHOLDS or gen is not None:
             raise ConfigError(f"{where}: bad row reference {text!r}: filter shares are recorded for the final "
                               f"network at l1 < {', '.join(f'{t:g}' for t in FILTER_THRESHOLDS)}")
-        return Ref(m["label"].strip(), None, False, threshold)
-    return Ref(m["label"].strip(), gen, what == "slim")
+        return Ref(m["label"].strip(), None, False, threshold, m["table"])
+    return Ref(m["label"].strip(), gen, what == "slim", None, m["table"])
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -245,7 +249,7 @@ def load_spec(path: str | Path) -> Spec:
         _unknown(c, CLAIM_KEYS, w)
         a, b = parse_ref(_need(c, "a", str, w), w), parse_ref(_need(c, "b", str, w), w)
         for ref in (a, b):
-            if ref.label not in labels:
+            if ref.table is None and ref.label not in labels:
                 raise ConfigError(f"{w}: {ref.label!r} is not a row label (rows: {', '.join(labels)})")
         if (a.filters is None) != (b.filters is None):
             raise ConfigError(f"{w}: a and b must measure the same thing (two accuracies, or two filter shares)")
@@ -267,12 +271,27 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def load_all(folder: Path, names: list[str] | None = None) -> list[Spec]:
-    """Every reproduction file of ``folder`` in name order, or the named ones in the order given."""
+    """Every reproduction file of ``folder`` in name order, or the named ones in the order given; a claim's
+    reference to another reproduction's row is checked against that file."""
     files = {p.stem: p for p in sorted(folder.glob("*.toml"), key=lambda p: p.stem)}
     unknown = [n for n in names or [] if n not in files]
     if unknown:
         raise ConfigError(f"no reproduction named {unknown[0]!r}; available: {', '.join(files) or 'none'}")
-    return [load_spec(files[n]) for n in (names or list(files))]
+    specs = [load_spec(files[n]) for n in (names or list(files))]
+    loaded = {s.name: s for s in specs}
+    for spec in specs:
+        for c in spec.claims:
+            for ref in (c.a, c.b):
+                if ref.table is None:
+                    continue
+                if ref.table not in files:
+                    raise ConfigError(f"{spec.path}: claim {c.claim!r} names the reproduction {ref.table!r}, which "
+                                      f"does not exist (available: {', '.join(files)})")
+                other = loaded.get(ref.table) or load_spec(files[ref.table])
+                if ref.label not in [r.label for r in other.rows] + list(other.depends):
+                    raise ConfigError(f"{spec.path}: claim {c.claim!r}: {ref.label!r} is not a row of "
+                                      f"{ref.table}")
+    return specs
 
 
 __all__ = ["Claim", "PAPERS", "Ref", "Row", "Spec", "load_all", "load_spec", "parse_ref"]

@@ -25,9 +25,10 @@ WORKLOADS = {
     "mobilenetv2-w0.5-16px": dict(model="mobilenetv2", width=0.5, image_size=16, channels=3),
 }
 name, epochs = sys.argv[1], [int(e) for e in sys.argv[2:]]
+base, _, batch = name.partition("-b")  # "cnn-w0.5-b32": batch 32 (default 64)
 for e in epochs:
     t0 = time.perf_counter()
     r = train(data="fashion-mnist", per_class=100, epochs=e, seed=0, threads=1, progress="none",
-              eval_every=100000, save=False, **WORKLOADS[name])
+              eval_every=100000, save=False, batch_size=int(batch or 64), **WORKLOADS[base])
     print(json.dumps({"workload": name, "epochs": e, "top1": round(100 * r["final"]["model"]["top1"], 2),
                       "wall_s": round(time.perf_counter() - t0, 1)}), flush=True)

@@ -4,7 +4,8 @@ printed them) and, from them, each table's estimated duration with two jobs.
     python reproductions/pilots/estimate.py
 
 The estimate of a run: its epochs times the measured seconds per training epoch of its model (one thread, 1,000
-images), times a factor for what its method adds per step, plus one full-test evaluation per generation (per network
+images; from the longest budget pilot of that model and batch when there is one, its evaluation taken out, else from
+the speed pilot), times a factor for what its method adds per step, plus one full-test evaluation per generation (per network
 for several networks). The factors are assumptions, not measurements: K networks cost K times one (grafting,
 ensembles); CS-KD's second batch doubles a step; a teacher's forward costs a third of the teacher's training step
 (KD, FitNet, AT, DLN, KTAN, Grafting+); Born-Again's generations after the first forward the previous one (a third);
@@ -31,12 +32,12 @@ JOBS = 2
 
 
 def workload(cfg) -> str:
-    """The speed pilot's name for a run's model."""
+    """The speed pilot's name for a run's model (the budget pilot's, with -b<batch> for a batch other than 64)."""
     width = cfg.width or 1.0
     name = {"vgg11": "vgg11gap"}.get(cfg.model, cfg.model) + f"-w{width:g}"
     if cfg.image_size:
         name += f"-{cfg.image_size}px"
-    return name
+    return name + (f"-b{cfg.batch_size}" if cfg.batch_size != 64 else "")
 
 
 def factor(cfg, teacher_s: float, epoch_s: float) -> float:
@@ -62,6 +63,11 @@ def main() -> None:
         speeds[r["model"]] = (sum(r["epoch_s"][1:]) / len(r["epoch_s"][1:]), r["full_test_eval_s"])
     budget = [json.loads(x) for x in (HERE / "budget.out").read_text().splitlines()] \
         if (HERE / "budget.out").exists() else []
+    for b in sorted(budget, key=lambda b: b["epochs"]):  # a whole run's pace, where a budget pilot measured one
+        base = b["workload"].partition("-b")[0]
+        if base in speeds:
+            ev = speeds[base][1]
+            speeds[b["workload"]] = ((b["wall_s"] - ev) / b["epochs"], ev)
     rows, missing = [], set()
     for spec in load_all(REPRODUCTIONS):
         grid, _, _ = current_fingerprints(spec, Path("/nonexistent"))
@@ -92,7 +98,7 @@ def main() -> None:
              "2E`), measured through `/work/heavy` with one torch thread, one pilot at a time, on the shared "
              "2-core machine.", "",
              "## Seconds per training epoch (1,000 Fashion-MNIST images, batch 64) and per full-test evaluation", "",
-             format_table(["model", "s / epoch (after the first)", "s / 10,000-image evaluation"],
+             format_table(["model", "s / epoch", "s / 10,000-image evaluation"],
                           [[k, f"{v[0]:.2f}", f"{v[1]:.1f}"] for k, v in speeds.items()]), "",
              "## The CE baseline at E and 2E epochs (seed 0, top-1 on the whole test set)", "",
              format_table(["model", "epochs", "top-1 (%)", "wall s"],

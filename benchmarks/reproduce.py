@@ -136,6 +136,7 @@ def run_table(spec: Spec, jobs: int, threads: int | None, work: Path, folder: Pa
         _record(spec, exported, folder)
     paths, _ = teacher_refs(spec, work)
     out = work / spec.name
+    set_aside(todo, out / "runs", stream)
     status = "finished"
     try:
         result = compare(compare_args(spec, jobs, threads), out, rows=spec.row_specs(paths), skip=reused,
@@ -149,6 +150,22 @@ def run_table(spec: Spec, jobs: int, threads: int | None, work: Path, folder: Pa
                                       if spec.row(c.label) else None, teachers=refs)
                        for c in todo if _finished(out, c.key)], folder)
     return status
+
+
+def set_aside(cells: list, runs_dir: Path, stream) -> None:
+    """Rename the run directories that hold a run of another configuration (the reproduction file changed since)
+    to ``<name>.old-<fingerprint>``, so that the comparison can train the new one; nothing is deleted."""
+    from resprout.config import config_from_dict
+    from resprout.engine.rundir import RUN_FILE, read_run_file
+
+    for c in cells:
+        d = runs_dir / c.key
+        if not (d / RUN_FILE).exists():
+            continue
+        old = config_from_dict(read_run_file(d)["config"]).fingerprint()
+        if old != c.config.fingerprint():
+            d.rename(d.with_name(f"{d.name}.old-{old}"))
+            stream.write(f"reproduce: {d} held a run of another configuration; moved to {d.name}.old-{old}\n")
 
 
 def _finished(out: Path, key: str) -> bool:

@@ -27,7 +27,7 @@ TINY = Path(__file__).parent / "data" / "tiny-reproduction.toml"
 CROSS = Path(__file__).parent / "data" / "tiny-cross.toml"
 
 
-# -- statistics ---------------------------------------------------------------------------------------------------------
+# -- statistics --------------------------------------------------------------------------------------------------------
 def test_one_seed_is_mcnemars_variance():
     a = np.array([[1, 1, 0, 0, 1]], bool)
     b = np.array([[1, 0, 1, 0, 0]], bool)
@@ -109,7 +109,7 @@ def test_bits_round_trip():
     assert (unpack_bits(pack_bits(x), 1001) == x.numpy()).all()
 
 
-# -- the file format ------------------------------------------------------------------------------------------------------
+# -- the file format ---------------------------------------------------------------------------------------------------
 def write(tmp_path, text: str) -> Path:
     p = tmp_path / "t.toml"
     p.write_text(text)
@@ -147,7 +147,7 @@ def test_the_repository_reproductions_build():
         assert {c.label for c in grid.cells} == {r.label for r in spec.rows}
 
 
-# -- compare rows ---------------------------------------------------------------------------------------------------------
+# -- compare rows ------------------------------------------------------------------------------------------------------
 def test_rows_carry_their_own_keys_and_labels():
     grid = build_grid(["method=ce", "row.noise=graft graft.scion=noise graft.peers=1", "row.ce-2x=ce epochs=2",
                        "data=digits", "epochs=1", "budget=per-method", "baseline=none", "seeds=0,1"])
@@ -174,7 +174,7 @@ def test_bad_rows_are_refused(args, says):
         build_grid(args + ["data=digits", "epochs=1"])
 
 
-# -- the per-image record -------------------------------------------------------------------------------------------------
+# -- the per-image record ----------------------------------------------------------------------------------------------
 def test_per_image_record_matches_a_re_evaluation(tmp_path):
     from resprout.run import build_dataset, open_run, train
 
@@ -193,11 +193,12 @@ def test_per_image_record_matches_a_re_evaluation(tmp_path):
     assert (unpack_bits(rec["generations"]["2"], rec["images"]) == expected).all()
 
 
-# -- a tiny table end to end ----------------------------------------------------------------------------------------------
+# -- a tiny table end to end -------------------------------------------------------------------------------------------
 def run_main(tmp: Path, *extra: str) -> int:
-    return reproduce.main([TINY.stem, CROSS.stem, "--jobs", "1", "--dir", str(tmp / "repro"), "--results", str(tmp / "results"),
-                           "--work", str(tmp / "work"), "--doc", str(tmp / "docs" / "reproduction.md"),
-                           "--readme", str(tmp / "README.md"), "--figures", str(tmp / "docs" / "figures"), *extra])
+    return reproduce.main([TINY.stem, CROSS.stem, "--jobs", "1", "--dir", str(tmp / "repro"),
+                           "--results", str(tmp / "results"), "--work", str(tmp / "work"),
+                           "--doc", str(tmp / "docs" / "reproduction.md"), "--readme", str(tmp / "README.md"),
+                           "--figures", str(tmp / "docs" / "figures"), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +219,8 @@ def read_csv(path: Path) -> list[dict]:
 
 def test_results_hold_the_stores_numbers_and_the_bits_agree(tiny):
     rows = read_csv(tiny / "results" / f"{TINY.stem}.csv")
-    bits = {(b["label"], b["seed"], b["generation"]): b for b in read_csv(tiny / "results" / f"{TINY.stem}.correct.csv")}
+    bits = {(b["label"], b["seed"], b["generation"]): b
+            for b in read_csv(tiny / "results" / f"{TINY.stem}.correct.csv")}
     assert {(r["label"], r["seed"]) for r in rows if r["final"] == "1"} == \
         {(lab, s) for lab in ("CE", "CE 2x", "KE", "KD") for s in ("0", "1")} | {("teacher", "0")}
     for r in rows:
@@ -287,6 +289,22 @@ def test_verdicts_in_the_page_are_the_statistics_of_the_stored_bits(tiny):
     assert cells[1] == "56.73 vs 53.57 top-1 (%) (Table 2, CUB-200)"
     assert cells[4] == f"{100 * p.diff:+.2f} ± {100 * p.se:.2f}"
     assert cells[5] == f"**{stats.verdict(p)}**"
+
+
+def test_a_changed_file_trains_again_and_keeps_the_old_runs_aside(tiny, tmp_path):
+    clone = tmp_path / "clone"
+    for part in ("repro", "results", "work"):
+        shutil.copytree(tiny / part, clone / part)
+    (clone / "README.md").write_text("# resprout\n\nFirst paragraph.\n")
+    spec = clone / "repro" / CROSS.name
+    spec.write_text(spec.read_text().replace("lr = 0.1", "lr = 0.05"))
+    old = {r["seed"]: r["fingerprint"] for r in read_csv(clone / "results" / f"{CROSS.stem}.csv")}
+    assert run_main(clone) == 0
+    runs = clone / "work" / CROSS.stem / "runs"
+    assert sorted(d.name.split(".old-")[0] for d in runs.iterdir() if ".old-" in d.name) == ["LS-1x2-s0", "LS-1x2-s1"]
+    new = {r["seed"]: r["fingerprint"] for r in read_csv(clone / "results" / f"{CROSS.stem}.csv")}
+    assert set(new) == set(old) and all(new[s] != old[s] for s in new)
+    assert json.loads((runs / "LS-1x2-s0" / "run.json").read_text())["config"]["lr"] == 0.05
 
 
 def test_a_claim_reads_another_tables_rows(tiny):

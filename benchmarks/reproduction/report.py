@@ -87,7 +87,7 @@ def _bits_of(bits: dict, row: dict):
     return bits.get((row["label"], row["seed"], row["generation"], row["member"]))
 
 
-def test_claim(claim: Claim, data: dict[str, Recorded], home: str) -> Outcome:
+def judge_claim(claim: Claim, data: dict[str, Recorded], home: str) -> Outcome:
     """The paired difference of a claim on the recorded rows of its table ``home`` (or of the table a reference
     names); a dependency's single run is paired with every seed of the other operand; per-image records when both
     operands have them for every seed, else the accuracies alone."""
@@ -104,8 +104,8 @@ def test_claim(claim: Claim, data: dict[str, Recorded], home: str) -> Outcome:
     seeds = sorted(s for s in set(sa) & set(sb) if _value(sa[s], claim.a) is not None
                    and _value(sb[s], claim.b) is not None)
     if not seeds:
-        out.missing = "no runs yet of " + " and ".join(sorted({r.label for r, sel in ((claim.a, sa), (claim.b, sb))
-                                                               if not sel} or {claim.a.label, claim.b.label}))
+        names = {(r.table + "/" if r.table else "") + r.label: bool(sel) for r, sel in ((claim.a, sa), (claim.b, sb))}
+        out.missing = "no runs yet of " + " and ".join(sorted(n for n, has in names.items() if not has) or names)
         return out
     out.a = [_value(sa[s], claim.a) for s in seeds]
     out.b = [_value(sb[s], claim.b) for s in seeds]
@@ -138,11 +138,11 @@ def build(spec: Spec, data: dict[str, Recorded]) -> TableResult:
     changed = {r["git_commit"]: code_changed_since(r["git_commit"]) for r in finals}
     stale = [r for r in finals if changed[r["git_commit"]] or r.get("git_dirty")]
     unknown = [r for r in finals if changed[r["git_commit"]] is None and r not in stale]
-    return TableResult(spec, mine.rows, [test_claim(c, data, spec.name) for c in spec.claims], mine.other_config,
+    return TableResult(spec, mine.rows, [judge_claim(c, data, spec.name) for c in spec.claims], mine.other_config,
                        stale, unknown)
 
 
-# -- text ---------------------------------------------------------------------------------------------------------------
+# -- text --------------------------------------------------------------------------------------------------------------
 def _pm(values: list[float]) -> str:
     if not values:
         return "-"
@@ -210,7 +210,7 @@ def rows_table(t: TableResult) -> str:
 
 
 def _referenced(spec: Spec, label: str, g: int, slim: bool = False) -> bool:
-    return any(r.label == label and r.generation == g and r.slim == slim
+    return any(r.label == label and r.table is None and r.generation == g and r.slim == slim
                for c in spec.claims for r in (c.a, c.b))
 
 
@@ -236,7 +236,7 @@ def figure(t: TableResult, path: Path) -> Path | None:
     points = []
     for label in [r.label for r in t.spec.rows] + list(t.spec.depends):
         named = {(r.generation, r.slim) for c in t.spec.claims for r in (c.a, c.b)
-                 if r.label == label and r.generation and r.filters is None}
+                 if r.label == label and r.table is None and r.generation and r.filters is None}
         refs = [Ref(label)] + [Ref(label, g, s) for g, s in sorted(named, key=lambda x: (x[1], x[0]))]
         for ref in refs:
             vals = [_value(r, ref) for r in _select(t.rows, ref).values()]
@@ -361,5 +361,6 @@ def write_readme(tables: list[TableResult], readme: Path = README) -> None:
     readme.write_text(text)
 
 
-__all__ = ["Outcome", "Recorded", "TableResult", "build", "recorded", "claims_table", "figure", "page", "readme_block", "rows_table",
-           "section", "summary_line", "test_claim", "write_readme"]
+__all__ = ["Outcome", "Recorded", "TableResult", "build", "claims_table", "figure", "page", "readme_block", "recorded",
+           "rows_table",
+           "section", "summary_line", "judge_claim", "write_readme"]

@@ -118,7 +118,7 @@ def finished_runs(rows: list[dict]) -> dict[tuple[str, int], str]:
     return {(r["label"], r["seed"]): r["fingerprint"] for r in rows if r["final"] == 1 and r["status"] == "finished"}
 
 
-# -- exporting a run ----------------------------------------------------------------------------------------------------
+# -- exporting a run ---------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=16)
 def _data_shape(data_keys: str) -> tuple[tuple[int, int, int], int]:
     from resprout.config import make_config
@@ -238,5 +238,6 @@ def code_changed_since(commit: str | None, root: Path = ROOT, package: str = "re
     return {0: False, 1: True}.get(out.returncode)
 
 
-__all__ = ["BIT_COLUMNS", "COLUMNS", "FILTER_COLUMNS", "FILTER_THRESHOLDS", "filter_shares", "RESULTS", "choose_member", "code_changed_since", "export_run",
+__all__ = ["BIT_COLUMNS", "COLUMNS", "FILTER_COLUMNS", "FILTER_THRESHOLDS", "RESULTS", "choose_member",
+           "code_changed_since", "export_run", "filter_shares",
            "finished_runs", "merge", "paths", "portable_fingerprint", "read", "write"]

@@ -5,9 +5,9 @@ printed them) and, from them, each table's estimated duration with two jobs.
 
 The estimate of a run: its epochs times the measured seconds per training epoch of its model (one thread, 1,000
 images; from the longest budget pilot of that model and batch when there is one, its evaluation taken out, else from
-the speed pilot), times a factor for what its method adds per step, plus one full-test evaluation per generation (per network
-for several networks). The factors are assumptions, not measurements: K networks cost K times one (grafting,
-ensembles); CS-KD's second batch doubles a step; a teacher's forward costs a third of the teacher's training step
+the speed pilot), times a factor for what its method adds per step, plus one full-test evaluation per generation
+(per network for several networks). The factors are assumptions, not measurements: K networks cost K times one
+(grafting, ensembles); CS-KD's second batch doubles a step; a teacher's forward costs a third of the teacher's training step
 (KD, FitNet, AT, DLN, KTAN, Grafting+); Born-Again's generations after the first forward the previous one (a third);
 KTAN's discriminator adds a tenth. A table's duration with two jobs is its runs' sum divided by two, or its longest
 run when that is longer.
@@ -97,7 +97,8 @@ def main() -> None:
              "`python reproductions/pilots/speed.py`; `budget.out`: `python reproductions/pilots/budget.py NAME E "
              "2E`), measured through `/work/heavy` with one torch thread, one pilot at a time, on the shared "
              "2-core machine.", "",
-             "## Seconds per training epoch (1,000 Fashion-MNIST images, batch 64) and per full-test evaluation", "",
+             "## Seconds per training epoch (1,000 Fashion-MNIST images; batch 64, or -b32: batch 32) and per "
+             "full-test evaluation", "",
              format_table(["model", "s / epoch", "s / 10,000-image evaluation"],
                           [[k, f"{v[0]:.2f}", f"{v[1]:.1f}"] for k, v in speeds.items()]), "",
              "## The CE baseline at E and 2E epochs (seed 0, top-1 on the whole test set)", "",

@@ -7,10 +7,10 @@ The estimate of a run: its epochs times the measured seconds per training epoch 
 images; from the longest budget pilot of that model and batch when there is one, its evaluation taken out, else from
 the speed pilot), times a factor for what its method adds per step, plus one full-test evaluation per generation
 (per network for several networks). The factors are assumptions, not measurements: K networks cost K times one
-(grafting, ensembles); CS-KD's second batch doubles a step; a teacher's forward costs a third of the teacher's training step
-(KD, FitNet, AT, DLN, KTAN, Grafting+); Born-Again's generations after the first forward the previous one (a third);
-KTAN's discriminator adds a tenth. A table's duration with two jobs is its runs' sum divided by two, or its longest
-run when that is longer.
+(grafting, ensembles); CS-KD's second batch doubles a step; a teacher's forward costs a third of the teacher's
+training step (KD, FitNet, AT, DLN, KTAN, Grafting+); Born-Again's generations after the first forward the previous
+one (a third); KTAN's discriminator adds a tenth. A table's duration with two jobs is its runs' sum divided by two,
+or its longest run when that is longer.
 """
 
 from __future__ import annotations

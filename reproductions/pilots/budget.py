@@ -17,12 +17,14 @@ torch.set_num_threads(1)
 WORKLOADS = {
     "cnn-w0.5": dict(model="cnn", width=0.5),
     "cnn-w0.25": dict(model="cnn", width=0.25),
+    "cnn-w0.125": dict(model="cnn", width=0.125),
     "cnn-w1": dict(model="cnn"),
     "resnet20-w1": dict(model="resnet20"),
     "resnet20-w0.5": dict(model="resnet20", width=0.5),
     "vgg11gap-w0.5": dict(model="vgg11", width=0.5, model_options={"head": "gap"}),
     "vgg11gap-w0.25": dict(model="vgg11", width=0.25, model_options={"head": "gap"}),
     "mobilenetv2-w0.5-16px": dict(model="mobilenetv2", width=0.5, image_size=16, channels=3),
+    "mobilenetv2-w0.25-16px": dict(model="mobilenetv2", width=0.25, image_size=16, channels=3),
 }
 name, epochs = sys.argv[1], [int(e) for e in sys.argv[2:]]
 base, _, batch = name.partition("-b")  # "cnn-w0.5-b32": batch 32 (default 64)

@@ -16,7 +16,7 @@ import numpy as np
 
 from benchmarks.reproduction import stats
 from benchmarks.reproduction.results import code_changed_since, read
-from benchmarks.reproduction.spec import PAPERS, Claim, Ref, Spec
+from benchmarks.reproduction.spec import PAPERS, Claim, Ref, Spec, parse_ref
 from resprout.analysis.tables import format_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +66,7 @@ class TableResult:
     other_config: list[dict]  # rows recorded for another configuration (left out)
     stale: list[dict]  # current rows from older code
     unknown_code: list[dict]  # current rows whose code version cannot be told
+    baseline: list[float] = field(default_factory=list)  # the baseline row's top-1 per seed (maybe another table's)
 
 
 def _value(row: dict, ref: Ref) -> float | None:
@@ -138,8 +139,10 @@ def build(spec: Spec, data: dict[str, Recorded]) -> TableResult:
     changed = {r["git_commit"]: code_changed_since(r["git_commit"]) for r in finals}
     stale = [r for r in finals if changed[r["git_commit"]] or r.get("git_dirty")]
     unknown = [r for r in finals if changed[r["git_commit"]] is None and r not in stale]
+    ref = parse_ref(spec.baseline, "baseline")
+    base = _select(data.get(ref.table or spec.name, Recorded([], {}, [])).rows, ref)
     return TableResult(spec, mine.rows, [judge_claim(c, data, spec.name) for c in spec.claims], mine.other_config,
-                       stale, unknown)
+                       stale, unknown, [r["top1"] for _, r in sorted(base.items()) if r["top1"] is not None])
 
 
 # -- text --------------------------------------------------------------------------------------------------------------
@@ -193,7 +196,7 @@ def rows_table(t: TableResult) -> str:
                 continue
             params = {r["params"] for r in rs if r["params"] is not None}
             macs = [r["macs"] for r in rs if r["macs"] is not None]
-            name = f"**{label}** (baseline)" if label == t.spec.baseline else label
+            name = f"**{label}** (baseline)" if t.spec.baseline in (label, f"{label}@{g}") else label
             body.append([name, rs[0]["method"], f"{g} of {rs[0]['generations']}", len(rs),
                          rs[0]["test_images"] or "-", _pm([r["top1"] for r in rs]), rs[0]["total_epochs"],
                          "/".join(f"{p:,}" for p in sorted(params)) if final and params else "",
@@ -234,6 +237,9 @@ def figure(t: TableResult, path: Path) -> Path | None:
     """Means with ± 1 std error bars over seeds, one point per row (and per generation the claims name); the
     baseline's mean is a dashed line."""
     points = []
+    base_ref = parse_ref(t.spec.baseline, "baseline")
+    if base_ref.table and t.baseline:  # another table's row: shown first
+        points.append((t.spec.baseline, t.baseline, True))
     for label in [r.label for r in t.spec.rows] + list(t.spec.depends):
         named = {(r.generation, r.slim) for c in t.spec.claims for r in (c.a, c.b)
                  if r.label == label and r.table is None and r.generation and r.filters is None}
@@ -242,9 +248,10 @@ def figure(t: TableResult, path: Path) -> Path | None:
             vals = [_value(r, ref) for r in _select(t.rows, ref).values()]
             vals = [v for v in vals if v is not None]
             if vals:
-                points.append((ref.text() if ref.generation or ref.slim else label, vals, label == t.spec.baseline
-                               and ref.generation is None and not ref.slim))
-    if not points:
+                points.append((ref.text() if ref.generation or ref.slim else label, vals, base_ref.table is None
+                               and (label, ref.generation, ref.slim) == (base_ref.label, base_ref.generation,
+                                                                        base_ref.slim)))
+    if not points or all(base for *_, base in points):
         return None
     import matplotlib
 
@@ -255,12 +262,13 @@ def figure(t: TableResult, path: Path) -> Path | None:
     x = np.arange(len(points))
     means = np.array([100 * np.mean(v) for _, v, _ in points])
     sds = np.array([100 * np.std(v, ddof=1) if len(v) > 1 else 0.0 for _, v, _ in points])
-    colors = ["tab:red" if base else "tab:blue" for *_, base in points]
+    is_base = np.array([base for *_, base in points])
     ax.errorbar(x, means, yerr=sds, fmt="none", ecolor="black", capsize=4, lw=1)
-    ax.scatter(x, means, c=colors, zorder=3, label="mean of the seeds (error bar: ± 1 std)")
-    for (_, _, base), xi, m in zip(points, x, means):
-        if base:
-            ax.axhline(m, color="tab:red", ls="--", lw=1, label=f"baseline ({t.spec.baseline})")
+    ax.scatter(x[~is_base], means[~is_base], color="tab:blue", zorder=3,
+               label="mean of the seeds (error bar: ± 1 std)")
+    ax.scatter(x[is_base], means[is_base], color="tab:red", zorder=3)
+    for m in means[is_base][:1]:
+        ax.axhline(m, color="tab:red", ls="--", lw=1, label=f"baseline ({t.spec.baseline})")
     ax.set_xticks(x, [p[0] for p in points], rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="test top-1 (%)", title=t.spec.title)
     ax.grid(alpha=0.3, axis="y")

@@ -9,7 +9,7 @@ anything runs (a bad key or value is one ``ConfigError`` line naming the file, t
     analog = "Fashion-MNIST, 100 images per class, ..."  # what the analog changes: data, model width, epochs
     seeds = [0, 1, 2]
     budget = "per-method"           # resprout compare's budget (default per-method: every row as configured)
-    baseline = "CE"                 # the row the figure marks as the baseline
+    baseline = "CE"                 # the row the figure marks as the baseline (a reference, as in the claims)
 
     [keys]                          # keys every row shares: any `resprout train` key, [keys.ke] for ke.* options
     data = "fashion-mnist"
@@ -241,7 +241,8 @@ def load_spec(path: str | Path) -> Spec:
     if dup:
         raise ConfigError(f"{where}: the label {dup[0]!r} is used twice (rows and dependencies need their own)")
     baseline = _need(raw, "baseline", str, where)
-    if baseline not in labels:
+    base = parse_ref(baseline, f"{where}: baseline")
+    if base.table is None and base.label not in labels:
         raise ConfigError(f"{where}: baseline {baseline!r} is not a row label (rows: {', '.join(labels)})")
     claims = []
     for i, c in enumerate(raw.get("claims", [])):
@@ -280,7 +281,8 @@ def load_all(folder: Path, names: list[str] | None = None) -> list[Spec]:
     specs = [load_spec(files[n]) for n in (names or list(files))]
     loaded = {s.name: s for s in specs}
     for spec in specs:
-        for c in spec.claims:
+        base = [parse_ref(spec.baseline, f"{spec.path}: baseline")]
+        for c in spec.claims + [Claim("baseline", b, b) for b in base]:
             for ref in (c.a, c.b):
                 if ref.table is None:
                     continue

@@ -9,8 +9,8 @@ the speed pilot), times a factor for what its method adds per step, plus one ful
 (per network for several networks). The factors are assumptions, not measurements: K networks cost K times one
 (grafting, ensembles); CS-KD's second batch doubles a step; a teacher's forward costs a third of the teacher's
 training step (KD, FitNet, AT, DLN, KTAN, Grafting+); Born-Again's generations after the first forward the previous
-one (a third); KTAN's discriminator adds a tenth. A table's duration with two jobs is the time two workers take when each
-takes the next run in the comparison's order (seeds outermost), after the dependencies trained alone.
+one (a third); KTAN's discriminator adds a tenth. A table's duration with two jobs is the time two workers take when
+each takes the next run in the comparison's order (seeds outermost), after the dependencies trained alone.
 """
 
 from __future__ import annotations

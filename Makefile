@@ -1,12 +1,13 @@
 # Two commands on a fresh machine:
 #   make demo   set everything up, then train the small CNN on the embedded digits data
 #   make test   set everything up, then run the test suite
+#   make reproduce   the reproduction campaign (hours: see docs/reproduction.md)
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench reproduce clean
 
 # torch goes in first, pinned: anything that depends on torch would otherwise pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -35,6 +36,11 @@ bench: venv
 	$(BIN)/python -m benchmarks.grafting
 	$(BIN)/python -m benchmarks.rejuvenation
 	$(BIN)/python -m benchmarks.ke_table2
+
+# the reproduction campaign (docs/reproduction.md): trains what results/ lacks, two runs at a time, then rebuilds
+# the page; `python -m benchmarks.reproduce --from-results` rebuilds it without training
+reproduce: venv
+	$(BIN)/python -m benchmarks.reproduce --jobs 2
 
 clean:
 	rm -rf $(VENV) runs report .pytest_cache

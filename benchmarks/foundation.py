@@ -9,13 +9,16 @@ the median with its min and max over the repetitions (benchmarks._spread), becau
 3. Checkpointing at the default frequency (every epoch) as a share of epoch time: the time the training thread
    is blocked (snapshot), and the wall-clock difference of whole runs with and without checkpoints. Target: <= 2%.
 
-Run: ``python -m benchmarks.foundation [--quick]``.
+Run: ``python -m benchmarks.foundation [--quick]``; the measurements are kept in
+``benchmarks/results/foundation.json``, from which ``--from-results`` writes the section again without measuring.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -29,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import write_section  # noqa: E402
-from benchmarks._spread import NOTE, fmt, fmt_pct, machine_note  # noqa: E402
+from benchmarks._spread import NOTE, fmt, fmt_pct  # noqa: E402
 from resprout.config import make_config  # noqa: E402
 from resprout.data import channel_stats  # noqa: E402
 from resprout.models import build_model  # noqa: E402
@@ -124,12 +127,53 @@ def loader_share(keys: dict, steps: int = 30) -> tuple[float, float]:
     return load, full
 
 
+RESULTS = ROOT / "benchmarks" / "results" / "foundation.json"
+
+
+def render(data: dict) -> list[str]:
+    """The section's lines, every figure and the header read from the stored measurements (``data``, as
+    :func:`main` saves them to benchmarks/results/foundation.json)."""
+    env = data["env"]
+    head = (f"torch {env['torch']}, {env['threads']} thread, {env['date']}, {env['reps']} interleaved "
+            f"repetitions, {env['minutes']:.0f} min, load average {env['load']:.1f} on {env['cores']} cores at the "
+            f"end")
+    lines = ["Written by `python -m benchmarks.foundation` (" + head + "). " + NOTE + " Absolute img/s and ms are "
+             "medians and depend on the machine's load; compare the ratios.", "",
+             "## Foundation", "",
+             "### Trainer throughput vs a minimal hand-written loop (target >= 0.95)", "",
+             "| workload | hand loop img/s | trainer img/s | trainer / hand |", "|---|---|---|---|"]
+    lines += [f"| {n} | {h:.0f} | {o:.0f} | {fmt(r)} |" for n, h, o, r in data["speed"]]
+    lines += ["", "Both train the same model from the same initialization on the same in-memory tensors, batch size, "
+              "SGD and cosine schedule, without augmentation; only training steps are timed (evaluation is "
+              "measured by `benchmarks.evaluation`). The trainer also accumulates per-member metrics, checks the "
+              "loss for NaN every step and fires the events.", "",
+              "### Data loading and augmentation share of a step (target <= 5%)", "",
+              "| workload | load+crop+flip+normalize ms/batch | full step ms | share |", "|---|---|---|---|"]
+    lines += [f"| {n} | {a:.2f} | {b:.1f} | {fmt_pct(s)} |" for n, a, b, s in data["load"]]
+    lines += ["", "### Checkpointing every epoch (target <= 2% of epoch time)", "",
+              "| workload | training thread blocked (share of train time) | throughput lost, runs with vs without "
+              "checkpoints |", "|---|---|---|"]
+    lines += [f"| {n} | {fmt_pct(b)} | {fmt_pct(d, bold=False)} |" for n, b, d in data["checkpoint"]]
+    lines += ["", "Checkpoints are written on a background thread from a snapshot; the blocked share is the snapshot "
+              "time. The run-vs-run difference includes the background write competing for the cores and is "
+              "within the run-to-run noise (a negative value means the checkpointed run happened to be faster).",
+              ""]
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--from-results", action="store_true", help="measure nothing: write the section from the "
+                                                                "stored measurements")
     args = ap.parse_args()
+    if args.from_results:
+        lines = render(json.loads(RESULTS.read_text()))
+        write_section("foundation", lines, Path(args.out))
+        print("\n".join(lines))
+        return
     threads = 1
     torch.set_num_threads(threads)
     reps = 2 if args.quick else args.reps
@@ -157,32 +201,15 @@ def main() -> None:
         shares = [loader_share(aug) for _ in range(reps)]
         rows_load.append((name, statistics.median(s[0] for s in shares) * 1e3,
                           statistics.median(s[1] for s in shares) * 1e3, [s[0] / s[1] for s in shares]))
-    minutes = (time.perf_counter() - t_start) / 60
-    env = (f"torch {torch.__version__}, {threads} thread, {time.strftime('%Y-%m-%d')}, {reps} interleaved "
-           f"repetitions, {minutes:.0f} min, {machine_note()}")
-    lines = ["# Benchmarks", "", "Written by `python -m benchmarks.foundation` (" + env + "). " + NOTE + " Absolute "
-             "img/s and ms are medians and depend on the machine's load; compare the ratios.", "",
-             "## Foundation", "",
-             "### Trainer throughput vs a minimal hand-written loop (target >= 0.95)", "",
-             "| workload | hand loop img/s | trainer img/s | trainer / hand |", "|---|---|---|---|"]
-    lines += [f"| {n} | {h:.0f} | {o:.0f} | {fmt(r)} |" for n, h, o, r in rows_speed]
-    lines += ["", "Both train the same model from the same initialization on the same in-memory tensors, batch size, "
-              "SGD and cosine schedule, without augmentation; only training steps are timed (evaluation is "
-              "measured by `benchmarks.evaluation`). The trainer also accumulates per-member metrics, checks the "
-              "loss for NaN every step and fires the events.", "",
-              "### Data loading and augmentation share of a step (target <= 5%)", "",
-              "| workload | load+crop+flip+normalize ms/batch | full step ms | share |", "|---|---|---|---|"]
-    lines += [f"| {n} | {a:.2f} | {b:.1f} | {fmt_pct(s)} |" for n, a, b, s in rows_load]
-    lines += ["", "### Checkpointing every epoch (target <= 2% of epoch time)", "",
-              "| workload | training thread blocked (share of train time) | throughput lost, runs with vs without "
-              "checkpoints |", "|---|---|---|"]
-    lines += [f"| {n} | {fmt_pct(b)} | {fmt_pct(d, bold=False)} |" for n, b, d in rows_ckpt]
-    lines += ["", "Checkpoints are written on a background thread from a snapshot; the blocked share is the snapshot "
-              "time. The run-vs-run difference includes the background write competing for the cores and is "
-              "within the run-to-run noise (a negative value means the checkpointed run happened to be faster).",
-              ""]
-    write_section("foundation", lines[2:], Path(args.out))
-    print("\n".join(lines))
+    data = {"env": {"torch": torch.__version__, "threads": threads, "date": time.strftime("%Y-%m-%d"), "reps": reps,
+                    "minutes": (time.perf_counter() - t_start) / 60, "load": os.getloadavg()[0],
+                    "cores": os.cpu_count()},
+            "speed": rows_speed, "load": rows_load, "checkpoint": rows_ckpt}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(data, indent=1))
+    lines = render(data)
+    write_section("foundation", lines, Path(args.out))
+    print("\n".join(["# Benchmarks", ""] + lines))
 
 
 if __name__ == "__main__":

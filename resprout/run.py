@@ -85,9 +85,21 @@ def _git_commit() -> str | None:
         return None
 
 
+def _git_dirty() -> bool | None:
+    """Whether the package's files differ from its commit (changed or new files under resprout/), None outside git:
+    a result of uncommitted code cannot be traced to a commit."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return bool(out.stdout.strip()) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def environment(device: torch.device, dist: DistInfo) -> dict:
     """Versions, threads and hardware: stored with every run so that results can be told apart honestly."""
-    return {"resprout": __version__, "git_commit": _git_commit(), "python": sys.version.split()[0],
+    return {"resprout": __version__, "git_commit": _git_commit(), "git_dirty": _git_dirty(),
+            "python": sys.version.split()[0],
             "torch": torch.__version__, "numpy": np.__version__, "platform": platform.platform(),
             "machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
             "device": str(device), "cuda": torch.version.cuda, "world_size": dist.world_size,

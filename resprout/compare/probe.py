@@ -23,9 +23,10 @@ def probe_grid(grid: Grid) -> dict:
             for h in handlers(trainer.methods, Event.FIT_START):
                 h(trainer)
         except ResproutError as e:
-            label = "baseline " if cell.baseline and cell.method not in grid.methods else ""
-            raise ConfigError(f"{label}method={cell.method} ({cell.generations} x {cell.epochs} epochs) cannot run "
-                              f"here: {e}") from None
+            label = "baseline " if cell.baseline and cell.label not in grid.methods else ""
+            row = f"row {cell.label!r}, " if cell.label != cell.method else ""
+            raise ConfigError(f"{label}{row}method={cell.method} ({cell.generations} x {cell.epochs} epochs) cannot "
+                              f"run here: {e}") from None
         ds = trainer.dataset
         if not sizes:
             sizes = {name: (len(getattr(ds, name).labels) if getattr(ds, name) is not None else 0)

@@ -8,13 +8,23 @@ a test split much larger than a small training set (Fashion-MNIST's 10,000 test 
 images) is not evaluated after every epoch; see :func:`auto_eval_every`. The last epoch of every generation is
 always evaluated.
 
+At that last evaluation the per-image top-1 correctness of every classification member on the test split is kept
+in the run directory (``test-correct-<member>.json``, one packed bitmask per generation, see
+:func:`correctness_record`): two runs evaluated on the same test images can then be compared image by image (the
+exact, McNemar-style variance of a paired difference; ``benchmarks.reproduce`` uses it).
+
 :class:`Reporting` is a part of :class:`~resprout.engine.trainer.Trainer` (split out by concern); it reads the
 trainer's members, loaders, store and position.
 """
 
 from __future__ import annotations
 
+import base64
+import errno
+import hashlib
+import json
 import math
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -25,6 +35,7 @@ from torch import nn
 from resprout.data.loader import EvalLoader
 from resprout.engine.distributed import DistInfo, all_gather_object, all_reduce_sum
 from resprout.engine.events import Event
+from resprout.errors import NoSpaceError
 
 if TYPE_CHECKING:
     from resprout.engine.trainer import Trainer
@@ -50,15 +61,20 @@ def auto_eval_every(eval_images: int, train_images: int) -> int:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: EvalLoader, dist: DistInfo | None = None) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: EvalLoader, dist: DistInfo | None = None,
+             correct: list | None = None) -> dict[str, float]:
     """Loss, top-1 and top-5 accuracy (fractions) of ``model`` on ``loader``, over all processes (under
-    ``torch.inference_mode``: no autograd bookkeeping, as cheap as a forward pass can be)."""
+    ``torch.inference_mode``: no autograd bookkeeping, as cheap as a forward pass can be). ``correct``: a list that
+    receives this process's per-image top-1 correctness, one bool tensor per batch, in the loader's order."""
     was_training = model.training
     model.eval()
     sums = None
     try:
         for x, y in loader:
-            batch = classification_metrics(model(x).float(), y)
+            logits = model(x).float()
+            batch = classification_metrics(logits, y)
+            if correct is not None:
+                correct.append((logits.argmax(1) == y).cpu())
             sums = batch if sums is None else sums + batch
     finally:
         model.train(was_training)
@@ -67,6 +83,40 @@ def evaluate(model: nn.Module, loader: EvalLoader, dist: DistInfo | None = None)
     sums = all_reduce_sum(sums.double(), dist or DistInfo()).tolist()
     n = max(sums[3], 1.0)
     return {"loss": sums[0] / n, "top1": sums[1] / n, "top5": sums[2] / n}
+
+
+CORRECT_FILE = "test-correct-{member}.json"
+
+
+def labels_digest(labels: torch.Tensor) -> str:
+    """A fingerprint of a split's labels in order: two bitmasks are paired only when it is the same."""
+    return hashlib.sha256(labels.to(torch.int64).cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def pack_bits(correct: torch.Tensor) -> str:
+    """Per-image booleans as base64 of their bits, most significant first (numpy.packbits' order)."""
+    import numpy as np
+
+    return base64.b64encode(np.packbits(correct.cpu().numpy().astype(bool)).tobytes()).decode()
+
+
+def unpack_bits(text: str, count: int):
+    """The booleans :func:`pack_bits` packed (a numpy array of ``count`` bools)."""
+    import numpy as np
+
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8), count=count).astype(bool)
+
+
+def correctness_record(previous: dict | None, member: str, generation: int, correct: torch.Tensor,
+                       labels: torch.Tensor) -> dict:
+    """The content of ``test-correct-<member>.json`` after ``generation`` (from 1): the test split's size and labels
+    fingerprint and one packed bitmask per generation; the entries of later generations (a run resumed from an
+    earlier point) are dropped, as they will be written again."""
+    digest = labels_digest(labels)
+    gens = dict((previous or {}).get("generations", {})) if (previous or {}).get("labels") == digest else {}
+    gens = {g: v for g, v in gens.items() if int(g) < generation}
+    gens[str(generation)] = pack_bits(correct)
+    return {"member": member, "split": "test", "images": int(len(labels)), "labels": digest, "generations": gens}
 
 
 def format_metrics(train: dict, evals: dict[str, dict]) -> str:
@@ -86,14 +136,24 @@ def format_metrics(train: dict, evals: dict[str, dict]) -> str:
 class Reporting:
     """Evaluation, train metrics and the end of an epoch (a part of the trainer)."""
 
-    def evaluate(self: Trainer, model: nn.Module, split: str = "test") -> dict[str, float]:
+    def evaluate(self: Trainer, model: nn.Module, split: str = "test", correct: list | None = None
+                 ) -> dict[str, float]:
         """Metrics of ``model`` on a split: classification by default, or the run's ``evaluator`` (a method may
         set one, e.g. retrieval metrics for an embedding network; it must return at least ``loss`` and ``top1``).
+        ``correct`` receives the per-image top-1 correctness of the whole split (classification only; left empty
+        with an evaluator of a method's own).
 
         In a run with per-rank members every rank evaluates its own members on the whole split."""
+        if self.evaluator is not None:
+            correct = None
+        extra = {} if correct is None else {"correct": correct}
         if self.per_rank:
-            return (self.evaluator or evaluate)(model, self.full_eval_loaders[split], DistInfo())
-        return (self.evaluator or evaluate)(model, self.eval_loaders[split], self.dist)
+            return (self.evaluator or evaluate)(model, self.full_eval_loaders[split], DistInfo(), **extra)
+        metrics = (self.evaluator or evaluate)(model, self.eval_loaders[split], self.dist, **extra)
+        if correct and self.dist.enabled:  # contiguous shards in rank order: gathered, they are the split's order
+            parts = all_gather_object(torch.cat(correct), self.dist)
+            correct[:] = [torch.cat(parts)]
+        return metrics
 
     @property
     def eval_interval(self: Trainer) -> int:
@@ -163,14 +223,21 @@ class Reporting:
 
     # -- the end of an epoch ---------------------------------------------------------------------------------------------
     def _epoch_rows(self: Trainer, evaluate_now: bool, images: int) -> dict[str, tuple[dict, dict, dict]]:
-        """(train metrics, extra train values, split -> metrics) of every evaluated local member."""
+        """(train metrics, extra train values, split -> metrics) of every evaluated local member; at a generation's
+        last epoch, each member's per-image test correctness is saved (:meth:`_save_correct`)."""
         rows = {}
+        last = evaluate_now and self.epoch + 1 == self.config.epochs
         for name, member in self.members.items():
             if not member.evaluate or not member.local:
                 continue
             train = self._train_metrics(name) if member.trainable else {}
             t0 = time.perf_counter()
-            evals = {split: self.evaluate(member.model, split) for split in self.eval_loaders} if evaluate_now else {}
+            evals = {}
+            for split in self.eval_loaders if evaluate_now else ():
+                correct: list | None = [] if last and split == "test" else None
+                evals[split] = self.evaluate(member.model, split, correct)
+                if correct:
+                    self._save_correct(name, torch.cat(correct))
             self._eval_time += time.perf_counter() - t0
             extra = {"lr": member.optimizer.param_groups[0]["lr"], "seconds": self._epoch_time,
                      "images_per_second": images / max(self._epoch_time, 1e-9)} if member.trainable else {}
@@ -181,6 +248,29 @@ class Reporting:
                 merged.update(part)
             rows = {name: merged[name] for name in self.members if name in merged}
         return rows
+
+    def _save_correct(self: Trainer, member: str, correct: torch.Tensor) -> None:
+        """Write this generation's per-image test correctness of ``member`` into ``test-correct-<member>.json``
+        (atomically; by the main process, or by the rank that holds a per-rank member)."""
+        writer = self.members[member].placement == "per_rank" or self.dist.is_main
+        if self.run_dir is None or not writer:
+            return
+        path = self.run_dir / CORRECT_FILE.format(member=member)
+        try:
+            previous = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
+            previous = None  # unreadable: written anew
+        labels = self.full_eval_loaders["test"].labels
+        text = json.dumps(correctness_record(previous, member, self.generation + 1, correct, labels))
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # the checkpoint's pattern: a stale one is removed
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)  # whole or not at all
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno == errno.ENOSPC:
+                raise NoSpaceError(f"no space left on {self.run_dir} while writing {path.name}") from None
+            raise
 
     def _finish_epoch(self: Trainer) -> None:
         self._emit(Event.EPOCH_END)

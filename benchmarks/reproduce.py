@@ -1,0 +1,243 @@
+"""The reproduction campaign: every table of ``reproductions/`` through ``resprout compare``, its runs kept in
+``results/``, its claims judged by code, and ``docs/reproduction.md`` generated from the results.
+
+::
+
+    python -m benchmarks.reproduce                     # every table (make reproduce)
+    python -m benchmarks.reproduce ke-table2 --jobs 2  # one table, two worker processes
+    python -m benchmarks.reproduce --from-results      # rebuild the page from results/ alone, no training
+
+For each table (see :mod:`benchmarks.reproduction.spec` for the file format):
+
+1. The grid is built from the file as ``resprout compare`` builds it (every key checked before anything runs).
+2. A run already recorded in ``results/<table>.csv`` with the same label, seed and configuration fingerprint is
+   reused, never trained again, even in a fresh clone without the store.
+3. The other runs train in a git-ignored work folder, ``runs/reproduce/<table>/`` (a compare directory: finished
+   runs in its store are reused, interrupted ones continue from their checkpoints), after the file's dependencies
+   (``[depends.<name>]``, e.g. a teacher) in ``runs/reproduce/<table>-depends/``.
+4. Every finished run is written to ``results/<table>.csv`` (and its per-image test correctness to
+   ``results/<table>.correct.csv``) as soon as the table's comparison ends or is interrupted.
+
+The evaluation design: the reproduction files set ``eval_every`` beyond any run's epochs, so a run evaluates only
+at the last epoch of each generation, on the whole test set (10,000 Fashion-MNIST images), where the engine also
+saves the per-image correctness; nothing evaluates 10,000 images every few epochs during training. The claims use
+the last-epoch numbers, as the papers report them; "best" is then the best of the generations' ends.
+
+Nothing is committed by this script: commit ``results/``, ``docs/reproduction.md``, its figures and the README's
+summary when the runs are worth keeping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.reproduction import report as rep  # noqa: E402
+from benchmarks.reproduction import results as res  # noqa: E402
+from benchmarks.reproduction.spec import Spec, load_all  # noqa: E402
+from resprout.errors import ConfigError, Interrupted, ResproutError  # noqa: E402
+
+REPRODUCTIONS = ROOT / "reproductions"
+WORK = ROOT / "runs" / "reproduce"
+
+
+def compare_args(spec: Spec, jobs: int, threads: int | None) -> list[str]:
+    """The comparison's own keys; the shared keys and rows go to compare() typed, from the file."""
+    return [f"seeds={','.join(map(str, spec.seeds))}", f"budget={spec.budget}", "baseline=none", f"jobs={jobs}",
+            f"threads={threads or jobs}"]
+
+
+def dependency_dirs(spec: Spec, work: Path) -> dict[str, Path]:
+    return {name: work / f"{spec.name}-depends" / name for name in spec.depends}
+
+
+def dependency_config(spec: Spec, name: str):
+    """A dependency's configuration: the table's shared keys under its own (its data must be the rows' data)."""
+    from resprout.compare.grid import route_key
+    from resprout.config import make_config, merge
+
+    raw: dict = {}
+    for k, v in {**spec.keys, **spec.depends[name], "progress": "none"}.items():
+        layer: dict = {}
+        route_key(layer, k, v, from_text=False)
+        raw = merge(raw, layer)
+    return make_config(raw)
+
+
+def teacher_refs(spec: Spec, work: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(dependency name -> its run directory, run directory -> "@name:<fingerprint>") for the rows' teachers."""
+    dirs = dependency_dirs(spec, work)
+    paths, refs = {}, {}
+    for name, d in dirs.items():
+        fp = res.portable_fingerprint(dependency_config(spec, name))
+        paths[name] = str(d.resolve())
+        refs[str(d.resolve())] = f"@{name}:{fp}"
+    return paths, refs
+
+
+def current_fingerprints(spec: Spec, work: Path, jobs: int = 1):
+    """(grid, (label, seed) -> portable fingerprint of every run the file now asks for, dependencies included)."""
+    from resprout.compare.grid import build_grid
+
+    paths, refs = teacher_refs(spec, work)
+    grid = build_grid(compare_args(spec, jobs, None), rows=spec.row_specs(paths), shared=spec.keys, cpu_count=1)
+    current = {(c.label, c.seed): res.portable_fingerprint(c.config, refs) for c in grid.cells}
+    for name in spec.depends:
+        cfg = dependency_config(spec, name)
+        current[(name, cfg.seed)] = res.portable_fingerprint(cfg)
+    return grid, current, refs
+
+
+def _record(spec: Spec, exported: list[tuple[list[dict], list[dict]]], folder: Path) -> None:
+    rows, bits = res.read(spec.name, folder)
+    for new_rows, new_bits in exported:
+        rows = res.merge(rows, new_rows)
+        bits = res.merge(bits, new_bits)
+    res.write(spec.name, rows, bits, folder, order=[r.label for r in spec.rows] + list(spec.depends))
+
+
+def train_dependencies(spec: Spec, work: Path, done: dict, current: dict, stream, threads: int) -> list:
+    """Train (or continue) every dependency not recorded in results/, alone, with ``threads``; its rows,
+    exported."""
+    from resprout.run import train
+
+    exported = []
+    for name, d in dependency_dirs(spec, work).items():
+        cfg = dependency_config(spec, name)
+        if done.get((name, cfg.seed)) == current[(name, cfg.seed)] and (d / "checkpoint.pt").exists():
+            continue
+        stream.write(f"reproduce {spec.name}: dependency {name} ({cfg.model}, {cfg.epochs} epochs) in {d}\n")
+        train(cfg, out=d, store=d.parent / "resprout.db", threads=threads)
+        exported.append(res.export_run(d, name, role="dependency"))
+    return exported
+
+
+def run_table(spec: Spec, jobs: int, threads: int | None, work: Path, folder: Path, stream=sys.stderr) -> str:
+    """Train what results/ lacks for one table and record it; returns the comparison's status."""
+    from resprout.compare import compare
+
+    grid, current, refs = current_fingerprints(spec, work, jobs)
+    recorded, _ = res.read(spec.name, folder)
+    done = res.finished_runs(recorded)
+    reused = {c.key for c in grid.cells if done.get((c.label, c.seed)) == current[(c.label, c.seed)]}
+    todo = [c for c in grid.cells if c.key not in reused]
+    stream.write(f"reproduce {spec.name}: {len(grid.cells)} runs, {len(reused)} recorded in results/ (reused), "
+                 f"{len(todo)} to run or continue\n")
+    if not todo:
+        return "finished"
+    needed = {spec.uses_dependency(spec.row(c.label)) for c in todo if spec.row(c.label)} - {None}
+    exported = train_dependencies(spec, work, done, current, stream, threads or jobs) if needed else []
+    if exported:
+        _record(spec, exported, folder)
+    paths, _ = teacher_refs(spec, work)
+    out = work / spec.name
+    set_aside(todo, out / "runs", stream)
+    status = "finished"
+    try:
+        result = compare(compare_args(spec, jobs, threads), out, rows=spec.row_specs(paths), skip=reused,
+                         shared=spec.keys, stream=stream)
+        status = result["status"]
+    except Interrupted:
+        status = "interrupted"
+        raise
+    finally:  # whatever finished is recorded, also when the comparison was stopped
+        _record(spec, [res.export_run(out / "runs" / c.key, c.label, member=spec.row(c.label).member
+                                      if spec.row(c.label) else None, teachers=refs)
+                       for c in todo if _finished(out, c.key)], folder)
+    return status
+
+
+def set_aside(cells: list, runs_dir: Path, stream) -> None:
+    """Rename the run directories that hold a run of another configuration (the reproduction file changed since)
+    to ``<name>.old-<fingerprint>``, so that the comparison can train the new one; nothing is deleted."""
+    from resprout.config import config_from_dict
+    from resprout.engine.rundir import RUN_FILE, read_run_file
+
+    for c in cells:
+        d = runs_dir / c.key
+        if not (d / RUN_FILE).exists():
+            continue
+        old = config_from_dict(read_run_file(d)["config"]).fingerprint()
+        if old != c.config.fingerprint():
+            d.rename(d.with_name(f"{d.name}.old-{old}"))
+            stream.write(f"reproduce: {d} held a run of another configuration; moved to {d.name}.old-{old}\n")
+
+
+def _finished(out: Path, key: str) -> bool:
+    from resprout.engine.rundir import RUN_FILE, read_run_file
+    from resprout.engine.store import Store
+
+    d = out / "runs" / key
+    if not (d / RUN_FILE).exists() or not (out / "resprout.db").exists():
+        return False
+    with Store(out / "resprout.db") as store:
+        rec = store.run(read_run_file(d)["run_id"])
+    return rec is not None and rec.status == "finished"
+
+
+def rebuild(specs: list[Spec], work: Path, folder: Path, doc: Path = rep.DOC, readme: Path = rep.README,
+            figures: Path = rep.FIGURES) -> list[rep.TableResult]:
+    """Every table, figure, docs/reproduction.md and the README's summary, from results/ alone."""
+    data = {spec.name: rep.recorded(spec.name, current_fingerprints(spec, work)[1], folder) for spec in specs}
+    tables = []
+    for spec in specs:
+        t = rep.build(spec, data)
+        rep.figure(t, figures / f"{spec.name}.png")
+        tables.append(t)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(rep.page(tables, doc, figures))
+    rep.write_readme(tables, readme)
+    return tables
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.reproduce", description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="*", help="reproductions to run (file stems under reproductions/; default all)")
+    ap.add_argument("--jobs", type=int, default=2, help="worker processes of each comparison (default 2)")
+    ap.add_argument("--threads", type=int, default=None, help="total threads, split between the jobs (default: "
+                                                              "one per job)")
+    ap.add_argument("--from-results", action="store_true", help="train nothing: rebuild the tables, figures and "
+                                                                "docs/reproduction.md from results/")
+    ap.add_argument("--dir", default=str(REPRODUCTIONS), help=argparse.SUPPRESS)
+    ap.add_argument("--results", default=str(res.RESULTS), help=argparse.SUPPRESS)
+    ap.add_argument("--work", default=str(WORK), help=argparse.SUPPRESS)
+    ap.add_argument("--doc", default=str(rep.DOC), help=argparse.SUPPRESS)
+    ap.add_argument("--readme", default=str(rep.README), help=argparse.SUPPRESS)
+    ap.add_argument("--figures", default=str(rep.FIGURES), help=argparse.SUPPRESS)
+    ns = ap.parse_args(argv)
+    folder, work = Path(ns.results), Path(ns.work)
+    try:
+        if ns.jobs < 1:
+            raise ConfigError(f"bad value for --jobs: {ns.jobs} (an integer >= 1)")
+        specs = load_all(Path(ns.dir), ns.names or None)
+        for spec in specs:  # every file checked before anything trains
+            current_fingerprints(spec, work, ns.jobs)
+        code = 0
+        if not ns.from_results:
+            for spec in specs:
+                t0 = time.monotonic()
+                status = run_table(spec, ns.jobs, ns.threads, work, folder)
+                print(f"reproduce {spec.name}: {status} in {(time.monotonic() - t0) / 60:.1f} min", file=sys.stderr)
+                code = code or (0 if status == "finished" else 1)
+        every = load_all(Path(ns.dir))
+        tables = rebuild(every, work, folder, Path(ns.doc), Path(ns.readme), Path(ns.figures))
+        for t in tables:
+            if t.spec in specs or t.spec.name in {s.name for s in specs}:
+                c = rep.counts(t.outcomes)
+                print(f"{t.spec.name}: " + ", ".join(f"{v} {k}" for k, v in c.items()))
+        return code
+    except Interrupted as e:
+        print(f"reproduce: {e}; run the same command again to continue", file=sys.stderr)
+        return 130
+    except ResproutError as e:
+        print(f"reproduce: error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

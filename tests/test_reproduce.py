@@ -1,0 +1,341 @@
+"""The reproduction machinery: the statistics of a claim against hand-computed numbers, the file format's
+refusals, compare rows with their own keys, the engine's per-image record against a re-evaluation, and a tiny table
+end to end (results/ against the store, reuse without the store, the page rebuilt from results/ alone and
+re-derived when the stored rows change)."""
+
+import csv
+import json
+import math
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import reproduce
+from benchmarks.reproduction import results as res
+from benchmarks.reproduction import stats
+from benchmarks.reproduction.spec import load_spec
+from resprout.compare.grid import build_grid
+from resprout.engine.evaluation import pack_bits, unpack_bits
+from resprout.errors import ConfigError
+
+TINY = Path(__file__).parent / "data" / "tiny-reproduction.toml"
+CROSS = Path(__file__).parent / "data" / "tiny-cross.toml"
+
+
+# -- statistics --------------------------------------------------------------------------------------------------------
+def test_one_seed_is_mcnemars_variance():
+    a = np.array([[1, 1, 0, 0, 1]], bool)
+    b = np.array([[1, 0, 1, 0, 0]], bool)
+    p = stats.paired_from_bits(a, b)
+    # two images only A gets right, one only B: McNemar's (b + c)/N^2 - (b - c)^2/N^3, times N/(N-1) (the sample
+    # variance's denominator)
+    mcnemar = 3 / 25 - 1 / 125
+    assert p.diff == pytest.approx(0.2)
+    assert p.se ** 2 == pytest.approx(mcnemar * 5 / 4)
+    assert stats.verdict(p) == stats.UNRESOLVED  # one seed: the seed term is unknown
+
+
+def test_two_seeds_by_hand():
+    # c = A - B = [[1, 0, 0], [1, 0, -1]]: d = 1/6; s_d^2 = 1/18, s_x^2 = 7/12, MS_res = 1/6 (worked by hand)
+    a = np.array([[1, 1, 0], [1, 0, 0]], bool)
+    b = np.array([[0, 1, 0], [0, 0, 1]], bool)
+    p = stats.paired_from_bits(a, b)
+    assert p.diff == pytest.approx(1 / 6)
+    assert p.se == pytest.approx(math.sqrt(1 / 36 + 7 / 36 - 1 / 36))
+
+
+def loop_variance(c: list[list[int]]) -> float:
+    """The estimator written out with loops (no numpy), as the stats docstring states it."""
+    n, N = len(c), len(c[0])
+    d_s = [sum(row) / N for row in c]
+    x_i = [sum(c[s][i] for s in range(n)) / n for i in range(N)]
+    d = sum(d_s) / n
+    s_d2 = sum((v - d) ** 2 for v in d_s) / (n - 1)
+    s_x2 = sum((v - d) ** 2 for v in x_i) / (N - 1)
+    ms = sum((c[s][i] - d_s[s] - x_i[i] + d) ** 2 for s in range(n) for i in range(N)) / ((n - 1) * (N - 1))
+    return max(s_d2 / n + s_x2 / N - ms / (n * N), s_d2 / n, s_x2 / N)
+
+
+def test_random_tables_against_loops():
+    rng = np.random.default_rng(0)
+    for n, N in ((2, 50), (3, 200), (5, 400)):
+        a = rng.random((n, N)) < 0.8
+        b = rng.random((n, N)) < 0.75
+        c = (a.astype(int) - b.astype(int)).tolist()
+        assert stats.paired_from_bits(a, b).se ** 2 == pytest.approx(loop_variance(c), rel=1e-12)
+
+
+def test_accuracies_alone():
+    p = stats.paired_from_accuracies([0.8, 0.9], [0.7, 0.8], 100)
+    assert p.diff == pytest.approx(0.1)
+    assert p.se == pytest.approx(math.sqrt((0.85 * 0.15 + 0.75 * 0.25) / 100))  # the seed term is 0 here
+    assert not p.exact
+
+
+@pytest.mark.parametrize("diff,direction,margin,word", [
+    (0.05, ">", 0.0, stats.HOLDS), (-0.05, ">", 0.0, stats.REVERSED), (0.03, ">", 0.0, stats.UNRESOLVED),
+    (0.05, "<", 0.0, stats.REVERSED), (0.005, "<", 0.01, stats.HOLDS), (0.015, "<", 0.01, stats.UNRESOLVED),
+    (0.06, ">", 0.01, stats.HOLDS), (0.045, ">", 0.01, stats.UNRESOLVED)])
+def test_verdict_needs_two_standard_errors(diff, direction, margin, word):
+    se = 0.02 if abs(diff) > 0.01 else 0.002
+    assert stats.verdict(stats.Paired(diff, se, 3, 100, True, 0, 0), direction, margin) == word
+
+
+def test_a_property_of_the_weights_has_the_seeds_variance_alone():
+    p = stats.paired_from_values([0.10, 0.20, 0.30], [0.20, 0.20, 0.20])
+    assert p.diff == pytest.approx(0.0)
+    assert p.se == pytest.approx(math.sqrt(0.01 / 3))  # d_s = -0.1, 0, 0.1: sample variance 0.01
+
+
+def test_filter_shares_by_hand():
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(1, 3, 1, bias=False), nn.ReLU(), nn.Conv2d(3, 1, 1, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([0.0005, 0.05, 2.0]).view(3, 1, 1, 1))
+        net[2].weight.copy_(torch.tensor([0.3, -0.3, 0.3]).view(1, 3, 1, 1))  # one filter, l1 0.9
+    shares = res.filter_shares(net)
+    assert shares["filters"] == 4
+    assert [shares[c] for c in res.FILTER_COLUMNS] == [0.25, 0.25, 0.5, 0.75]
+
+
+def test_bits_round_trip():
+    x = torch.rand(1001) < 0.5
+    assert (unpack_bits(pack_bits(x), 1001) == x.numpy()).all()
+
+
+# -- the file format ---------------------------------------------------------------------------------------------------
+def write(tmp_path, text: str) -> Path:
+    p = tmp_path / "t.toml"
+    p.write_text(text)
+    return p
+
+
+BASE = '''title = "t"\npaper = "ke"\ntables = "Table 2"\nanalog = "a"\nseeds = [0]\nbaseline = "CE"
+[[rows]]\nlabel = "CE"\nmethod = "ce"\n'''
+
+
+@pytest.mark.parametrize("extra,says", [
+    ('[[claims]]\nclaim = "x"\na = "KE"\nb = "CE"\n', "'KE' is not a row label"),
+    ('[[claims]]\nclaim = "x"\na = "CE"\nb = "CE"\ndirection = ">="\n', "bad value for direction"),
+    ('[[claims]]\nclaim = "x"\na = "CE"\nb = "CE"\npaper = { a = 1, b = 2 }\n', "need where"),
+    ('color = 1\n', "unknown key 'color'"),
+    ('[[rows]]\nlabel = "CE"\nmethod = "ls"\n', "used twice"),
+    ('[[rows]]\nlabel = "KD"\nmethod = "kd"\nkeys = { teacher = "@t" }\n', "names no [depends.t]"),
+    ('[[claims]]\nclaim = "x"\na = "CE:filters<0.1"\nb = "CE"\n', "the same thing"),
+    ('[[claims]]\nclaim = "x"\na = "CE:filters<0.5"\nb = "CE:filters<0.5"\n', "filter shares are recorded"),
+])
+def test_bad_files_are_one_line(tmp_path, extra, says):
+    text = BASE.replace('[[rows]]', extra + '[[rows]]', 1) if extra.startswith("color") else BASE + extra
+    with pytest.raises(ConfigError, match=says.replace("[", r"\[").replace("]", r"\]")):
+        load_spec(write(tmp_path, text))
+
+
+def test_the_repository_reproductions_build():
+    """Every file under reproductions/ parses and builds its grid (every key checked as compare checks it)."""
+    from benchmarks.reproduction.spec import load_all
+
+    specs = load_all(reproduce.REPRODUCTIONS)
+    assert {s.paper for s in specs} == {"ke", "nr", "grafting", "ktan"}
+    for spec in specs:
+        grid, current, _ = reproduce.current_fingerprints(spec, Path("/nonexistent"))
+        assert {c.label for c in grid.cells} == {r.label for r in spec.rows}
+
+
+# -- compare rows ------------------------------------------------------------------------------------------------------
+def test_rows_carry_their_own_keys_and_labels():
+    grid = build_grid(["method=ce", "row.noise=graft graft.scion=noise graft.peers=1", "row.ce-2x=ce epochs=2",
+                       "data=digits", "epochs=1", "budget=per-method", "baseline=none", "seeds=0,1"])
+    keys = {c.key: c for c in grid.cells}
+    assert set(keys) == {"ce-1x1-s0", "ce-1x1-s1", "noise-1x1-s0", "noise-1x1-s1", "ce-2x-1x2-s0", "ce-2x-1x2-s1"}
+    assert keys["noise-1x1-s0"].config.method_options["graft"]["scion"] == "noise"
+    assert keys["ce-2x-1x2-s0"].config.epochs == 2 and keys["ce-1x1-s0"].config.epochs == 1
+    assert "graft" not in keys["ce-1x1-s0"].config.method_options
+
+
+def test_todays_command_line_names_the_same_runs():
+    grid = build_grid(["method=ce,ke", "seeds=0", "data=digits", "epochs=1", "generations=2"])
+    assert sorted(c.key for c in grid.cells) == ["ce-1x2-s0", "ke-2x1-s0"]
+
+
+@pytest.mark.parametrize("args,says", [
+    (["method=ce", "row.ce=ls"], "labelled"),
+    (["method=ce", "row.x=ce seed=1"], "cannot set seed"),
+    (["row.x=epochs=2"], "bad row"),
+    (["method=ce", "row.x=ce graft.scion=noise"], "graft"),
+])
+def test_bad_rows_are_refused(args, says):
+    with pytest.raises(ConfigError, match=says):
+        build_grid(args + ["data=digits", "epochs=1"])
+
+
+# -- the per-image record ----------------------------------------------------------------------------------------------
+def test_per_image_record_matches_a_re_evaluation(tmp_path):
+    from resprout.run import build_dataset, open_run, train
+
+    out = tmp_path / "run"
+    train(data="digits", per_class=20, model="cnn", width=0.5, epochs=2, generations=2, method="ke",
+          batch_size=32, progress="none", out=out)
+    rec = json.loads((out / "test-correct-model.json").read_text())
+    trainer = open_run(out)  # the last checkpoint: generation 2's final weights
+    ds = build_dataset(trainer.config)
+    model = trainer.members["model"].model.eval()
+    with torch.no_grad():  # batches of the run's own test loader, predicted here one by one
+        pred = torch.cat([torch.stack([model(x[None]).argmax(1)[0] for x in xb])
+                          for xb, _ in trainer.eval_loaders["test"]])
+    expected = (pred == ds.test.labels).numpy()
+    assert rec["images"] == len(ds.test.labels) and set(rec["generations"]) == {"1", "2"}
+    assert (unpack_bits(rec["generations"]["2"], rec["images"]) == expected).all()
+
+
+# -- a tiny table end to end -------------------------------------------------------------------------------------------
+def run_main(tmp: Path, *extra: str) -> int:
+    return reproduce.main([TINY.stem, CROSS.stem, "--jobs", "1", "--dir", str(tmp / "repro"),
+                           "--results", str(tmp / "results"), "--work", str(tmp / "work"),
+                           "--doc", str(tmp / "docs" / "reproduction.md"), "--readme", str(tmp / "README.md"),
+                           "--figures", str(tmp / "docs" / "figures"), *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("repro")
+    (tmp / "repro").mkdir()
+    shutil.copy(TINY, tmp / "repro" / TINY.name)
+    shutil.copy(CROSS, tmp / "repro" / CROSS.name)
+    (tmp / "README.md").write_text("# resprout\n\nFirst paragraph.\n\n## More\n")
+    assert run_main(tmp) == 0
+    return tmp
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_results_hold_the_stores_numbers_and_the_bits_agree(tiny):
+    rows = read_csv(tiny / "results" / f"{TINY.stem}.csv")
+    bits = {(b["label"], b["seed"], b["generation"]): b
+            for b in read_csv(tiny / "results" / f"{TINY.stem}.correct.csv")}
+    assert {(r["label"], r["seed"]) for r in rows if r["final"] == "1"} == \
+        {(lab, s) for lab in ("CE", "CE 2x", "KE", "KD") for s in ("0", "1")} | {("teacher", "0")}
+    for r in rows:
+        folder = tiny / "work" / (f"{TINY.stem}-depends" if r["role"] == "dependency" else f"{TINY.stem}/runs")
+        info = json.loads((folder / r["run"] / "run.json").read_text())
+        con = sqlite3.connect(info["store"])
+        (stored,), = con.execute("SELECT value FROM generation_metrics WHERE run_id=? AND member='model' AND "
+                                 "metric='test_top1' AND generation=?", (info["run_id"], int(r["generation"]) - 1))
+        con.close()
+        assert float(r["top1"]) == stored
+        b = bits[(r["label"], r["seed"], r["generation"])]
+        assert unpack_bits(b["bits"], int(b["images"])).mean() == pytest.approx(stored, abs=1e-12)
+        assert int(r["test_images"]) == 359  # the whole digits test split
+
+
+def test_a_fresh_clone_with_results_trains_nothing(tiny, tmp_path):
+    clone = tmp_path / "clone"
+    for part in ("repro", "results"):
+        shutil.copytree(tiny / part, clone / part)
+    (clone / "README.md").write_text((tiny / "README.md").read_text())
+    before = (clone / "results" / f"{TINY.stem}.csv").read_text()
+    assert run_main(clone) == 0
+    assert not (clone / "work").exists()  # no store, no run directory: nothing trained
+    assert (clone / "results" / f"{TINY.stem}.csv").read_text() == before
+    assert (clone / "docs" / "reproduction.md").read_text() == (tiny / "docs" / "reproduction.md").read_text()
+
+
+def test_the_page_is_rebuilt_from_results_alone_and_follows_them(tiny, tmp_path):
+    clone = tmp_path / "clone"
+    for part in ("repro", "results"):
+        shutil.copytree(tiny / part, clone / part)
+    (clone / "README.md").write_text("# resprout\n\nFirst paragraph.\n")
+    assert run_main(clone, "--from-results") == 0
+    page = (clone / "docs" / "reproduction.md").read_text()
+    assert page == (tiny / "docs" / "reproduction.md").read_text()
+    # change the stored CE numbers: the rows table and the claims follow, and the per-image records are dropped
+    path = clone / "results" / f"{TINY.stem}.csv"
+    rows = read_csv(path)
+    for r in rows:
+        if r["label"] == "CE":
+            r["top1"] = "0.5" if r["seed"] == "0" else "0.6"
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    (clone / "results" / f"{TINY.stem}.correct.csv").unlink()
+    assert run_main(clone, "--from-results") == 0
+    page = (clone / "docs" / "reproduction.md").read_text()
+    assert "55.00 ± 7.07" in page  # mean and std of 0.5 and 0.6
+    ce2 = [float(r["top1"]) for r in rows if r["label"] == "CE 2x" and r["final"] == "1"]
+    p = stats.paired_from_accuracies(ce2, [0.5, 0.6], 359)
+    line = next(x for x in page.splitlines() if x.startswith("| doubling the epochs"))
+    assert [c.strip() for c in line.strip("|").split("|")][4] == \
+        f"{100 * p.diff:+.2f} ± {100 * p.se:.2f} (independent-test bound)"
+    readme = (clone / "README.md").read_text()
+    assert readme.startswith("# resprout\n\n<!-- reproduction:start -->") and "First paragraph." in readme
+
+
+def test_verdicts_in_the_page_are_the_statistics_of_the_stored_bits(tiny):
+    rows, bits = res.read(TINY.stem, tiny / "results")
+    ke = {(b["seed"], b["generation"]): unpack_bits(b["bits"], b["images"]) for b in bits if b["label"] == "KE"}
+    p = stats.paired_from_bits(np.stack([ke[(0, 2)], ke[(1, 2)]]), np.stack([ke[(0, 1)], ke[(1, 1)]]))
+    page = (tiny / "docs" / "reproduction.md").read_text()
+    line = next(x for x in page.splitlines() if x.startswith("| KE improves on its first generation"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1] == "56.73 vs 53.57 top-1 (%) (Table 2, CUB-200)"
+    assert cells[4] == f"{100 * p.diff:+.2f} ± {100 * p.se:.2f}"
+    assert cells[5] == f"**{stats.verdict(p)}**"
+
+
+def test_a_changed_file_trains_again_and_keeps_the_old_runs_aside(tiny, tmp_path):
+    clone = tmp_path / "clone"
+    for part in ("repro", "results", "work"):
+        shutil.copytree(tiny / part, clone / part)
+    (clone / "README.md").write_text("# resprout\n\nFirst paragraph.\n")
+    spec = clone / "repro" / CROSS.name
+    spec.write_text(spec.read_text().replace("lr = 0.1", "lr = 0.05"))
+    old = {r["seed"]: r["fingerprint"] for r in read_csv(clone / "results" / f"{CROSS.stem}.csv")}
+    assert run_main(clone) == 0
+    runs = clone / "work" / CROSS.stem / "runs"
+    assert sorted(d.name.split(".old-")[0] for d in runs.iterdir() if ".old-" in d.name) == ["LS-1x2-s0", "LS-1x2-s1"]
+    new = {r["seed"]: r["fingerprint"] for r in read_csv(clone / "results" / f"{CROSS.stem}.csv")}
+    assert set(new) == set(old) and all(new[s] != old[s] for s in new)
+    assert json.loads((runs / "LS-1x2-s0" / "run.json").read_text())["config"]["lr"] == 0.05
+
+
+def test_a_claim_reads_another_tables_rows(tiny):
+    rows, bits = res.read(TINY.stem, tiny / "results")
+    ls_rows, ls_bits = res.read(CROSS.stem, tiny / "results")
+    assert {r["label"] for r in ls_rows} == {"LS"}  # the other table's CE was not trained again
+    pick = lambda bs, label: np.stack([unpack_bits(b["bits"], b["images"]) for b in  # noqa: E731
+                                       sorted(bs, key=lambda b: b["seed"]) if b["label"] == label])
+    p = stats.paired_from_bits(pick(ls_bits, "LS"), pick(bits, "CE"))
+    page = (tiny / "docs" / "reproduction.md").read_text()
+    line = next(x for x in page.splitlines() if x.startswith("| label smoothing beats CE"))
+    assert [c.strip() for c in line.strip("|").split("|")][4] == f"{100 * p.diff:+.2f} ± {100 * p.se:.2f}"
+
+
+def test_code_changes_since_a_commit_are_told(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "resprout").mkdir()
+    (tmp_path / "resprout" / "a.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("r\n")
+    git("init", "-q")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "one")
+    first = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert res.code_changed_since(first, tmp_path) is False
+    (tmp_path / "README.md").write_text("changed outside the package\n")
+    res.code_changed_since.cache_clear()
+    assert res.code_changed_since(first, tmp_path) is False
+    (tmp_path / "resprout" / "a.py").write_text("x = 2\n")
+    res.code_changed_since.cache_clear()
+    assert res.code_changed_since(first, tmp_path) is True
+    assert res.code_changed_since("0" * 40, tmp_path) is None
+    assert res.code_changed_since(None, tmp_path) is None

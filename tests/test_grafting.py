@@ -319,8 +319,10 @@ def test_peers_differ_in_initial_weights_and_data_order_and_the_ensemble_is_the_
     assert 0 <= res["final"]["ensemble"]["top1"] <= 1
 
 
-def test_resume_across_a_graft_is_bit_identical(monkeypatch):
-    whole = train(**keys(epochs=3), out="whole")
+@pytest.mark.parametrize("after", [{}, {"bn": "reestimate", "momentum": "reset", "bn_batches": 3}])
+def test_resume_across_a_graft_is_bit_identical(monkeypatch, after):
+    keys_ = keys(epochs=3, momentum=0.9, method_options={"graft": after})
+    whole = train(**keys_, out="whole")
     calls = {"n": 0}
 
     def crash(self, trainer):
@@ -329,7 +331,7 @@ def test_resume_across_a_graft_is_bit_identical(monkeypatch):
             raise RuntimeError("simulated crash")
     monkeypatch.setattr(Grafting, "on_batch_start", crash, raising=False)
     with pytest.raises(RuntimeError, match="simulated"):
-        train(**keys(epochs=3), out="crashed")
+        train(**keys_, out="crashed")
     monkeypatch.delattr(Grafting, "on_batch_start")
     again = resume("crashed", progress="none")
     a, b = load_file("whole/checkpoint.pt"), load_file("crashed/checkpoint.pt")

@@ -301,8 +301,12 @@ def test_generations_schedule_drops_in_the_last_epochs_and_the_last_generation_t
     assert len(RePrProbe.log["dropped"]) == 2  # generations 1 and 2 end with a sub-network epoch, 3 does not
     assert RePrProbe.log["sub_steps"] == 16 and RePrProbe.log["nonzero"] == 0
     assert len(result["generations"]) == 3
+    assert result["repr"]["schedule"] == {"mode": "generations", "s2": 1, "cycles": 2}
+    assert result["repr"]["not_ranked"] == {"conv1": "stem"}  # the small CNN's first conv reads the image
     with pytest.raises(ConfigError, match="leaves no full-network epoch"):
         train(**synthetic(method="repr", epochs=2, generations=2, method_options={"repr": {"s2": 2}}), save=False)
+    with pytest.raises(ConfigError, match="repr.s1 applies to repr.schedule=epochs"):  # not ignored in silence
+        train(**synthetic(method="repr", epochs=2, generations=2, method_options={"repr": {"s1": 1}}), save=False)
 
 
 def test_a_network_without_convolutions_is_refused_at_the_start(tmp_path):
@@ -326,3 +330,5 @@ def test_repr_resumes_in_the_middle_of_the_subnetwork_phase_bit_identically(tmp_
     assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / "crashed")
     assert resumed["generations"] == full["generations"] and resumed["repr"] == full["repr"]
     assert full["repr"]["cycles"][0]["restore_epoch"] == 3 and full["generations"][0]["model"]["repr_cycles_done"] == 1
+    assert full["repr"]["schedule"] == {"mode": "epochs", "s1": 1, "s2": 1, "cycles": 1, "cycles_asked": 3,
+                                        "sub_network_epochs": [[2, 2]]}

@@ -127,7 +127,7 @@ def test_noise_sigma_is_scaled_to_the_layers_weight_std():
     out, n = noise_scion(w, 0.1, noise_sigma(0.975, 4, w, "layer"), torch.Generator().manual_seed(5))
     draw = torch.randn((1, 8, 3, 3), generator=torch.Generator().manual_seed(5))
     assert n == 1 and torch.allclose(out[3], 0.975 ** 4 * hand_std * draw[0], atol=1e-7)
-    assert 0.5 < float(out[3].std()) / hand_std < 1.5  # the grafted filter has the layer's scale, not 1 / 0.08 of it
+    assert 0.5 < float(out[3].std()) / hand_std < 1.5  # the grafted filter has the layer's scale, not 12 times it
     with pytest.raises(ValueError):
         noise_sigma(0.975, 1, w, "relative")
 

@@ -120,7 +120,8 @@ def test_cycle_plan_keeps_the_papers_proportions_and_says_how_few_epochs_scale()
         assert repr_plan(epochs) == hand_plan(epochs, 0, 0, 20, 10, 20, 3), epochs
         assert repr_plan(epochs, cycles=2) == hand_plan(epochs, 0, 0, 20, 10, 20, 2), epochs
         assert repr_plan(epochs, scale="ke-paper") == hand_plan(epochs, 0, 0, 50, 10, 20, 3), epochs
-        assert repr_plan(epochs, 3, 0) == hand_plan(epochs, 3, 0, 20, 10, 20, 3) if epochs > 4 else True
+        if epochs > 4:  # S1 given, S2 scaled
+            assert repr_plan(epochs, 3, 0) == hand_plan(epochs, 3, 0, 20, 10, 20, 3), epochs
         if epochs >= 33:  # phases of 6/3 epochs and more: the sub-network share stays near the paper's 30/110
             sub = sum(r - d for d, r in repr_plan(epochs))
             assert abs(sub / epochs - 30 / 110) <= 1.5 / epochs + 1e-12, epochs
@@ -185,8 +186,9 @@ def test_stem_and_projection_shortcuts_come_from_the_graph_not_the_names():
     assert excluded_convs(net, _trace(net, (1, 8, 8)), include_shortcuts=True) == {"shortcut": "stem"}
     # the library's ResNet (torchvision names, option-B shortcuts) and a pre-activation wide ResNet, listed by hand
     r20 = build_model("resnet20", in_channels=1, num_classes=4, width=0.5)
-    assert excluded_convs(r20, _trace(r20, (1, 8, 8))) == {
-        "conv1": "stem", "layer2.0.downsample.0": "projection shortcut", "layer3.0.downsample.0": "projection shortcut"}
+    assert excluded_convs(r20, _trace(r20, (1, 8, 8))) == {"conv1": "stem",
+                                                          "layer2.0.downsample.0": "projection shortcut",
+                                                          "layer3.0.downsample.0": "projection shortcut"}
     wrn = build_model("wrn-16-4", in_channels=3, num_classes=4)
     assert conv_roles(_trace(wrn, (3, 8, 8)))["shortcut"] == ["layer1.0.shortcut", "layer2.0.shortcut",
                                                             "layer3.0.shortcut"]
@@ -224,7 +226,8 @@ def test_by_default_the_stem_and_shortcuts_are_not_ranked_and_the_rest_is_ranked
     # the default: a global ranking, by hand, over every conv but the stem and the two projections
     left_out = {"conv1", "layer2.0.downsample.0", "layer3.0.downsample.0"}
     convs = {n: m for n, m in net.named_modules() if isinstance(m, nn.Conv2d) and n not in left_out}
-    entries = sorted(((float(v), n, f) for n, m in convs.items() for f, v in enumerate(filter_orthogonality(m.weight))),
+    scores = {n: filter_orthogonality(m.weight) for n, m in convs.items()}
+    entries = sorted(((float(v), n, f) for n, s in scores.items() for f, v in enumerate(s)),
                      key=lambda t: (-t[0], t[1], t[2]))
     budget, hand = round(0.3 * len(entries)), {}
     for _, n, f in entries:

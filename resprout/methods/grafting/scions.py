@@ -7,8 +7,9 @@ what is grafted into them.
   t the graft number) is added to every invalid filter. The paper's (and the official first upload's) sigma is
   absolute, ``sigma_0 = 1``, while conv weights have a standard deviation near 0.1 (resprout's He init, fan-out:
   ``sqrt(2 / (k^2 C_out))``, 0.083 for a 3x3 conv with 32 filters): such noise turns a grafted filter into noise
-  about ten times its layer's scale. :func:`noise_sigma` with ``scale="layer"`` (resprout's default) multiplies ``a^t`` by the standard
-  deviation of the layer's whole weight tensor at the graft; ``scale="absolute"`` is the paper's.
+  about ten times its layer's scale. :func:`noise_sigma` with ``scale="layer"`` (resprout's default) multiplies
+  ``a^t`` by the standard deviation of the layer's whole weight tensor at the graft; ``scale="absolute"`` is the
+  paper's.
 * :func:`internal_scion` (Sec. 3.1.2, Fig. 2): the filters of a layer are sorted by l1 norm and the i-th largest
   is added to the i-th smallest invalid one (at most half of the layer, so no filter is both). Theorem 1: this
   adds no information to the network.

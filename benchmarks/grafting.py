@@ -9,7 +9,10 @@ Every method uses the learning rate tuned for the baseline (a sweep on a validat
 * Table 4 analog: baseline / deep mutual learning / RePr / grafting;
 * Table 5 analog (digits): 2, 3 and 4 grafted networks against an ensemble of the same count (independent peers);
 * Table 9 analog (digits): baseline / KD / grafting / Grafting+ with a ResNet-20 teacher;
-* beyond the paper: simultaneous against staggered K=2 rings;
+* beyond the paper: simultaneous against staggered K=2 rings; the noise scion with the paper's absolute sigma
+  against sigma scaled to each layer's weight std (the default);
+* after a graft (beyond the paper): the official per-peer learning rates (default) against one rate, BN statistics
+  mixed (official) or re-estimated, SGD momentum kept (official) or reset, and both changes together;
 * Tables 8/10 and Fig. 7/8 analogs: ``resprout analyze`` of the seed-0 grafted and Grafting+ runs against the
   baseline;
 * speed: a graft's share of a training epoch (from the runs), and K=2 on 2 processes against one process.
@@ -37,6 +40,7 @@ from benchmarks._spread import fmt  # noqa: E402
 from resprout.analysis.tables import pm  # noqa: E402
 from resprout.errors import Interrupted, ResproutError  # noqa: E402
 from resprout.methods import get_method  # noqa: E402
+from resprout.methods.grafting import GraftOptions  # noqa: E402
 from resprout.run import train  # noqa: E402
 
 RUNS = ROOT / "benchmarks" / "runs" / "grafting"
@@ -117,15 +121,21 @@ def rows_for(ds: str, table: str, gamma: float | None, teacher: str | None) -> l
     if table == "scions":
         return [("baseline", BASELINE),
                 (f"noise (gamma {gamma:.3g})", g(scion="noise", peers=1, threshold=gamma)),
+                (f"noise, absolute sigma (paper; gamma {gamma:.3g})", g(scion="noise", peers=1, threshold=gamma,
+                                                                       noise_scale="absolute")),
                 (f"internal (gamma {gamma:.3g})", g(scion="internal", peers=1, threshold=gamma)),
                 ("external, entropy, K=2", GRAFT),
                 ("external, l1, K=2", g(criterion="l1")),
-                ("external, entropy, K=2, staggered ring", g(ring="staggered"))][:6 if ds == "digits" else 5] + \
+                ("external, entropy, K=2, staggered ring", g(ring="staggered"))][:7 if ds == "digits" else 6] + \
             ([("deep mutual learning, K=2", {"method": "dml"})] if available("dml") and ds == "digits" else []) + \
             ([("RePr", {"method": "repr"})] if available("repr") and ds == "digits" else [])
     if table == "count":
         return [("grafting K=2", GRAFT)] + [(f"grafting K={k}", g(peers=k)) for k in (3, 4)] + \
             [(f"ensemble of {k} (independent peers)", g(peers=k, scion="none")) for k in (2, 3, 4)]
+    if table == "after":
+        return [("grafting K=2 (defaults)", GRAFT), ("one learning rate for both peers", g(lr_factors="same")),
+                ("BN statistics re-estimated", g(bn="reestimate")), ("momentum reset", g(momentum="reset")),
+                ("BN re-estimated and momentum reset", g(bn="reestimate", momentum="reset"))]
     if table == "plus":
         return [("baseline", BASELINE), ("grafting K=2", GRAFT), ("KD (T=2)", kd_keys(teacher)),
                 ("Grafting+ (KD T=2 + grafting K=2)", plus_keys(teacher))]
@@ -137,15 +147,20 @@ def slug(label: str) -> str:
 
 
 def name_of(ds: str, keys: dict, lr: float, seed: int) -> str:
-    """A run's directory name from what it computes, so a row shared by two tables is trained once."""
+    """A run's directory name from what it computes, so a row shared by two tables is trained once. The methods'
+    resolved options are part of it: a finished run made under other defaults is not reused."""
+    import dataclasses
     import hashlib
 
     what = {**COMMON, **DATASETS[ds], **keys}
+    what["resolved"] = {m: {**dataclasses.asdict(get_method(m).Options()),
+                            **keys.get("method_options", {}).get(m, {})} for m in keys["method"].split("+")}
     digest = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{ds}-{keys['method'].replace('+', '-')}-{digest}-lr{lr}-s{seed}"
 
 
 BASELINE = {"method": "ce"}
+DEFAULTS = GraftOptions()
 GRAFT = {"method": "graft", "method_options": {"graft": {}}}
 KD = {"kd": {"temperature": 2.0, "weight": 1.0, "ce_weight": 1.0}}
 
@@ -312,6 +327,7 @@ def main() -> None:
                                             ["members"]["model"]["model"]).values()))
         gammas[ds] = float(norms.quantile(0.1))
         blocks[f"{ds}-scions"] = block(ds, "scions", lrs[ds], budget, gamma=gammas[ds])
+        blocks[f"{ds}-after"] = block(ds, "after", lrs[ds], budget)
     speed = processes(budget, reps=3)
     teacher = RUNS / f"digits-teacher-resnet20-lr{lrs['digits']}"
     if run(teacher.name, budget, **{**DATASETS["digits"], "model": "resnet20"}, lr=lrs["digits"], seed=0,
@@ -327,13 +343,17 @@ def main() -> None:
              f"\"first network\" is peer_1 (the paper records the first network); peer_1 starts from the same "
              f"weights and data order as the baseline of its seed. Grafting: external scions, entropy (10 bins), "
              f"A=0.4, c=500, alpha rounded to 0.01, official timing (evaluate pre-graft, graft at the next epoch's "
-             f"start), same lr for every peer (no difflr).", "",
+             f"start); unless a row says otherwise, the defaults: per-peer learning rates "
+             f"`lr_factors={DEFAULTS.lr_factors}` (K=2: 0.5 and 1 times the lr; peer_1 has the half rate), "
+             f"`bn={DEFAULTS.bn}`, `momentum={DEFAULTS.momentum}`, noise sigma `noise_scale={DEFAULTS.noise_scale}`.",
+             "",
              "Learning rate: every method uses the lr that was best for the baseline on a 15% validation split "
              f"(seed 0, lr in {', '.join(map(str, LRS))}): " + ", ".join(f"{d} {v}" for d, v in lrs.items())
              + ". " + "; ".join(LOG) + ".", ""]
     titles = {"scions": "Scion sources, criterion, ring, other methods (Tables 2, 3, 4 analogs)",
               "count": "Number of networks against an ensemble of the same count (Table 5 analog)",
-              "plus": "Grafting+ with a ResNet-20 teacher (Table 9 analog; teacher: one run, seed 0)"}
+              "plus": "Grafting+ with a ResNet-20 teacher (Table 9 analog; teacher: one run, seed 0)",
+              "after": "Learning rates, BN statistics and momentum after a graft (beyond the paper)"}
     for key, rows in blocks.items():
         ds, table = key.split("-", 1)
         extra = f" gamma (noise/internal) = 10th percentile of the seed-0 baseline's filter l1 = {gammas[ds]:.3g}." \

@@ -1,20 +1,25 @@
-"""Filter Grafting: entropy, adaptive alpha, scions, the layer mix and the ring against hand formulas, and whole
-runs (identical peers after a simultaneous K=2 graft, staggered ring, ensemble, resume across a graft)."""
+"""Filter Grafting: entropy, adaptive alpha, scions (the noise scaled to the layer), the layer mix and the ring
+against hand formulas; BN re-estimation against batch statistics by hand and the momentum reset against a hand SGD
+loop; and whole runs (identical peers after a simultaneous K=2 graft, staggered ring, ensemble, resume across a
+graft, the official per-peer learning rates, the state right after a graft under each bn/momentum option)."""
 
 from __future__ import annotations
 
 import copy
 import math
+import statistics
 
 import pytest
 import torch
 from torch import nn
 
 from resprout.engine.checkpoint import load_file
+from resprout.engine.method import Method
 from resprout.errors import ConfigError
+from resprout.methods import register_method
 from resprout.methods.grafting import (
     Grafting, adaptive_alpha, alpha_bounds, bin_counts, graft_ring, grafts_at, internal_scion, layer_entropy,
-    layer_groups, lr_factors, mix_states, noise_scion)
+    layer_groups, lr_factors, mix_states, noise_scion, noise_sigma, reestimate_bn, reset_momentum)
 from resprout.run import resume, train
 from tests.conftest import synthetic
 
@@ -111,6 +116,101 @@ def test_noise_scion_touches_only_the_invalid_filters():
     noise = torch.randn((2, 2, 3, 3), generator=torch.Generator().manual_seed(3))
     assert n == 2 and torch.equal(out[1], w[1])
     assert torch.allclose(out[[0, 2]], w[[0, 2]] + 0.5 * noise)
+
+
+def test_noise_sigma_is_scaled_to_the_layers_weight_std():
+    w = torch.randn(16, 8, 3, 3, generator=torch.Generator().manual_seed(0)) * 0.08
+    w[3] = 0.0  # an invalid filter
+    hand_std = statistics.stdev(w.flatten().tolist())  # sample std of every weight of the layer
+    assert noise_sigma(0.975, 4, w, "layer") == pytest.approx(0.975 ** 4 * hand_std, rel=1e-9)
+    assert noise_sigma(0.975, 4, w, "absolute") == 0.975 ** 4 == noise_sigma(0.975, 4)  # the paper's sigma_0 = 1
+    out, n = noise_scion(w, 0.1, noise_sigma(0.975, 4, w, "layer"), torch.Generator().manual_seed(5))
+    draw = torch.randn((1, 8, 3, 3), generator=torch.Generator().manual_seed(5))
+    assert n == 1 and torch.allclose(out[3], 0.975 ** 4 * hand_std * draw[0], atol=1e-7)
+    assert 0.5 < float(out[3].std()) / hand_std < 1.5  # the grafted filter has the layer's scale, not 12 times it
+    with pytest.raises(ValueError):
+        noise_sigma(0.975, 1, w, "relative")
+
+
+# -- after the graft: BN statistics, momentum ---------------------------------------------------------------------------
+def test_bn_reestimation_is_the_average_of_the_batch_statistics_by_hand():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2))
+    net[1].running_mean.fill_(5.0)  # stale statistics (a linear mix, say)
+    batches = [torch.randn(4, 1, 6, 6) for _ in range(3)]
+    state = torch.get_rng_state()
+    net.eval()
+    assert reestimate_bn(net, batches)
+    assert not net.training and torch.equal(torch.get_rng_state(), state)
+    for bn_index, upto in ((1, 1), (4, 4)):  # the BN's input: the network up to it, in training mode, by hand
+        means, variances = [], []
+        for x in batches:
+            h = x
+            for i in range(upto):
+                layer = net[i]
+                if isinstance(layer, nn.BatchNorm2d):  # normalized by its own batch statistics
+                    h = (h - h.mean((0, 2, 3), keepdim=True)) / (h.var((0, 2, 3), unbiased=False, keepdim=True)
+                                                                  + layer.eps).sqrt() * layer.weight[:, None, None] \
+                        + layer.bias[:, None, None]
+                else:
+                    h = layer(h)
+            flat = h.detach().transpose(0, 1).reshape(h.shape[1], -1)
+            means.append([statistics.fmean(c) for c in flat.tolist()])
+            variances.append([statistics.variance(c) for c in flat.tolist()])  # unbiased, as BN stores it
+        bn = net[bn_index]
+        hand_mean = [statistics.fmean(c) for c in zip(*means)]
+        hand_var = [statistics.fmean(c) for c in zip(*variances)]
+        assert bn.running_mean.tolist() == pytest.approx(hand_mean, abs=1e-5)
+        assert bn.running_var.tolist() == pytest.approx(hand_var, rel=1e-4, abs=1e-6)
+        assert int(bn.num_batches_tracked) == 3
+    assert not reestimate_bn(nn.Linear(2, 2), batches)  # nothing to re-estimate
+
+
+def hand_sgd(w: torch.Tensor, grads: list[torch.Tensor], lr: float, mu: float, wd: float,
+             reset_at: int, rows=None) -> torch.Tensor:
+    """SGD with momentum and weight decay written out; the velocity (of ``rows``, or all) is zeroed before step
+    ``reset_at``."""
+    w, buf = w.clone(), None
+    for i, g in enumerate(grads):
+        if i == reset_at:
+            if rows is None:
+                buf = torch.zeros_like(buf)
+            else:
+                buf = buf.clone()
+                buf[rows] = 0.0
+        d = g + wd * w
+        buf = d.clone() if buf is None else mu * buf + d
+        w = w - lr * buf
+    return w
+
+
+@pytest.mark.parametrize("rows", [None, [1]])
+def test_momentum_reset_zeroes_the_velocity_as_a_hand_sgd_loop_does(rows):
+    torch.manual_seed(0)
+    net = nn.Linear(3, 4, bias=False)
+    start = net.weight.detach().clone()
+    grads = [torch.randn(4, 3) for _ in range(5)]
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    for i, g in enumerate(grads):
+        if i == 3:
+            reset_momentum(opt, net, None if rows is None else {"weight": torch.tensor(rows)})
+        net.weight.grad = g.clone()
+        opt.step()
+    assert torch.allclose(net.weight.detach(), hand_sgd(start, grads, 0.1, 0.9, 1e-2, 3, rows), atol=1e-6)
+    # without dampening, zeroing the buffer is dropping it: a fresh velocity starts from the gradient either way
+    if rows is None:
+        a, b = nn.Linear(3, 4, bias=False), nn.Linear(3, 4, bias=False)
+        b.load_state_dict(a.state_dict())
+        oa, ob = (torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (a, b))
+        for i, g in enumerate(grads):
+            if i == 3:
+                reset_momentum(oa, a)
+                ob.state.clear()
+            a.weight.grad, b.weight.grad = g.clone(), g.clone()
+            oa.step()
+            ob.step()
+        assert torch.equal(a.weight, b.weight)
+    reset_momentum(None, net)  # a member without an optimizer: nothing to do
 
 
 # -- layer groups, mix, ring --------------------------------------------------------------------------------------------
@@ -219,8 +319,10 @@ def test_peers_differ_in_initial_weights_and_data_order_and_the_ensemble_is_the_
     assert 0 <= res["final"]["ensemble"]["top1"] <= 1
 
 
-def test_resume_across_a_graft_is_bit_identical(monkeypatch):
-    whole = train(**keys(epochs=3), out="whole")
+@pytest.mark.parametrize("after", [{}, {"bn": "reestimate", "momentum": "reset", "bn_batches": 3}])
+def test_resume_across_a_graft_is_bit_identical(monkeypatch, after):
+    keys_ = keys(epochs=3, momentum=0.9, method_options={"graft": after})
+    whole = train(**keys_, out="whole")
     calls = {"n": 0}
 
     def crash(self, trainer):
@@ -229,7 +331,7 @@ def test_resume_across_a_graft_is_bit_identical(monkeypatch):
             raise RuntimeError("simulated crash")
     monkeypatch.setattr(Grafting, "on_batch_start", crash, raising=False)
     with pytest.raises(RuntimeError, match="simulated"):
-        train(**keys(epochs=3), out="crashed")
+        train(**keys_, out="crashed")
     monkeypatch.delattr(Grafting, "on_batch_start")
     again = resume("crashed", progress="none")
     a, b = load_file("whole/checkpoint.pt"), load_file("crashed/checkpoint.pt")
@@ -290,3 +392,116 @@ def test_grafting_plus_trains_every_peer_on_ce_and_kd_against_the_teacher(tmp_pa
     for peer in ("peer_1", "peer_2"):
         assert {(peer, "loss_ce"), (peer, "loss_kd")} <= terms
     assert "teacher" not in res["final"] and res["grafting"]["grafts"] == 0  # 1 epoch: after_eval never grafts
+
+
+# -- right after a graft: learning rates, BN statistics, momentum ---------------------------------------------------------
+class GraftProbe(Method):
+    """Listed before graft: the peers at the start of epoch 2 before the graft (graft's own epoch start runs after
+    this one's) and at its first batch, right after it (before any step), with the batches bn=reestimate uses."""
+
+    name = "test_graft_probe"
+    log: dict = {}
+
+    @staticmethod
+    def snapshot(trainer) -> dict:
+        out = {}
+        for name in ("peer_1", "peer_2"):
+            if name not in trainer.members:
+                continue
+            m = trainer.members[name]
+            params = dict(m.model.named_parameters())
+            out[name] = {"model": copy.deepcopy(m.model), "lr": m.optimizer.param_groups[0]["initial_lr"],
+                         "momentum": {n: m.optimizer.state[p]["momentum_buffer"].clone()
+                                      for n, p in params.items() if p in m.optimizer.state}}
+        return out
+
+    def on_epoch_start(self, trainer):
+        if trainer.epoch == 1:
+            GraftProbe.log = {"before": self.snapshot(trainer)}
+
+    def on_batch_start(self, trainer):
+        if (trainer.epoch, trainer.step) == (1, 0):
+            GraftProbe.log["after"] = self.snapshot(trainer)
+            batches = {}
+            for name in GraftProbe.log["after"]:
+                seed = trainer.members[name].data_seed
+                loader = trainer.train_loader if seed is None else trainer.train_loader.stream(seed)
+                batches[name] = [loader.batch(0, 1, s)[0] for s in range(loader.steps(0, 1))]
+                assert torch.equal(batches[name][0], trainer.inputs_of(name))  # the peer's own data order
+            GraftProbe.log["batches"] = batches
+
+
+register_method(GraftProbe)
+
+
+def hand_bn_statistics(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, tuple[list, list]]:
+    """Every BN's input on each batch (hooks, training mode), and the average of its per-batch mean and unbiased
+    variance per channel."""
+    model = copy.deepcopy(model).train()
+    seen: dict[str, list] = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: seen.setdefault(n, []).append(inp[0].detach()))
+             for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for h in hooks:
+        h.remove()
+    out = {}
+    for n, inputs in seen.items():
+        flat = [i.transpose(0, 1).reshape(i.shape[1], -1).double() for i in inputs]
+        means = torch.stack([f.mean(1) for f in flat]).mean(0)
+        variances = torch.stack([f.var(1, unbiased=True) for f in flat]).mean(0)
+        out[n] = (means, variances)
+    return out
+
+
+def probe_run(**graft):
+    keys = synthetic(**{"method": "test_graft_probe+graft", "epochs": 2, "seed": 3, "momentum": 0.9,
+                        "method_options": {"graft": graft}})
+    train(**keys, save=False)
+    return GraftProbe.log
+
+
+def test_default_learning_rates_are_the_official_cosine_factors_and_official_bn_and_momentum_are_kept():
+    log = probe_run()  # defaults: lr_factors=cosine, bn=mix, momentum=keep
+    before, after = log["before"], log["after"]
+    assert [after[p]["lr"] for p in ("peer_1", "peer_2")] == pytest.approx([0.05 * 0.5, 0.05 * 1.0])
+    for p in ("peer_1", "peer_2"):
+        assert after[p]["momentum"] and all(torch.equal(after[p]["momentum"][n], before[p]["momentum"][n])
+                                            for n in before[p]["momentum"])
+    # the BN statistics are the linear mix of the two peers' (alpha of the BN's conv)
+    groups = layer_groups(before["peer_1"]["model"])
+    new, _ = graft_ring([before[p]["model"].state_dict() for p in ("peer_1", "peer_2")], groups)
+    for k, p in enumerate(("peer_1", "peer_2")):
+        assert torch.allclose(after[p]["model"].state_dict()["bn1.running_var"], new[k]["bn1.running_var"])
+    same = probe_run(lr_factors="same")["after"]
+    assert same["peer_1"]["lr"] == same["peer_2"]["lr"] == 0.05
+
+
+def test_bn_reestimate_and_momentum_reset_right_after_a_graft():
+    log = probe_run(bn="reestimate", momentum="reset", bn_batches=5)
+    after = log["after"]
+    for p in ("peer_1", "peer_2"):
+        assert after[p]["momentum"] and all(float(b.abs().max()) == 0 for b in after[p]["momentum"].values())
+        hand = hand_bn_statistics(after[p]["model"], log["batches"][p][:5])
+        bns = dict(after[p]["model"].named_modules())
+        assert hand
+        for n, (mean, var) in hand.items():
+            assert torch.allclose(bns[n].running_mean.double(), mean, atol=1e-5), (p, n)
+            assert torch.allclose(bns[n].running_var.double(), var, rtol=1e-4, atol=1e-6), (p, n)
+    # noise scions: only the grafted filters' velocity is reset (every conv filter is invalid below 1e9)
+    log = probe_run(scion="noise", peers=1, threshold=1e9, momentum="reset")
+    before, after = log["before"]["peer_1"]["momentum"], log["after"]["peer_1"]["momentum"]
+    for n, buf in after.items():
+        if n.startswith("conv") and n.endswith("weight"):
+            assert float(buf.abs().max()) == 0, n
+        else:
+            assert torch.equal(buf, before[n]), n
+
+
+def test_momentum_reset_refuses_adam_in_one_line(tmp_path):
+    keys = synthetic(**{"method": "graft", "epochs": 1, "member_options": {"peer_2": {"optimizer": "adam"}},
+                        "method_options": {"graft": {"momentum": "reset"}}})
+    with pytest.raises(ConfigError, match="graft.momentum=reset zeroes SGD momentum") as e:
+        train(**keys, out=tmp_path / "run")
+    assert "\n" not in str(e.value) and not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -1,4 +1,5 @@
-"""Grafting with one peer per process (torchrun, gloo, 127.0.0.1) against the same run in one process."""
+"""Grafting with one peer per process (torchrun, gloo, 127.0.0.1) against the same run in one process (staggered
+ring, per-peer learning rates, BN statistics re-estimated and momentum reset after each graft)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from resprout.engine.checkpoint import load_file
 from resprout.run import train
 from tests.test_distributed import torchrun
 
-ARGS = ["method=graft", "graft.peers=2", "graft.ring=staggered", "graft.lr_factors=cosine", "data=synthetic",
+ARGS = ["method=graft", "graft.peers=2", "graft.ring=staggered", "graft.lr_factors=cosine", "graft.bn=reestimate",
+        "graft.bn_batches=3", "graft.momentum=reset", "data=synthetic",
         "data.num_classes=4", "data.n_train=256", "data.n_test=48", "data.image_size=8", "model=cnn", "width=0.5",
         "epochs=3", "batch_size=32", "eval_batch_size=64", "lr=0.05", "threads=1", "seed=3", "progress=none"]
 

@@ -1,10 +1,13 @@
 """RePr (Prakash et al., CVPR 2019): the orthogonality rank against the paper's formula by hand, the global ranking,
-dropped filters held at zero through the sub-network phase, restored filters orthogonal to the kept ones, cycles,
-refusals, resume in the middle of a phase."""
+the stem and projection shortcuts found in the traced graph (against hand-made lists, on networks whose module
+names mislead) and left out of the ranking, dropped filters held at zero through the sub-network phase, restored
+filters orthogonal to the kept ones, the cycle plan against the paper's proportions, refusals, resume in the middle
+of a phase."""
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -13,7 +16,9 @@ from torch import nn
 from resprout.engine.method import Method
 from resprout.errors import ConfigError
 from resprout.methods import register_method
-from resprout.methods.repr import filter_orthogonality, orthogonal_reinit, rank_filters, repr_plan
+from resprout.methods.repr import (
+    _trace, conv_roles, excluded_convs, filter_orthogonality, generation_s2, orthogonal_reinit, rank_filters,
+    repr_plan)
 from resprout.models import build_model
 from resprout.run import resume, train
 from tests.conftest import synthetic
@@ -91,11 +96,147 @@ def test_reinit_is_orthogonal_to_the_kept_filters_and_to_the_old_values():
     assert what == "kept" and (new.flatten(1) @ kept.flatten(1).T).abs().max() < 1e-5
 
 
-def test_cycle_plan_scales_the_ke_papers_setting():
-    assert repr_plan(200) == [(50, 60), (110, 120), (170, 180)]  # S1=50, S2=10, 3 cycles, then full to 200
-    assert repr_plan(5, 1, 1, 3) == [(1, 2), (3, 4)]
+def hand_plan(epochs: int, s1: int, s2: int, s1_paper: int, s2_paper: int, last: int, n: int) -> list:
+    """The schedule written out: phase lengths scaled by E / (N (S1 + S2) + last), rounded half up (Fractions), at
+    least one epoch; cycles while a full epoch is left after the restore."""
+    total = n * (s1_paper + s2_paper) + last
+    s1 = s1 or max(1, math.floor(Fraction(epochs * s1_paper, total) + Fraction(1, 2)))
+    s2 = s2 or max(1, math.floor(Fraction(epochs * s2_paper, total) + Fraction(1, 2)))
+    plan, start = [], 0
+    while len(plan) < n and start + s1 + s2 < epochs:
+        plan.append((start + s1, start + s1 + s2))
+        start += s1 + s2
+    return plan
+
+
+def test_cycle_plan_keeps_the_papers_proportions_and_says_how_few_epochs_scale():
+    # RePr: S1 = 20, S2 = 10, three cycles and a last full phase of S1: 110 epochs
+    assert repr_plan(110) == [(20, 30), (50, 60), (80, 90)]
+    assert repr_plan(220) == [(40, 60), (100, 120), (160, 180)]
+    assert repr_plan(11) == [(2, 3), (5, 6), (8, 9)]  # the smallest run that keeps 20 : 10 : 110 exactly
+    # the Knowledge Evolution paper's re-run: S1 = 50, S2 = 10 of 200 epochs
+    assert repr_plan(200, scale="ke-paper") == [(50, 60), (110, 120), (170, 180)]
+    for epochs in range(3, 400):
+        assert repr_plan(epochs) == hand_plan(epochs, 0, 0, 20, 10, 20, 3), epochs
+        assert repr_plan(epochs, cycles=2) == hand_plan(epochs, 0, 0, 20, 10, 20, 2), epochs
+        assert repr_plan(epochs, scale="ke-paper") == hand_plan(epochs, 0, 0, 50, 10, 20, 3), epochs
+        if epochs > 4:  # S1 given, S2 scaled
+            assert repr_plan(epochs, 3, 0) == hand_plan(epochs, 3, 0, 20, 10, 20, 3), epochs
+        if epochs >= 33:  # phases of 6/3 epochs and more: the sub-network share stays near the paper's 30/110
+            sub = sum(r - d for d, r in repr_plan(epochs))
+            assert abs(sub / epochs - 30 / 110) <= 1.5 / epochs + 1e-12, epochs
+    # few epochs: phases never shrink below one epoch; fewer cycles run instead, down to one
+    assert repr_plan(7) == [(1, 2), (3, 4), (5, 6)]
+    assert repr_plan(5) == [(1, 2), (3, 4)]
+    assert repr_plan(4) == repr_plan(3) == [(1, 2)]
     with pytest.raises(ConfigError, match="leaves no room for one cycle"):
-        repr_plan(2, 1, 1)
+        repr_plan(2)
+    assert repr_plan(5, 1, 1, 3) == [(1, 2), (3, 4)]
+    # one cycle per generation: the paper's share of a cycle, S2 / (S1 + S2)
+    assert [generation_s2(e) for e in (1, 2, 3, 6, 30, 31)] == [1, 1, 1, 2, 10, 10]
+    assert [generation_s2(e, "ke-paper") for e in (3, 6, 30)] == [1, 1, 5]
+
+
+# -- the stem and the projection shortcuts, from the graph ---------------------------------------------------------------
+class Misnamed(nn.Module):
+    """A residual network whose names lie: ``shortcut`` is the stem, ``downsample`` is the main branch's first
+    conv, ``body`` is the projection shortcut, ``head`` a 1x1 conv after the add that reads no image."""
+
+    def __init__(self):
+        super().__init__()
+        self.shortcut = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.downsample = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.body = nn.Conv2d(8, 16, 1, bias=False)
+        self.bnb = nn.BatchNorm2d(16)
+        self.head = nn.Conv2d(16, 16, 1)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.bn0(self.shortcut(x)))
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.downsample(x)))))
+        out = torch.relu(out + self.bnb(self.body(x)))
+        out = out + self.head(out)  # identity beside a single conv: the conv is the residual, not a shortcut
+        return self.fc(out.mean((2, 3)))
+
+
+class TwoSingleConvBranches(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 8, 3, padding=1)
+        self.p = nn.Conv2d(8, 8, 3, padding=1)
+        self.q = nn.Conv2d(8, 8, 1)
+        self.unused = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.a(x))
+        return self.fc((self.p(x) + self.q(x)).mean((2, 3)))
+
+
+def test_stem_and_projection_shortcuts_come_from_the_graph_not_the_names():
+    roles = conv_roles(_trace(Misnamed(), (1, 8, 8)))
+    assert roles["stem"] == ["shortcut"] and roles["shortcut"] == ["body"] and roles["ambiguous"] == []
+    net = Misnamed()
+    assert excluded_convs(net, _trace(net, (1, 8, 8))) == {"body": "projection shortcut", "shortcut": "stem"}
+    assert excluded_convs(net, _trace(net, (1, 8, 8)), include_stem=True) == {"body": "projection shortcut"}
+    assert excluded_convs(net, _trace(net, (1, 8, 8)), include_shortcuts=True) == {"shortcut": "stem"}
+    # the library's ResNet (torchvision names, option-B shortcuts) and a pre-activation wide ResNet, listed by hand
+    r20 = build_model("resnet20", in_channels=1, num_classes=4, width=0.5)
+    assert excluded_convs(r20, _trace(r20, (1, 8, 8))) == {"conv1": "stem",
+                                                          "layer2.0.downsample.0": "projection shortcut",
+                                                          "layer3.0.downsample.0": "projection shortcut"}
+    wrn = build_model("wrn-16-4", in_channels=3, num_classes=4)
+    assert conv_roles(_trace(wrn, (3, 8, 8)))["shortcut"] == ["layer1.0.shortcut", "layer2.0.shortcut",
+                                                            "layer3.0.shortcut"]
+    for plain in ("cnn", "vgg11", "mobilenetv2"):  # no projection shortcut (MobileNetV2's adds are identities)
+        m = build_model(plain, in_channels=1, num_classes=4)
+        assert conv_roles(_trace(m, (1, 8, 8)))["shortcut"] == [], plain
+
+
+def test_what_the_graph_cannot_tell_is_refused_in_one_line():
+    net = TwoSingleConvBranches()
+    graph = _trace(net, (1, 8, 8))
+    with pytest.raises(ConfigError, match="did not run on an example input") as e:
+        excluded_convs(net, graph)  # 'unused' never runs: stem or shortcut, who knows
+    assert "'unused'" in str(e.value) and "\n" not in str(e.value)
+    del net.unused
+    with pytest.raises(ConfigError, match="cannot tell which is the projection shortcut") as e:
+        excluded_convs(net, graph)
+    assert "'p', 'q'" in str(e.value) and "repr.include_shortcuts=true" in str(e.value)
+    assert excluded_convs(net, graph, include_shortcuts=True) == {"a": "stem"}
+    assert excluded_convs(net, graph, include_stem=True, include_shortcuts=True) == {}
+
+
+def test_by_default_the_stem_and_shortcuts_are_not_ranked_and_the_rest_is_ranked_globally():
+    torch.manual_seed(0)
+    net = build_model("resnet20", in_channels=1, num_classes=4, width=0.5)
+    # the issue's case: the full-width stem has 16 filters of 9 weights (one input channel), so it can never be
+    # orthogonal. Welch bound on the RMS cosine of J unit vectors in d < J dimensions: sqrt((J - d) / (d (J - 1)))
+    net16 = build_model("resnet20", in_channels=1, num_classes=4)
+    u = net16.conv1.weight.detach().flatten(1).double()
+    u = u / u.norm(dim=1, keepdim=True)
+    rms = float(((u @ u.T)[~torch.eye(16, dtype=torch.bool)] ** 2).mean().sqrt())
+    assert rms >= math.sqrt((16 - 9) / (9 * 15)) - 1e-12 and math.sqrt(7 / 135) > 0.227
+    everything = rank_filters(net16, 0.3)  # ranked with the rest (the old default), the stem loses most filters
+    assert len(everything["conv1"]) >= 12
+    # the default: a global ranking, by hand, over every conv but the stem and the two projections
+    left_out = {"conv1", "layer2.0.downsample.0", "layer3.0.downsample.0"}
+    convs = {n: m for n, m in net.named_modules() if isinstance(m, nn.Conv2d) and n not in left_out}
+    scores = {n: filter_orthogonality(m.weight) for n, m in convs.items()}
+    entries = sorted(((float(v), n, f) for n, s in scores.items() for f, v in enumerate(s)),
+                     key=lambda t: (-t[0], t[1], t[2]))
+    budget, hand = round(0.3 * len(entries)), {}
+    for _, n, f in entries:
+        if budget and len(hand.get(n, [])) < convs[n].out_channels - 1:
+            hand.setdefault(n, []).append(f)
+            budget -= 1
+    excluded = excluded_convs(net, _trace(net, (1, 8, 8)))
+    assert set(excluded) == left_out
+    assert rank_filters(net, 0.3, exclude=excluded) == {n: sorted(f) for n, f in hand.items()}
 
 
 class RePrProbe(Method):
@@ -145,9 +286,10 @@ def test_dropped_filters_stay_zero_through_the_subnetwork_phase_and_come_back_or
     log = RePrProbe.log
     assert log["sub_steps"] == 8 and log["nonzero"] == 0  # weights, BN scale/shift and gradients, every step
     dropped = log["dropped"][0]
-    convs = [m.out_channels for m in build_model("resnet20", in_channels=1, num_classes=4, width=0.5).modules()
-             if isinstance(m, nn.Conv2d)]
-    assert sum(map(len, dropped.values())) == round(0.3 * sum(convs))
+    left_out = {"conv1", "layer2.0.downsample.0", "layer3.0.downsample.0"}  # the stem and the projections
+    convs = [m.out_channels for n, m in build_model("resnet20", in_channels=1, num_classes=4, width=0.5)
+             .named_modules() if isinstance(m, nn.Conv2d) and n not in left_out]
+    assert sum(map(len, dropped.values())) == round(0.3 * sum(convs)) and not set(dropped) & left_out
     assert log["restored"]
     for conv, new, kept in log["restored"]:
         n, k = new.flatten(1).double(), kept.flatten(1).double()
@@ -162,8 +304,12 @@ def test_generations_schedule_drops_in_the_last_epochs_and_the_last_generation_t
     assert len(RePrProbe.log["dropped"]) == 2  # generations 1 and 2 end with a sub-network epoch, 3 does not
     assert RePrProbe.log["sub_steps"] == 16 and RePrProbe.log["nonzero"] == 0
     assert len(result["generations"]) == 3
+    assert result["repr"]["schedule"] == {"mode": "generations", "s2": 1, "cycles": 2}
+    assert result["repr"]["not_ranked"] == {"conv1": "stem"}  # the small CNN's first conv reads the image
     with pytest.raises(ConfigError, match="leaves no full-network epoch"):
         train(**synthetic(method="repr", epochs=2, generations=2, method_options={"repr": {"s2": 2}}), save=False)
+    with pytest.raises(ConfigError, match="repr.s1 applies to repr.schedule=epochs"):  # not ignored in silence
+        train(**synthetic(method="repr", epochs=2, generations=2, method_options={"repr": {"s1": 1}}), save=False)
 
 
 def test_a_network_without_convolutions_is_refused_at_the_start(tmp_path):
@@ -187,3 +333,5 @@ def test_repr_resumes_in_the_middle_of_the_subnetwork_phase_bit_identically(tmp_
     assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / "crashed")
     assert resumed["generations"] == full["generations"] and resumed["repr"] == full["repr"]
     assert full["repr"]["cycles"][0]["restore_epoch"] == 3 and full["generations"][0]["model"]["repr_cycles_done"] == 1
+    assert full["repr"]["schedule"] == {"mode": "epochs", "s1": 1, "s2": 1, "cycles": 1, "cycles_asked": 3,
+                                        "sub_network_epochs": [[2, 2]]}

@@ -5,7 +5,15 @@ The run trains K peers ``peer_1..peer_K``. After every epoch each peer grafts: w
 peer k mixes every layer with peer k-1's pre-graft layer of the same epoch (Eq. 2, alpha from Eq. 7); with noise
 or internal scions each peer grafts into its own invalid filters. Diversity between the peers comes from their
 initial weights (peer 1 has the run's, peer k a draw under its own seed), their data order (peer 1 the run's,
-peer k its own ``data_seed``) and, optionally, the official per-network learning rates.
+peer k its own ``data_seed``) and their learning rates: by default the official per-network factors
+``(1 + cos(pi (K - k) / K)) / 2`` (``--difflr``, on by default in the official code; the paper names different
+learning rates as a source of diversity, Sec. 3.1.3), ``lr_factors=same`` for one rate.
+
+After a graft (:mod:`.aftergraft`): ``bn=mix`` (default, the official behaviour) keeps the mixed BN running
+statistics, ``bn=reestimate`` recomputes them on ``bn_batches`` of the peer's own training batches of the current
+epoch; ``momentum=keep`` (default, official: each process keeps its optimizer) keeps the SGD velocity,
+``momentum=reset`` zeroes the momentum buffers of the grafted entries (every parameter for external scions, the
+grafted filters for noise and internal ones). Both apply to every peer that grafted.
 
 Two placements with the same semantics: in one process all K peers are members of the run; under
 ``torchrun --nproc_per_node=K`` peer k lives on rank k-1 (``placement="per_rank"``) and the ring goes through
@@ -34,10 +42,12 @@ from resprout.config import option
 from resprout.engine.distributed import all_gather_object, ring_exchange
 from resprout.engine.method import Method
 from resprout.errors import ConfigError
+from resprout.methods.grafting.aftergraft import reestimate_bn, reset_momentum
 from resprout.methods.grafting.criteria import EDGES
 from resprout.methods.grafting.ring import (
     RINGS, RULES, graft_ring, grafts_at, group_alphas, layer_groups, mix_states, predecessor)
-from resprout.methods.grafting.scions import SCIONS, conv_weights, internal_scion, noise_scion, noise_sigma
+from resprout.methods.grafting.scions import (
+    NOISE_SCALES, SCIONS, conv_weights, internal_scion, noise_scion, noise_sigma)
 from resprout.methods.grafting.weighting import lr_factors
 from resprout.seeding import derive_seed, generator
 
@@ -64,14 +74,22 @@ class GraftOptions:
                        "peers at a time: with 2 peers one direction per epoch)", choices=RINGS)
     timing: str = option("after_eval", "after_eval (evaluate pre-graft weights, graft at the next epoch's start) or "
                          "before_eval (graft at every epoch's end, evaluate grafted weights)", choices=TIMINGS)
-    lr_factors: str = option("same", "per-peer learning rates: same, or cosine (the official factors "
-                             "(1 + cos(pi (K - k) / K)) / 2)", choices=("same", "cosine"))
+    lr_factors: str = option("cosine", "per-peer learning rates: cosine (the official --difflr factors "
+                             "(1 + cos(pi (K - k) / K)) / 2: K=2 gives 0.5 and 1), or same", choices=("cosine", "same"))
     data_order: str = option("own", "own (peer k > 1 has its own data order) or shared", choices=("own", "shared"))
     init: str = option("own", "own (peer k > 1 starts from its own draw) or shared (every peer starts as peer 1)",
                        choices=("own", "shared"))
     threshold: float = option(0.1, "gamma: a filter whose l1 norm is below it is invalid (noise, internal)",
                               min=0.0)
     noise_base: float = option(0.975, "a of sigma_t = a^t (noise scions)", min=0.0, max=1.0, min_exclusive=True)
+    noise_scale: str = option("layer", "sigma of the noise scion: layer (a^t times the std of the layer's weights) "
+                              "or absolute (a^t, the paper's)", choices=NOISE_SCALES)
+    bn: str = option("mix", "BN running statistics after a graft: mix (the official blend) or reestimate (recomputed "
+                     "on training batches)", choices=("mix", "reestimate"))
+    bn_batches: int = option(20, "training batches of the peer's current epoch that bn=reestimate averages over "
+                             "(at most the epoch's)", min=1)
+    momentum: str = option("keep", "SGD momentum after a graft: keep (official) or reset (zero the buffers of "
+                           "the grafted entries)", choices=("keep", "reset"))
 
 
 def peer_names(count: int) -> list[str]:
@@ -120,6 +138,15 @@ class Grafting(Method):
     def _peers(self, trainer):
         return [trainer.members[n] for n in peer_names(self.options.peers)]
 
+    def on_fit_start(self, trainer) -> None:
+        # the members' optimizer keys are final only after every setup (member.<name>.optimizer overrides)
+        if self.options.momentum == "reset":
+            for p in self._peers(trainer):
+                if p.local and trainer.optim_spec(p)["optimizer"] != "sgd":
+                    raise ConfigError(f"graft.momentum=reset zeroes SGD momentum buffers; {p.name} uses optimizer="
+                                      f"{trainer.optim_spec(p)['optimizer']}, whose per-weight moments and step "
+                                      f"count a zeroing would not reset consistently (use graft.momentum=keep)")
+
     # -- when -----------------------------------------------------------------------------------------------------
     def on_epoch_start(self, trainer) -> None:
         if self.options.timing == "after_eval" and (trainer.generation, trainer.epoch) != (0, 0):
@@ -141,14 +168,20 @@ class Grafting(Method):
             return
         peers = self._peers(trainer)
         t0 = time.perf_counter()
-        records = []
+        records, grafted = [], []
         with torch.no_grad():
             if opts.scion == "external":
                 records = self._graft_external(trainer, peers, n)
+                grafted = [(peers[r["peer"] - 1], None) for r in records]  # every entry of the peer was mixed
             else:
                 for k, p in enumerate(peers, start=1):
                     if p.local:
-                        records.append(self._graft_own(trainer, p, k, n))
+                        rec, rows = self._graft_own(trainer, p, k, n)
+                        records.append(rec)
+                        if rows:
+                            grafted.append((p, rows))
+            for p, rows in grafted:
+                self._after_graft(trainer, p, rows)
         seconds = time.perf_counter() - t0
         for r in records:
             r["seconds"] = seconds
@@ -184,23 +217,38 @@ class Grafting(Method):
                 records.append(_record(n, k, predecessor(k, len(peers)), alphas[k - 1]))
         return records
 
-    def _graft_own(self, trainer, peer, k: int, n: int) -> dict:
+    def _graft_own(self, trainer, peer, k: int, n: int) -> tuple[dict, dict[str, torch.Tensor]]:
+        """A noise or internal graft of one peer: its record, and the filters it changed per weight."""
         opts = self.options
         grafted = 0
+        rows = {}
         gen = generator(trainer.config.seed, _SALT, k, n, 2)
-        sigma = noise_sigma(opts.noise_base, n)
         for key, w in conv_weights(peer.model).items():
             if opts.scion == "noise":
-                new, count = noise_scion(w, opts.threshold, sigma, gen)
+                new, count = noise_scion(w, opts.threshold, noise_sigma(opts.noise_base, n, w, opts.noise_scale),
+                                         gen)
             else:
                 new, count = internal_scion(w, opts.threshold)
             if count:
+                rows[key] = (new != w).reshape(len(w), -1).any(1).nonzero().flatten()
                 w.copy_(new)
             grafted += count
         rec = {"graft": n, "peer": k, "filters": grafted}
         if opts.scion == "noise":
-            rec["sigma"] = sigma
-        return rec
+            rec["sigma"] = noise_sigma(opts.noise_base, n)  # a^t; times each layer's std with noise_scale=layer
+        return rec, rows
+
+    def _after_graft(self, trainer, peer, rows: dict[str, torch.Tensor] | None) -> None:
+        """BN statistics and momentum of a peer that just grafted (``rows``: the filters changed, None: all)."""
+        opts = self.options
+        if opts.momentum == "reset":
+            reset_momentum(peer.optimizer, peer.model, rows)
+        if opts.bn == "reestimate":
+            # the peer's own batches of the current epoch, position-seeded: a resumed run sees the same ones
+            loader = trainer.train_loader if peer.data_seed is None else trainer.train_loader.stream(peer.data_seed)
+            g, e = trainer.generation, trainer.epoch
+            count = min(opts.bn_batches, loader.steps(g, e))
+            reestimate_bn(peer.model, (loader.batch(g, e, s)[0] for s in range(count)))
 
     # -- the ensemble -------------------------------------------------------------------------------------------
     def on_after_evaluate(self, trainer) -> None:
@@ -292,7 +340,10 @@ def summarize(history: list[dict], options: GraftOptions, epoch_seconds: list[fl
     """What the run's results say about its grafts: counts, alphas per peer, time per graft and its share of a
     training epoch."""
     out: dict = {"peers": options.peers, "scion": options.scion, "criterion": options.criterion,
-                 "ring": options.ring, "timing": options.timing}
+                 "ring": options.ring, "timing": options.timing, "lr_factors": options.lr_factors,
+                 "bn": options.bn, "momentum": options.momentum}
+    if options.scion == "noise":
+        out["noise_scale"] = options.noise_scale
     grafts = sorted({r["graft"] for r in history})
     out["grafts"] = len(grafts)
     per_graft = {}

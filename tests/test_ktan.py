@@ -111,11 +111,23 @@ def test_losses_equal_their_formulas():
 
 
 # -- Algorithms 1 and 2 against a hand loop ----------------------------------------------------------------------------
-def test_ktan_equals_a_hand_loop_of_algorithms_1_and_2():
-    t = teacher_net()
+def resnet_teacher() -> nn.Module:
+    """A ResNet-20 teacher: on 8x8 images its last map (64 x 2 x 2) is smaller than the student's (32 x 4 x 4), so
+    the regressor is the transposed conv, as with the Fashion-MNIST benchmark's ResNet-20 (7x7) and CNN (14x14)."""
+    torch.manual_seed(11)
+    return build_model("resnet20", in_channels=1, num_classes=4, width=1.0)
+
+
+@pytest.mark.parametrize("make_teacher,regressor", [(teacher_net, nn.Conv2d), (resnet_teacher, nn.ConvTranspose2d)])
+def test_ktan_equals_a_hand_loop_of_algorithms_1_and_2(make_teacher, regressor):
+    t = make_teacher()
     trainer = trainer_with("ktan", t, epochs=1, **{"ktan.regressor_epochs": 0.5, "ktan.mse_epochs": 0.5})
-    conv, relu = trainer.members["regressor"].model  # 64 -> 32 channels, same 4x4 map: K = 1; relu3 is >= 0
-    assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and isinstance(relu, nn.ReLU)
+    conv, relu = trainer.members["regressor"].model  # the student map relu3 is >= 0: a ReLU follows R
+    assert type(conv) is regressor and isinstance(relu, nn.ReLU)
+    # 64 -> 32 channels; the same 4x4 map (K = 1) or 2x2 -> 4x4 ((2 - 1) + K = 4: K = 3)
+    assert (conv.in_channels, conv.out_channels) == (64, 32)
+    assert conv.kernel_size == ((1, 1) if regressor is nn.Conv2d else (3, 3))
+    ktan = next(m for m in trainer.methods if m.name == "ktan")
     student, disc, reg = (copy.deepcopy(trainer.members[n].model) for n in ("model", "discriminator", "regressor"))
     d_spec = trainer.optim_spec(trainer.members["discriminator"])
     assert (d_spec["lr"], d_spec["weight_decay"]) == (1e-2, 1e-4)  # the paper's adversarial settings
@@ -123,7 +135,7 @@ def test_ktan_equals_a_hand_loop_of_algorithms_1_and_2():
 
     feats = {}
     student.relu3.register_forward_hook(lambda m, i, o: feats.__setitem__("s", o))
-    t.relu3.register_forward_hook(lambda m, i, o: feats.__setitem__("t", o))
+    t.get_submodule(ktan._t).register_forward_hook(lambda m, i, o: feats.__setitem__("t", o))
     loader = trainer.train_loader
     steps = loader.steps(0, 0)
     # Algorithm 1: R and a pooled linear head of width C_s learn CE with the teacher frozen
@@ -137,7 +149,18 @@ def test_ktan_equals_a_hand_loop_of_algorithms_1_and_2():
         x, y = loader.batch(0, 0, i)
         with torch.no_grad():
             t(x)
-        loss = F.cross_entropy(head(reg(feats["t"])), y)
+        m_t = feats["t"]
+        if regressor is nn.ConvTranspose2d:  # written out: every input pixel scatters a 3x3 kernel onto a 4x4 map
+            w = reg[0].weight  # (C_in, C_out, 3, 3)
+            r = reg[0].bias.view(1, -1, 1, 1).expand(len(x), -1, 4, 4).clone()
+            for a in range(2):
+                for b in range(2):
+                    r[:, :, a:a + 3, b:b + 3] += torch.einsum("nc,cokl->nokl", m_t[:, :, a, b], w)
+            r = torch.relu(r)
+            assert torch.allclose(r, reg(m_t), atol=1e-5)
+        else:
+            r = reg(m_t)
+        loss = F.cross_entropy(head(r), y)
         opt_r.zero_grad()
         loss.backward()
         opt_r.step()

@@ -5,6 +5,7 @@ per step with kd+ktan; line 12 as a separate classifier step; a pre-trained stud
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -104,10 +105,31 @@ def test_losses_equal_their_formulas():
     assert torch.allclose(discriminator_loss(dt, ds), (-sig(dt).log()).mean() + (-(1 - sig(ds)).log()).mean(),
                           atol=1e-6)
     assert torch.allclose(adversarial_loss(ds, "nonsaturating"), (-sig(ds).log()).mean(), atol=1e-6)
-    assert torch.allclose(adversarial_loss(ds), (1 - sig(ds)).log().mean(), atol=1e-6)  # the default
+    assert torch.allclose(adversarial_loss(ds, "minimax"), (1 - sig(ds)).log().mean(), atol=1e-6)
+    assert torch.allclose(adversarial_loss(ds), (1 - sig(ds).clamp(max=0.5)).log().mean(), atol=1e-6)  # default
+    with pytest.raises(ValueError, match="capped, minimax, nonsaturating"):
+        adversarial_loss(ds, "hinge")
     d = Discriminator(8, 5)
     assert [type(m) for m in d.modules() if isinstance(m, nn.Conv2d)] == [nn.Conv2d, nn.Conv2d]
     assert d(torch.zeros(2, 8, 3, 3)).shape == (2, 1, 3, 3)
+
+
+def test_capped_term_pushes_only_where_the_discriminator_is_not_fooled():
+    """The fixed mechanism: the paper's minimax term pushes hardest where D already takes the student map for the
+    teacher's (its gradient in the logit is -sigmoid(z), largest for z > 0, and never fades); the capped default
+    has the same gradient where D still tells the student apart (z < 0) and none where it is fooled (z > 0)."""
+    z = torch.tensor([-6.0, -2.0, -0.5, 0.5, 2.0, 6.0], requires_grad=True)
+    n = len(z)
+    (g_min,) = torch.autograd.grad(adversarial_loss(z, "minimax"), z)
+    (g_cap,) = torch.autograd.grad(adversarial_loss(z, "capped"), z)
+    by_hand = -1 / (1 + torch.exp(-z.detach())) / n  # d/dz of log(1 - sigmoid(z)), averaged over n
+    assert torch.allclose(g_min, by_hand, atol=1e-7)
+    fooled = z.detach() > 0
+    assert torch.allclose(g_cap[~fooled], by_hand[~fooled], atol=1e-7) and torch.all(g_cap[fooled] == 0)
+    assert g_min.abs().argmax() == n - 1  # minimax: the most fooled location gets the largest push
+    # the value stops at log(1/2), the equilibrium D(m_s) = 1/2, instead of falling without bound
+    assert torch.allclose(adversarial_loss(torch.full((3,), 50.0), "capped"), torch.tensor(-math.log(2.0)))
+    assert adversarial_loss(torch.full((3,), 50.0), "minimax") < -49
 
 
 # -- Algorithms 1 and 2 against a hand loop ----------------------------------------------------------------------------
@@ -189,7 +211,8 @@ def test_ktan_equals_a_hand_loop_of_algorithms_1_and_2(make_teacher, regressor):
             opt_d.step()
         loss = F.cross_entropy(logits, y) + 0.5 * F.mse_loss(ms, rt)
         if adversarial:
-            loss = loss + 0.6 * F.logsigmoid(-disc(ms)).mean()  # log(1 - D(m_s)), the paper's minimax term
+            # log(1 - min(D(m_s), 1/2)): the paper's minimax term, capped where D is fooled (the default)
+            loss = loss + 0.6 * torch.log(1 - torch.sigmoid(disc(ms)).clamp(max=0.5)).mean()
         opt_s.zero_grad(set_to_none=True)
         torch.autograd.backward(loss, inputs=list(student.parameters()))
         set_lr(opt_s, factor)
@@ -258,6 +281,37 @@ def test_dln_is_ce_plus_beta_mse_in_one_step():
         opt.step()
     for k, v in student.state_dict().items():
         assert torch.allclose(trainer.members["model"].model.state_dict()[k].float(), v.float(), atol=ATOL), k
+
+
+class RateRecorder(Method):
+    """Records the student's learning rate at every student step."""
+
+    name = "test_ktan_rates"
+    rates: list = []
+
+    def on_after_step(self, trainer):
+        if trainer.update_step is not None and trainer.update_step.name == "student":
+            type(self).rates.append(trainer.members["model"].optimizer.param_groups[0]["lr"])
+
+
+register_method(RateRecorder)
+
+
+def test_adversarial_lr_switches_the_students_rate_at_the_adversarial_phase():
+    """The paper's adversarial rate (Sec. IV-A: 1e-2), scaled by the run's schedule from the first adversarial step;
+    the discriminator keeps its own."""
+    RateRecorder.rates = []
+    trainer = trainer_with("ktan+test_ktan_rates", teacher_net(), epochs=2,
+                           **{"ktan.regressor_epochs": 0, "ktan.mse_epochs": 0.5, "ktan.adversarial_lr": 0.01})
+    trainer.fit()
+    steps = trainer.train_loader.steps(0, 0)
+    expected = []
+    for g in range(2 * steps):
+        cosine = 0.5 * (1 + math.cos(math.pi * (g / steps) / 2))  # the run's cosine over 2 epochs
+        expected.append((0.05 if g < steps // 2 else 0.01) * cosine)  # synthetic(): lr 0.05
+    assert RateRecorder.rates == pytest.approx(expected, rel=1e-9)
+    d = trainer.members["discriminator"].optimizer.param_groups[0]
+    assert d["initial_lr"] == 1e-2
 
 
 # -- a pre-trained student; resume -------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ per step with kd+ktan; line 12 as a separate classifier step; a pre-trained stud
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -104,18 +105,51 @@ def test_losses_equal_their_formulas():
     assert torch.allclose(discriminator_loss(dt, ds), (-sig(dt).log()).mean() + (-(1 - sig(ds)).log()).mean(),
                           atol=1e-6)
     assert torch.allclose(adversarial_loss(ds, "nonsaturating"), (-sig(ds).log()).mean(), atol=1e-6)
-    assert torch.allclose(adversarial_loss(ds), (1 - sig(ds)).log().mean(), atol=1e-6)  # the default
+    assert torch.allclose(adversarial_loss(ds, "minimax"), (1 - sig(ds)).log().mean(), atol=1e-6)
+    assert torch.allclose(adversarial_loss(ds), (1 - sig(ds).clamp(max=0.5)).log().mean(), atol=1e-6)  # default
+    with pytest.raises(ValueError, match="capped, minimax, nonsaturating"):
+        adversarial_loss(ds, "hinge")
     d = Discriminator(8, 5)
     assert [type(m) for m in d.modules() if isinstance(m, nn.Conv2d)] == [nn.Conv2d, nn.Conv2d]
     assert d(torch.zeros(2, 8, 3, 3)).shape == (2, 1, 3, 3)
 
 
+def test_capped_term_pushes_only_where_the_discriminator_is_not_fooled():
+    """The fixed mechanism: the paper's minimax term pushes hardest where D already takes the student map for the
+    teacher's (its gradient in the logit is -sigmoid(z), largest for z > 0, and never fades); the capped default
+    has the same gradient where D still tells the student apart (z < 0) and none where it is fooled (z > 0)."""
+    z = torch.tensor([-6.0, -2.0, -0.5, 0.5, 2.0, 6.0], requires_grad=True)
+    n = len(z)
+    (g_min,) = torch.autograd.grad(adversarial_loss(z, "minimax"), z)
+    (g_cap,) = torch.autograd.grad(adversarial_loss(z, "capped"), z)
+    by_hand = -1 / (1 + torch.exp(-z.detach())) / n  # d/dz of log(1 - sigmoid(z)), averaged over n
+    assert torch.allclose(g_min, by_hand, atol=1e-7)
+    fooled = z.detach() > 0
+    assert torch.allclose(g_cap[~fooled], by_hand[~fooled], atol=1e-7) and torch.all(g_cap[fooled] == 0)
+    assert g_min.abs().argmax() == n - 1  # minimax: the most fooled location gets the largest push
+    # the value stops at log(1/2), the equilibrium D(m_s) = 1/2, instead of falling without bound
+    assert torch.allclose(adversarial_loss(torch.full((3,), 50.0), "capped"), torch.tensor(-math.log(2.0)))
+    assert adversarial_loss(torch.full((3,), 50.0), "minimax") < -49
+
+
 # -- Algorithms 1 and 2 against a hand loop ----------------------------------------------------------------------------
-def test_ktan_equals_a_hand_loop_of_algorithms_1_and_2():
-    t = teacher_net()
+def resnet_teacher() -> nn.Module:
+    """A ResNet-20 teacher: on 8x8 images its last map (64 x 2 x 2) is smaller than the student's (32 x 4 x 4), so
+    the regressor is the transposed conv, as with the Fashion-MNIST benchmark's ResNet-20 (7x7) and CNN (14x14)."""
+    torch.manual_seed(11)
+    return build_model("resnet20", in_channels=1, num_classes=4, width=1.0)
+
+
+@pytest.mark.parametrize("make_teacher,regressor", [(teacher_net, nn.Conv2d), (resnet_teacher, nn.ConvTranspose2d)])
+def test_ktan_equals_a_hand_loop_of_algorithms_1_and_2(make_teacher, regressor):
+    t = make_teacher()
     trainer = trainer_with("ktan", t, epochs=1, **{"ktan.regressor_epochs": 0.5, "ktan.mse_epochs": 0.5})
-    conv, relu = trainer.members["regressor"].model  # 64 -> 32 channels, same 4x4 map: K = 1; relu3 is >= 0
-    assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and isinstance(relu, nn.ReLU)
+    conv, relu = trainer.members["regressor"].model  # the student map relu3 is >= 0: a ReLU follows R
+    assert type(conv) is regressor and isinstance(relu, nn.ReLU)
+    # 64 -> 32 channels; the same 4x4 map (K = 1) or 2x2 -> 4x4 ((2 - 1) + K = 4: K = 3)
+    assert (conv.in_channels, conv.out_channels) == (64, 32)
+    assert conv.kernel_size == ((1, 1) if regressor is nn.Conv2d else (3, 3))
+    ktan = next(m for m in trainer.methods if m.name == "ktan")
     student, disc, reg = (copy.deepcopy(trainer.members[n].model) for n in ("model", "discriminator", "regressor"))
     d_spec = trainer.optim_spec(trainer.members["discriminator"])
     assert (d_spec["lr"], d_spec["weight_decay"]) == (1e-2, 1e-4)  # the paper's adversarial settings
@@ -123,7 +157,7 @@ def test_ktan_equals_a_hand_loop_of_algorithms_1_and_2():
 
     feats = {}
     student.relu3.register_forward_hook(lambda m, i, o: feats.__setitem__("s", o))
-    t.relu3.register_forward_hook(lambda m, i, o: feats.__setitem__("t", o))
+    t.get_submodule(ktan._t).register_forward_hook(lambda m, i, o: feats.__setitem__("t", o))
     loader = trainer.train_loader
     steps = loader.steps(0, 0)
     # Algorithm 1: R and a pooled linear head of width C_s learn CE with the teacher frozen
@@ -137,7 +171,18 @@ def test_ktan_equals_a_hand_loop_of_algorithms_1_and_2():
         x, y = loader.batch(0, 0, i)
         with torch.no_grad():
             t(x)
-        loss = F.cross_entropy(head(reg(feats["t"])), y)
+        m_t = feats["t"]
+        if regressor is nn.ConvTranspose2d:  # written out: every input pixel scatters a 3x3 kernel onto a 4x4 map
+            w = reg[0].weight  # (C_in, C_out, 3, 3)
+            r = reg[0].bias.view(1, -1, 1, 1).expand(len(x), -1, 4, 4).clone()
+            for a in range(2):
+                for b in range(2):
+                    r[:, :, a:a + 3, b:b + 3] += torch.einsum("nc,cokl->nokl", m_t[:, :, a, b], w)
+            r = torch.relu(r)
+            assert torch.allclose(r, reg(m_t), atol=1e-5)
+        else:
+            r = reg(m_t)
+        loss = F.cross_entropy(head(r), y)
         opt_r.zero_grad()
         loss.backward()
         opt_r.step()
@@ -166,7 +211,8 @@ def test_ktan_equals_a_hand_loop_of_algorithms_1_and_2():
             opt_d.step()
         loss = F.cross_entropy(logits, y) + 0.5 * F.mse_loss(ms, rt)
         if adversarial:
-            loss = loss + 0.6 * F.logsigmoid(-disc(ms)).mean()  # log(1 - D(m_s)), the paper's minimax term
+            # log(1 - min(D(m_s), 1/2)): the paper's minimax term, capped where D is fooled (the default)
+            loss = loss + 0.6 * torch.log(1 - torch.sigmoid(disc(ms)).clamp(max=0.5)).mean()
         opt_s.zero_grad(set_to_none=True)
         torch.autograd.backward(loss, inputs=list(student.parameters()))
         set_lr(opt_s, factor)
@@ -235,6 +281,37 @@ def test_dln_is_ce_plus_beta_mse_in_one_step():
         opt.step()
     for k, v in student.state_dict().items():
         assert torch.allclose(trainer.members["model"].model.state_dict()[k].float(), v.float(), atol=ATOL), k
+
+
+class RateRecorder(Method):
+    """Records the student's learning rate at every student step."""
+
+    name = "test_ktan_rates"
+    rates: list = []
+
+    def on_after_step(self, trainer):
+        if trainer.update_step is not None and trainer.update_step.name == "student":
+            type(self).rates.append(trainer.members["model"].optimizer.param_groups[0]["lr"])
+
+
+register_method(RateRecorder)
+
+
+def test_adversarial_lr_switches_the_students_rate_at_the_adversarial_phase():
+    """The paper's adversarial rate (Sec. IV-A: 1e-2), scaled by the run's schedule from the first adversarial step;
+    the discriminator keeps its own."""
+    RateRecorder.rates = []
+    trainer = trainer_with("ktan+test_ktan_rates", teacher_net(), epochs=2,
+                           **{"ktan.regressor_epochs": 0, "ktan.mse_epochs": 0.5, "ktan.adversarial_lr": 0.01})
+    trainer.fit()
+    steps = trainer.train_loader.steps(0, 0)
+    expected = []
+    for g in range(2 * steps):
+        cosine = 0.5 * (1 + math.cos(math.pi * (g / steps) / 2))  # the run's cosine over 2 epochs
+        expected.append((0.05 if g < steps // 2 else 0.01) * cosine)  # synthetic(): lr 0.05
+    assert RateRecorder.rates == pytest.approx(expected, rel=1e-9)
+    d = trainer.members["discriminator"].optimizer.param_groups[0]
+    assert d["initial_lr"] == 1e-2
 
 
 # -- a pre-trained student; resume -------------------------------------------------------------------------------------

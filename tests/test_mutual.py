@@ -37,10 +37,13 @@ def test_mutual_kl_is_the_mean_over_the_other_peers():
     assert a.grad is None  # the other peer is a target
 
 
-@pytest.mark.parametrize("update,data", [("simultaneous", "shared"), ("sequential", "shared"),
-                                         ("simultaneous", "own")])
+@pytest.mark.parametrize("update,data", [(None, "shared"), ("simultaneous", "shared"), ("simultaneous", "own"),
+                                         ("sequential", "own")])
 def test_two_peers_equal_a_hand_loop(update, data):
-    keys = synthetic(method="dml", epochs=1, method_options={"dml": {"update": update, "data": data}})
+    """``update=None``: the default, the paper's Algorithm 1 (peers in turn)."""
+    dml = {"data": data} if update is None else {"update": update, "data": data}
+    update = update or "sequential"
+    keys = synthetic(method="dml", epochs=1, method_options={"dml": dml})
     trainer = create_trainer(make_config(**keys), run_dir=None, run_id=None, store_path=None)
     assert list(trainer.members) == ["peer_1", "peer_2"]
     p1 = copy.deepcopy(trainer.members["peer_1"].model)
@@ -68,15 +71,12 @@ def test_two_peers_equal_a_hand_loop(update, data):
         z1, z2 = p1(x), p2(x2)
         if data == "own":
             assert not torch.equal(x, x2)
-            loss = F.cross_entropy(z1, y) + kl(predict(p2, x), z1) + F.cross_entropy(z2, y2) + kl(predict(p1, x2), z2)
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            for o in opts:
-                set_lr(o, factor)
-                o.step()
-        elif update == "simultaneous":  # both losses on one forward, the other peer detached, both step
-            loss = F.cross_entropy(z1, y) + kl(z2.detach(), z1) + F.cross_entropy(z2, y) + kl(z1.detach(), z2)
+        if update == "simultaneous":  # both losses on one forward, the other peer detached, both step
+            if data == "own":
+                loss = (F.cross_entropy(z1, y) + kl(predict(p2, x), z1) + F.cross_entropy(z2, y2)
+                        + kl(predict(p1, x2), z2))
+            else:
+                loss = F.cross_entropy(z1, y) + kl(z2.detach(), z1) + F.cross_entropy(z2, y) + kl(z1.detach(), z2)
             for o in opts:
                 o.zero_grad(set_to_none=True)
             loss.backward()
@@ -84,14 +84,18 @@ def test_two_peers_equal_a_hand_loop(update, data):
                 set_lr(o, factor)
                 o.step()
         else:  # Zhang et al. Algorithm 1: update peer 1, recompute its prediction, then update peer 2
+            target = predict(p2, x) if data == "own" else z2.detach()
             opts[0].zero_grad(set_to_none=True)
-            (F.cross_entropy(z1, y) + kl(z2.detach(), z1)).backward()
+            (F.cross_entropy(z1, y) + kl(target, z1)).backward()
             set_lr(opts[0], factor)
             opts[0].step()
-            with torch.no_grad():
-                z1 = p1(x)
+            if data == "own":  # the updated peer 1 predicts peer 2's batch (eval mode)
+                z1 = predict(p1, x2)
+            else:
+                with torch.no_grad():
+                    z1 = p1(x)
             opts[1].zero_grad(set_to_none=True)
-            (F.cross_entropy(z2, y) + kl(z1, z2)).backward()
+            (F.cross_entropy(z2, y2) + kl(z1, z2)).backward()
             set_lr(opts[1], factor)
             opts[1].step()
     for name, ref in (("peer_1", p1), ("peer_2", p2)):
@@ -118,8 +122,12 @@ def test_refusals(capsys):
     with pytest.raises(ConfigError, match="sequential"):
         train(**synthetic(method="dml", method_options={"dml": {"update": "sequential", "placement": "per_rank"}}),
               save=False)
+    # the default update is the paper's sequential one: one peer per rank asks for simultaneous by name
+    with pytest.raises(ConfigError, match="use dml.update=simultaneous"):
+        train(**synthetic(method="dml", method_options={"dml": {"placement": "per_rank"}}), save=False)
     # one peer per rank in a single process: the count does not match
-    assert main(["train", "method=dml", "dml.peers=2", "dml.placement=per_rank", "data=digits"]) == 2
+    assert main(["train", "method=dml", "dml.peers=2", "dml.placement=per_rank", "dml.update=simultaneous",
+                 "data=digits"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs 2 processes" in err[0] and "has 1" in err[0], err
 

@@ -14,14 +14,14 @@ from tests.test_distributed import torchrun
 
 CLI_KEYS = ["data=synthetic", "data.num_classes=4", "data.n_train=256", "data.n_test=48", "data.image_size=8",
             "model=cnn", "width=0.5", "epochs=2", "batch_size=32", "eval_batch_size=64", "lr=0.05", "progress=none",
-            "threads=1", "seed=0", "method=dml"]
+            "threads=1", "seed=0", "method=dml", "dml.update=simultaneous"]
 
 
 @pytest.mark.parametrize("data", ["shared", "own"])
 def test_two_peers_on_two_ranks_equal_two_peers_in_one_process(tmp_path, data):
     """data=shared exchanges the peers' logits; data=own exchanges every peer's batch and the predictions of it."""
-    one = train(**synthetic(method="dml", epochs=2, seed=0, method_options={"dml": {"data": data}}),
-                out=tmp_path / "one")
+    dml = {"data": data, "update": "simultaneous"}  # the one form that places a peer per rank
+    one = train(**synthetic(method="dml", epochs=2, seed=0, method_options={"dml": dml}), out=tmp_path / "one")
     proc = torchrun(["train", *CLI_KEYS, "dml.placement=per_rank", f"dml.data={data}", "--out",
                      str(tmp_path / "ranks"), "--json"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

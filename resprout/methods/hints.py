@@ -5,15 +5,22 @@
   (FitNets' regressor, Romero et al. 2015, Sec. 2.2, is the same conv with ``P = 0, S = 1``). When no kernel fits
   (the source map is smaller than the target) the documented alternative is a transposed conv whose kernel solves
   ``(M_in - 1) * S - 2P + K = M_out``: it upsamples by learned weights instead of a fixed interpolation.
-* :func:`hint_loss` and :class:`FitNet` (``method=fitnet``): Romero et al. 2015, Eq. (3): the student's hint layer
-  through a trained conv regressor should match the teacher's guided layer. As in the KTAN paper's Table I
-  (Sec. IV-A (4)) the hint is the student's last conv map and the guided layer the teacher's last conv map, in one
-  stage: ``CE + weight * mean((r(f_s) - f_t)^2)``. FitNets' Eq. (3) is ``1/2 ||.||^2`` summed over the map; the mean
-  over elements (KTAN's Eq. (2) normalization) keeps ``weight`` independent of the map size.
+* :func:`hint_loss` and :class:`FitNet` (``method=fitnet``): Romero et al., "FitNets: Hints for Thin Deep Nets",
+  ICLR 2015. The *hint* is the teacher's layer, the *guided* layer the student's (Sec. 2.2); Eq. (3): the guided
+  layer through a conv regressor should match the hint. By default the two stages of Sec. 2.3 / Algorithm 1:
+  stage 1 trains the student up to its guided layer and the regressor on the hint loss alone, stage 2 the whole
+  student on Eq. (2), ``CE + lambda * H(P_T^tau, P_S^tau)`` (:func:`relaxed_kl`), ``lambda`` annealed from 4 to 1
+  and ``tau = 3`` as in the authors' CIFAR-10 setting. ``fitnet.stages=1`` is the one-stage reading of KTAN's
+  Table I (Sec. IV-A (4)): ``CE + weight * hint`` throughout. Both use the last conv maps by default (KTAN:
+  "the last convolution layer's output"). FitNets' Eq. (3) is ``1/2 ||.||^2`` summed over the map; the mean over
+  elements (KTAN's Eq. (2) normalization) keeps ``weight`` independent of the map size.
 * :func:`attention_map`, :func:`at_loss` and :class:`AttentionTransfer` (``method=at``): Zagoruyko & Komodakis,
-  "Paying More Attention to Attention", ICLR 2017, Sec. 3.1, Eq. (2) with ``p = 2``: ``Q = sum_c |A_c|^p``
-  flattened and L2-normalized, loss ``1/2 * ||Q_s/||Q_s|| - Q_t/||Q_t|| ||_2`` per pair (batch mean), weight 0.05
-  on the last conv maps as in KTAN's Table I (Sec. IV-A (5)); same-depth pairs are lists of layers.
+  "Paying More Attention to Attention", ICLR 2017, Sec. 3.1: ``Q = sum_c |A_c|^p`` flattened and L2-normalized
+  (``p = 2``). By default the authors' code: ``beta * mean((q_s - q_t)^2)`` over the batch and positions, summed
+  over the layer pairs, ``beta = 1000`` (Sec. 3.1: "beta = 10^3 divided by number of elements in attention map and
+  batch size"). ``at.form=ktan`` keeps the setting resprout gave KTAN's Table I (Sec. IV-A (5)): Eq. (2)'s term
+  read literally, ``1/2 ||q_s - q_t||_2`` per image (not squared), weight 0.05: a far
+  weaker term. The last conv maps by default; same-depth pairs are lists of layers.
 
 Feature maps are read by forward hooks (``trainer.tap``); :func:`~resprout.engine.taps.last_conv_feature` finds the
 default layers.
@@ -31,7 +38,8 @@ from resprout.config import option
 from resprout.engine.method import Method
 from resprout.engine.taps import last_conv_feature
 from resprout.errors import ConfigError
-from resprout.methods.teachers import require_teachers, teacher_feature
+from resprout.methods.distill import kd_loss
+from resprout.methods.teachers import require_teachers, teacher_feature, teacher_logits
 
 __all__ = ["AttentionTransfer", "FitNet", "at_loss", "attention_map", "hint_loss", "make_regressor",
            "probe_features", "regressor_kernel", "transposed_kernel"]
@@ -96,12 +104,28 @@ def attention_map(features: torch.Tensor, p: float = 2.0, size: tuple[int, int] 
     return F.normalize(q.flatten(1), dim=1)
 
 
-def at_loss(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0) -> torch.Tensor:
-    """``1/2 * || Q_s/||Q_s|| - Q_t/||Q_t|| ||_2``, averaged over the batch (Zagoruyko & Komodakis, Eq. (2))."""
+AT_FORMS = ("official", "ktan")
+#: the default weight of each form: the official code's ``beta = 1e3``; KTAN's Table I (Sec. IV-A (5)) 0.05
+AT_WEIGHTS = {"official": 1000.0, "ktan": 0.05}
+
+
+def at_loss(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0, form: str = "official") -> torch.Tensor:
+    """The attention-transfer term of one layer pair, between the normalized maps ``q = Q/||Q||`` of
+    :func:`attention_map` (compared at the smaller resolution of the two).
+
+    * ``official``: ``mean((q_s - q_t)^2)`` over the batch and the ``H*W`` positions, the form of the authors'
+      code (the paper, Sec. 3.1: ``beta = 1e3`` "divided by number of elements in attention map and batch size");
+    * ``ktan``: ``1/2 ||q_s - q_t||_2`` per image, averaged over the batch: Eq. (2)'s term read literally (p = 2
+      norm, not squared), the form resprout gave KTAN's Table I setting (weight 0.05).
+    """
     size = tuple(min(a, b) for a, b in zip(student.shape[2:], teacher.shape[2:]))
     qs = attention_map(student, p, size)
     qt = attention_map(teacher.detach(), p, size)
-    return 0.5 * (qs - qt).norm(dim=1).mean()
+    if form == "official":
+        return (qs - qt).pow(2).mean()
+    if form == "ktan":
+        return 0.5 * (qs - qt).norm(dim=1).mean()
+    raise ValueError(f"at_loss: form must be one of {', '.join(AT_FORMS)}, not {form!r}")
 
 
 # -- feature paths -----------------------------------------------------------------------------------------------------
@@ -143,20 +167,55 @@ def _layers(value: list | str) -> list[str]:
 
 
 # -- FitNet ------------------------------------------------------------------------------------------------------------
+def fitnet_lambda(start: float, end: float, progress: float) -> float:
+    """FitNets Eq. (2)'s ``lambda`` at ``progress`` (0..1) through stage 2: linear from ``start`` to ``end`` (the
+    authors annealed it from 4 to 1 over the epochs of stage 2)."""
+    return start + (end - start) * min(max(progress, 0.0), 1.0)
+
+
+def relaxed_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """FitNets Eq. (2)'s soft term ``H(P_T^tau, P_S^tau)`` as ``KL(P_T^tau || P_S^tau)`` (the same gradient: they
+    differ by the teacher's entropy), batch mean, without Hinton's ``tau^2`` factor (Eq. (2) has none)."""
+    return kd_loss(student_logits, teacher_logits, temperature) / (temperature * temperature)
+
+
 @dataclass
 class FitNetOptions:
-    weight: float = option(1.0, "weight of the hint loss (mean squared error after the regressor)", min=0.0)
-    student_layer: str = option("", "module path of the student's hint layer (default: its last conv map)")
-    teacher_layer: str = option("", "module path of the teacher's guided layer (default: its last conv map)")
+    stages: int = option(2, "2: Romero et al.'s two stages (the student up to its guided layer and the regressor "
+                         "learn the hint alone, then the whole student learns KD); 1: one stage, CE + weight * hint",
+                         choices=(1, 2))
+    hint_fraction: float = option(0.25, "stages=2: the share of the run's steps spent in stage 1", min=0.0,
+                                  max=1.0, min_exclusive=True)
+    weight: float = option(1.0, "weight of the hint loss (mean squared error after the regressor)", min=0.0,
+                           min_exclusive=True)
+    temperature: float = option(3.0, "stages=2, stage 2: tau, the relaxation of Eq. (2) (the authors' CIFAR "
+                                "setting: 3)", min=0.0, min_exclusive=True)
+    kd_weight: float = option(4.0, "stages=2, stage 2: lambda of Eq. (2) when stage 2 starts (the authors: 4)",
+                              min=0.0)
+    kd_weight_end: float = option(1.0, "stages=2, stage 2: lambda at the end, reached linearly (the authors: 1)",
+                                  min=0.0)
+    student_layer: str = option("", "module path of the student's guided layer (default: its last conv map)")
+    teacher_layer: str = option("", "module path of the teacher's hint layer (default: its last conv map)")
 
 
 class FitNet(Method):
-    """``method=fitnet``: ``CE + weight * MSE(r(f_s), f_t)``; the regressor ``r`` (member ``regressor``, a conv
-    from the student's map to the teacher's shape, :func:`make_regressor`) trains with the student."""
+    """``method=fitnet``. The regressor ``r`` (member ``regressor``, a conv from the student's guided map to the
+    teacher's hint shape, :func:`make_regressor`) trains with the student.
+
+    * ``stages=2`` (Romero et al., Sec. 2.3, Algorithm 1): for the first ``hint_fraction`` of the run's steps the
+      loss is ``weight * MSE(r(guided), hint)`` alone, so only the student's layers up to the guided layer and the
+      regressor move (stage 1); then the student's optimizer state is cleared (stage 2 is a new training from the
+      stage-1 weights) and the whole student learns Eq. (2), ``CE + lambda * relaxed_kl``, with ``lambda`` annealed
+      linearly from ``kd_weight`` to ``kd_weight_end``. This method then supplies the task loss.
+    * ``stages=1`` (KTAN's Table I reading): ``CE + weight * MSE(r(guided), hint)`` throughout."""
 
     name = "fitnet"
     Options = FitNetOptions
     needs_teacher = True
+
+    @property
+    def provides_task_loss(self) -> bool:  # stage 2's Eq. (2) holds the cross-entropy
+        return self.options.stages == 2
 
     def setup(self, trainer) -> None:
         o = self.options
@@ -172,20 +231,56 @@ class FitNet(Method):
         (t_shape,) = probe_features(trainer, self._teacher, [self._t])
         trainer.add_member("regressor", make_regressor(s_shape, t_shape), manual=True, task=False, logits=False,
                            evaluate=False)
+        if o.stages == 2:
+            self._total = trainer.config.generations * trainer.config.epochs * trainer.train_loader.steps(0, 0)
+            self._hint_steps = round(o.hint_fraction * self._total)
+            if not 0 < self._hint_steps < self._total:
+                raise ConfigError(f"fitnet.hint_fraction={o.hint_fraction} of this run's {self._total} steps leaves "
+                                  f"stage {1 if self._hint_steps == 0 else 2} empty; change it, or use "
+                                  f"fitnet.stages=1")
+
+    def _global_step(self, trainer) -> int:
+        per_epoch = trainer.train_loader.steps(0, 0)
+        return (trainer.generation * trainer.config.epochs + trainer.epoch) * per_epoch + trainer.step
+
+    def stage(self, trainer) -> int:
+        """1 or 2: the stage of the current step."""
+        if self.options.stages == 1:
+            return 1
+        return 1 if self._global_step(trainer) < self._hint_steps else 2
+
+    def on_batch_start(self, trainer) -> None:
+        if self.options.stages == 2 and self._global_step(trainer) == self._hint_steps:
+            # stage 2 is a new training of the whole student from the stage-1 weights: no momentum carried over
+            trainer.members["model"].optimizer.state.clear()
 
     def on_loss(self, trainer) -> None:
         if not trainer.updates("model"):
             return
+        o = self.options
+        if o.stages == 2 and self.stage(trainer) == 2:
+            progress = (self._global_step(trainer) - self._hint_steps) / max(1, self._total - self._hint_steps - 1)
+            lam = fitnet_lambda(o.kd_weight, o.kd_weight_end, progress)
+            (t_logits,) = teacher_logits(trainer, [self._teacher])
+            logits = trainer.outputs["model"]
+            # Eq. (2): H(y, P_S) + lambda H(P_T^tau, P_S^tau)
+            trainer.add_loss("model", "ce", F.cross_entropy(logits, trainer.targets))
+            trainer.add_loss("model", "kd", lam * relaxed_kl(logits, t_logits, o.temperature))
+            return
         f_s = trainer.taps.output("model", self._s)
         f_t = teacher_feature(trainer, self._teacher, self._t)
         hint = hint_loss(trainer.members["regressor"](f_s), f_t)
-        trainer.add_loss("model", "hint", self.options.weight * hint)
+        trainer.add_loss("model", "hint", o.weight * hint)
 
 
 # -- attention transfer ------------------------------------------------------------------------------------------------
 @dataclass
 class ATOptions:
-    weight: float = option(0.05, "beta: weight of the attention loss (KTAN Table I: 0.05)", min=0.0)
+    form: str = option("official", "the term of a layer pair: official (mean of the squared difference of the "
+                       "normalized maps, the authors' code) or ktan (1/2 the L2 norm of it, resprout's KTAN Table I "
+                       "setting)", choices=AT_FORMS)
+    weight: float | None = option(None, "beta: weight of the attention term (default: 1000 with form=official, "
+                                  "the authors' code; 0.05 with form=ktan, KTAN Table I)", min=0.0)
     p: float = option(2.0, "exponent of the attention map sum_c |A_c|^p", min=0.0, min_exclusive=True)
     student_layers: list = option([], "module paths of the student, comma-separated (default: its last conv map)")
     teacher_layers: list = option([], "module paths of the teacher, paired in order with student_layers "
@@ -193,7 +288,8 @@ class ATOptions:
 
 
 class AttentionTransfer(Method):
-    """``method=at``: ``CE + weight * sum_j at_loss(student_j, teacher_j)`` over the layer pairs."""
+    """``method=at``: ``CE + beta * sum_j at_loss(student_j, teacher_j)`` over the layer pairs (``form`` and its
+    ``beta``: :data:`AT_WEIGHTS` unless ``weight`` is given)."""
 
     name = "at"
     Options = ATOptions
@@ -220,6 +316,12 @@ class AttentionTransfer(Method):
     def on_loss(self, trainer) -> None:
         if not trainer.updates("model"):
             return
-        total = sum(at_loss(trainer.taps.output("model", s), teacher_feature(trainer, self._teacher, t), self.options.p)
+        o = self.options
+        total = sum(at_loss(trainer.taps.output("model", s), teacher_feature(trainer, self._teacher, t), o.p, o.form)
                     for s, t in zip(self._s, self._t))
-        trainer.add_loss("model", "at", self.options.weight * total)
+        trainer.add_loss("model", "at", self.beta * total)
+
+    @property
+    def beta(self) -> float:
+        o = self.options
+        return AT_WEIGHTS[o.form] if o.weight is None else o.weight

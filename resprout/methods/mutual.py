@@ -10,11 +10,12 @@ against it with two ResNet-32 peers (Meng et al., Table 4: 92.80 on CIFAR-10 aga
 
 Choices (options ``dml.<name>``):
 
-* ``update``: ``simultaneous`` (default) computes every peer's loss on the same forward pass, with the others'
-  predictions detached (targets), and steps every optimizer at once; ``sequential`` is the paper's Algorithm 1:
-  peers are updated in turn, and after peer ``l`` steps its predictions are recomputed (a forward without
-  gradient in train mode, so batch-norm statistics see that batch again), so peer ``k`` learns from the already
-  updated peers ``1..k-1``. ``sequential`` needs every peer in one process.
+* ``update``: ``sequential`` (default) is the paper's Algorithm 1: peers are updated in turn, and after peer ``l``
+  steps its predictions are recomputed (a forward without gradient in train mode, so batch-norm statistics see
+  that batch again), so peer ``k`` learns from the already updated peers ``1..k-1``. ``simultaneous`` computes
+  every peer's loss on the same forward pass, with the others' predictions detached (targets), and steps every
+  optimizer at once: one backward instead of K, the only form with ``placement=per_rank`` (``sequential`` needs
+  every peer in one process).
 * ``data``: ``shared`` (default; the paper's Algorithm 1 feeds one mini-batch to every peer) or ``own``: each peer
   has its own data order and augmentation (its ``data_seed``), and the others' predictions for peer ``k``'s batch
   come from an extra forward of each of them on that batch, in eval mode without gradient (a prediction of the same
@@ -85,8 +86,9 @@ class DMLOptions:
     weight: float = option(1.0, "weight of the mimicry (KL) term (the paper: 1)", min=0.0)
     temperature: float = option(1.0, "T: softening temperature of the KL term (the paper: 1)", min=0.0,
                                 min_exclusive=True)
-    update: str = option("simultaneous", "simultaneous: one step, others detached; sequential: the paper's "
-                         "Algorithm 1, peers in turn", choices=("simultaneous", "sequential"))
+    update: str = option("sequential", "sequential: the paper's Algorithm 1, peers updated in turn, each against "
+                         "the already updated ones; simultaneous: one step, others detached (needed with "
+                         "placement=per_rank)", choices=("sequential", "simultaneous"))
     data: str = option("shared", "shared: every peer sees the same batch (the paper); own: each peer its own "
                        "data order", choices=("shared", "own"))
     placement: str = option("replicated", "replicated: every peer in every process (DDP); per_rank: one peer per "

@@ -60,7 +60,7 @@ from resprout.errors import (
     TrainingDiverged,
 )
 from resprout.methods import build_methods, resolved_options
-from resprout.methods.registry import canonical_name, method_objects, unregistered
+from resprout.methods.registry import check_method_objects, method_list, recorded_objects
 from resprout.methods.teachers import build_teachers, split_teacher_arg, teacher_entries
 from resprout.models import build_model
 from resprout.models.fit import check_model_fits, factory_dir, factory_path, import_factory
@@ -274,7 +274,7 @@ def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, sto
     device = resolve_device(cfg.device, dist)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    objects = methods
+    objects = methods  # as given; from here on `methods` are the built ones
     cfg, methods = _resolve(cfg, module, objects)
     ds = build_dataset(cfg, data)
     seed_everything(cfg.seed)
@@ -294,8 +294,9 @@ def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, sto
                     "fingerprint": cfg.fingerprint(), "created": time.time(), "resprout": __version__}
             if factory_path(module):  # lets `resprout slim` / `resume` rebuild a custom model by themselves
                 info["module"], info["module_dir"] = factory_path(module), factory_dir(module)
-            if unregistered(objects):  # a resume needs these objects again
-                info["method_objects"] = _object_paths(objects)
+            recorded = recorded_objects(objects)
+            if recorded:  # the method classes a resume needs again
+                info["method_objects"] = recorded
             write_run_file(run_dir, info)
         store.register_run(run_id, str(run_dir.resolve()), cfg.to_dict(), cfg.fingerprint(),
                            cfg.fingerprint(without_seed=True), environment(device, dist))
@@ -396,7 +397,7 @@ def train(config: Config | str | Path | None = None, *, out: str | Path | None =
     if teacher is not None:
         keys["teacher"], teachers = split_teacher_arg(teacher)
     user_loggers = _user_loggers(keys)
-    objects = _method_list(methods, keys)
+    objects = method_list(methods, keys)
     if isinstance(config, (str, Path)):
         cfg = load_config(config)
     else:
@@ -422,7 +423,7 @@ def train(config: Config | str | Path | None = None, *, out: str | Path | None =
         if continuing:
             info = read_run_file(run_dir)
             store_path = Path(info["store"])
-            _check_method_objects(run_dir, info, probe, objects)
+            check_method_objects(run_dir, info.get("method_objects", {}), probe.method_names(), objects)
         lock = _lock(run_dir) if dist.is_main else None  # refused: another process owns the directory
         try:
             try:
@@ -451,59 +452,6 @@ def _user_loggers(keys: dict) -> list:
     if names is not None:
         keys["loggers"] = names
     return objects
-
-
-def _method_list(methods: Sequence | None, keys: dict) -> list:
-    """The Method objects of ``train(methods=[...])``; sets the ``method`` key from the list unless it is given."""
-    if methods is None:
-        return []
-    if isinstance(methods, (str, bytes)) or not isinstance(methods, Sequence):
-        raise ConfigError(f"methods must be a list of method names, Method classes or instances; got "
-                          f"{type(methods).__name__} (one name or a composition goes to method=, e.g. method='ke+ls')")
-    objects = [m for m in methods if not isinstance(m, str)]
-    names = [m if isinstance(m, str) else _class_name(m) for m in methods]
-    if "method" not in keys:
-        keys["method"] = "+".join(names)
-    else:
-        named = {n.strip() for n in str(keys["method"]).split("+")}
-        extra = [n for n in names if n not in named]
-        if extra:
-            raise ConfigError(f"methods=[...] names {', '.join(extra)}, which method={keys['method']} does not; "
-                              f"give the methods one way")
-    method_objects(objects)  # refuses anything but Method classes and instances, and two of one name
-    return objects
-
-
-def _class_name(obj: Any) -> str:
-    return next(iter(method_objects([obj])))
-
-
-def _object_paths(objects: Sequence) -> dict[str, str]:
-    """``{method name: "module:Class"}`` of the method objects that are not the registered ones."""
-    given = method_objects(objects)
-    return {name: _path_of(given[name]) for name in unregistered(objects)}
-
-
-def _path_of(obj: Any) -> str:
-    cls = obj if isinstance(obj, type) else type(obj)
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _check_method_objects(run_dir: Path, info: dict, cfg: Config, objects: Sequence) -> None:
-    """A run made with method objects of the user's own continues only with the same classes again (one line);
-    objects for the run's registered methods must be those."""
-    recorded = info.get("method_objects", {})
-    given = method_objects(objects, [canonical_name(n) for n in cfg.method_names()])
-    missing = [n for n in recorded if n not in given]
-    if missing:
-        raise ConfigError(f"{run_dir} was trained with method {', '.join(missing)} given as an object "
-                          f"({', '.join(recorded[n] for n in missing)}); pass it again: "
-                          f"resprout.resume(dir, methods=[...]) (or train(..., methods=[...]))")
-    for name, obj in given.items():
-        if name in recorded and recorded[name] != _path_of(obj):
-            raise ConfigError(f"{run_dir} was trained with {recorded[name]} as method {name!r}, not {_path_of(obj)}")
-        if name not in recorded and unregistered([obj]):
-            raise ConfigError(f"{run_dir} was trained with the registered method {name!r}, not {_path_of(obj)}")
 
 
 def _fit_and_finish(trainer: Trainer, dist: DistInfo) -> dict:
@@ -535,7 +483,7 @@ def _reopen_inputs(run_dir: Path, info: dict, cfg: Config, module: Any, train: A
         data = user_dataset(train, test, val) if (train is not None or test is not None) else None
         check_same_data(cfg.data_options, data, str(run_dir))
     objects = list(methods or [])
-    _check_method_objects(run_dir, info, cfg, objects)
+    check_method_objects(run_dir, info.get("method_objects", {}), cfg.method_names(), objects)
     return module, data, objects
 
 

@@ -62,7 +62,7 @@ for _name, _target, _what in [
 
 def register_method(cls: type[Method], *, replace: bool = False) -> type[Method]:
     """Class decorator: make ``cls`` available as ``method=<cls.name>`` (its description: the docstring's first
-    paragraph). A name taken by another class is refused unless ``replace=True``."""
+    sentence). A name taken by another class is refused unless ``replace=True``."""
     METHODS.add(cls.name, cls, replace=replace)
     return cls
 
@@ -88,7 +88,8 @@ def _class_of(obj: object) -> type[Method]:
     raise ConfigError(f"methods=[...] holds {obj!r}: give Method subclasses or instances (or method names)")
 
 
-def method_objects(objects: Sequence, names: Sequence[str] | None = None) -> dict[str, Method | type[Method]]:
+def method_objects(objects: Sequence, names: Sequence[str] | None = None
+                   ) -> dict[str, Method | type[Method]]:
     """``{name: object}`` of Method classes or instances given in the Python API (``methods=[...]``), each under
     its class's ``name``. Refuses anything else, two objects of one name, and (with ``names``, the run's methods) an
     object the run does not name."""
@@ -104,14 +105,57 @@ def method_objects(objects: Sequence, names: Sequence[str] | None = None) -> dic
     return given
 
 
-def unregistered(objects: Sequence) -> list[str]:
-    """The names of the given method objects that ``method=<name>`` alone would not rebuild: a class that is not
-    the one registered under its name (an instance of the registered class is: its options are in the config)."""
-    out = []
-    for name, obj in method_objects(objects).items():
-        if name not in METHODS or METHODS.get(name) is not _class_of(obj):
-            out.append(name)
-    return out
+def method_list(methods: Sequence | None, keys: dict) -> list:
+    """The Method objects of ``resprout.train(methods=[...])`` (names, classes, instances); sets the ``method`` key
+    to the list's names unless it is given, in which case it must name them all."""
+    if methods is None:
+        return []
+    if isinstance(methods, (str, bytes)) or not isinstance(methods, Sequence):
+        raise ConfigError(f"methods must be a list of method names, Method classes or instances; got "
+                          f"{type(methods).__name__} (one name or a composition goes to method=, e.g. method='ke+ls')")
+    objects = [m for m in methods if not isinstance(m, str)]
+    names = [m if isinstance(m, str) else _class_of(m).name for m in methods]
+    if "method" not in keys:
+        keys["method"] = "+".join(names)
+    else:
+        named = {canonical_name(n) for n in str(keys["method"]).split("+")}
+        extra = [n for n in names if canonical_name(n) not in named]
+        if extra:
+            raise ConfigError(f"methods=[...] names {', '.join(extra)}, which method={keys['method']} does not; "
+                              f"give the methods one way")
+    method_objects(objects)  # refuses two of one name
+    return objects
+
+
+def class_path(obj: Method | type[Method]) -> str:
+    cls = _class_of(obj)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def recorded_objects(objects: Sequence) -> dict[str, str]:
+    """``{name: "module:Class"}`` of the given method objects that ``method=<name>`` alone would not rebuild (what
+    a run directory records): a class that is not the one registered under its name. An instance of the
+    registered class is rebuilt: its options are in the configuration."""
+    return {name: class_path(obj) for name, obj in method_objects(objects).items()
+            if name not in METHODS or METHODS.get(name) is not _class_of(obj)}
+
+
+def check_method_objects(where: object, recorded: dict[str, str], names: Sequence[str], objects: Sequence
+                         ) -> None:
+    """Refuse (one line) to continue the run at ``where``, made with the method objects ``recorded``
+    (:func:`recorded_objects`) and named ``names``, unless ``objects`` holds the same classes again and any other
+    object is the registered class of its name."""
+    given = method_objects(objects, [canonical_name(n) for n in names])
+    missing = [n for n in recorded if n not in given]
+    if missing:
+        raise ConfigError(f"{where} was trained with method {', '.join(missing)} given as an object "
+                          f"({', '.join(recorded[n] for n in missing)}); pass it again: "
+                          f"resprout.resume(dir, methods=[...]) (or train(..., methods=[...]))")
+    for name, obj in given.items():
+        if name in recorded and recorded[name] != class_path(obj):
+            raise ConfigError(f"{where} was trained with {recorded[name]} as method {name!r}, not {class_path(obj)}")
+        if name not in recorded and recorded_objects([obj]):
+            raise ConfigError(f"{where} was trained with the registered method {name!r}, not {class_path(obj)}")
 
 
 def _instance(obj: Method | type[Method], options: dict, name: str) -> Method:

@@ -103,7 +103,7 @@ class Registry(Generic[T]):
             del self._aliases[alias]
 
     def copy(self) -> Registry[T]:
-        """An independent registry with the same entries (``monkeypatch.setattr(mod, "MODELS", MODELS.copy())``)."""
+        """An independent registry with the same entries."""
         new = Registry(self.kind, normalize=self._normalize, also_allowed=self.also_allowed, note=self.note)
         new._entries, new._aliases = dict(self._entries), dict(self._aliases)
         return new
@@ -135,19 +135,16 @@ class Registry(Generic[T]):
         return [(k, self._entries[k].description) for k in self.names()]
 
     def description(self, name: str) -> str:
-        return self._entry(name).description
+        return self._entry(name)[1].description
 
     def target(self, name: str) -> str | None:
         """The ``"module:attr"`` of a lazy entry not loaded yet, else None."""
-        entry = self._entry(name)
+        entry = self._entry(name)[1]
         return None if entry.obj is not _UNSET else entry.target
 
     def get(self, name: str) -> T:
         """The object registered as ``name``; a lazy entry is imported now. A miss is :meth:`unknown`."""
-        key = self.canonical(name) if isinstance(name, str) else name
-        entry = self._entries.get(key) if isinstance(key, str) else None
-        if entry is None:
-            raise self.unknown(name)
+        key, entry = self._entry(name)
         if entry.obj is _UNSET:
             module, _, attr = entry.target.partition(":")
             entry = dataclasses.replace(entry, obj=getattr(importlib.import_module(module), attr))
@@ -167,11 +164,11 @@ class Registry(Generic[T]):
         note = f" ({self.note})" if self.note else ""
         return ConfigError(f"unknown {self.kind} {name!r}{hint}; allowed: {allowed}{note}")
 
-    def _entry(self, name: str) -> _Entry:
-        entry = self._entries.get(self.canonical(name))
-        if entry is None:
+    def _entry(self, name: str) -> tuple[str, _Entry]:
+        key = self.canonical(name) if isinstance(name, str) else None
+        if key not in self._entries:
             raise self.unknown(name)
-        return entry
+        return key, self._entries[key]
 
 
 def lazy_exports(module_name: str) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:

@@ -263,7 +263,7 @@ def main() -> None:
     args = p.parse_args()
     if args.epochs:
         DIGITS["epochs"] = FASHION["epochs"] = FASHION["eval_every"] = args.epochs
-    methods._METHODS["nr"] = TimedNR
+    methods.register_method(TimedNR, replace=True)  # every run of this script (and its parts) times NR
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.part == "all":
         seconds = run_parallel(PARTS, args)

@@ -8,8 +8,9 @@ The Python API in one screen::
     cfg = resprout.make_config(data="fashion-mnist", per_class=100, method="ls", epochs=30)
     resprout.train(train=my_dataset, test=my_test_set, module=MyNet, method="ke", ke={"split_rate": 0.5})
 
-Layers, each importing only those below it: ``cli`` / ``run`` > ``methods``, ``analysis`` > ``engine`` >
-``surgery`` > ``models``, ``data`` > ``config``, ``errors``, ``seeding``.
+Layers, each importing only those below it (``tests/test_layers.py`` checks it): ``cli``, ``run``, ``compare`` >
+``analysis`` > ``methods`` > ``engine`` > ``surgery`` > ``models``, ``data`` > ``config``, ``options``, ``registry``,
+``errors``, ``seeding``.
 """
 
 __version__ = "0.1.0"

@@ -338,9 +338,6 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(f"bad value for betas: {cfg.betas} (two numbers in [0, 1))")
     if cfg.warmup_epochs > cfg.epochs:
         raise ConfigError(f"bad value for warmup_epochs: {cfg.warmup_epochs} (at most epochs={cfg.epochs})")
-    from resprout.engine.loggers import parse_logger_names  # one list of names, kept beside the loggers
-
-    parse_logger_names(cfg.loggers)
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"bad value for device: {cfg.device!r} (allowed: auto, cpu, cuda, cuda:N)")
 

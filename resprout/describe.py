@@ -2,9 +2,9 @@
 options, per-member keys and ``resprout profile``'s keys (``resprout keys`` prints them; the tests check that none
 is missing or explained by its own name).
 
-Sections are built from the registries (the config dataclass, :func:`resprout.methods.available_methods`, the
-model and data-source registries), not from a hand list; only model and data options, which their registries
-record without a description, take their meaning from the tables below.
+Sections are built from the registries (the config dataclass; the methods, models, data sources and loggers with
+their one-line descriptions: :mod:`resprout.registry`), not from a hand list; only model and data options, which
+their registries record without a description, take their meaning from the tables below.
 """
 
 from __future__ import annotations
@@ -58,17 +58,16 @@ def run_keys() -> list[Row]:
 def method_rows() -> tuple[list[Row], list[Row], list[str]]:
     """(one row per method: ``method=<name>`` and what it is; its options ``<name>.<opt>``; the methods that could
     not be loaded, as ``name (reason)``)."""
-    from resprout.methods import available_methods, get_method
+    from resprout.methods.registry import METHODS
 
     methods, options, failed = [], [], []
-    for name in available_methods():
+    for name, what in METHODS.describe():
         try:
-            cls = get_method(name)
+            cls = METHODS.get(name)
         except Exception as e:  # noqa: BLE001  (a method module another helper has not finished, say)
             failed.append(f"{name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
             continue
-        doc = inspect.getdoc(cls) or ""
-        methods.append((f"method={name}", "", doc.split("\n\n")[0].replace("\n", " ")))
+        methods.append((f"method={name}", "", what))
         for f in dataclasses.fields(cls.Options):
             options.append((f"{name}.{f.name}", repr(_default(f)), f.metadata.get("help", "")))
     return methods, options, failed
@@ -76,15 +75,15 @@ def method_rows() -> tuple[list[Row], list[Row], list[str]]:
 
 def model_rows() -> list[Row]:
     """``model.<option>``: every option any registered model takes, the models that take it and their default."""
-    from resprout.models import available_models, model_options
-    from resprout.models.registry import _REGISTRY
+    from resprout.models.registry import MODELS
 
     by_option: dict[str, dict[str, Any]] = {}
     helps: dict[str, str] = {}
-    for name in available_models():
-        for opt, default in model_options(name).items():
+    for name in MODELS.names():
+        entry = MODELS.get(name)
+        for opt, default in entry.defaults.items():
             by_option.setdefault(opt, {})[name] = default
-        for opt, spec in _REGISTRY[name][2].items():
+        for opt, spec in entry.specs.items():
             if spec.help:
                 helps[opt] = spec.help
     rows = []
@@ -97,10 +96,11 @@ def model_rows() -> list[Row]:
 
 def data_rows() -> list[Row]:
     """``data.<option>``: the options of every registered data source."""
-    from resprout.data.sources import _SOURCES
+    from resprout.data.sources import SOURCES
 
     rows = []
-    for source, entry in sorted(_SOURCES.items()):
+    for source in SOURCES.names():
+        entry = SOURCES.get(source)
         params = inspect.signature(entry.fn).parameters
         for opt, p in params.items():
             if opt == "path" or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
@@ -111,6 +111,19 @@ def data_rows() -> list[Row]:
             default = "" if p.default is p.empty else repr(p.default)
             rows.append((f"data.{opt}", default, f"{meaning} (data={source})"))
     return rows
+
+
+def name_rows() -> list[tuple[str, list[Row]]]:
+    """The models, data sources and loggers by name, each with the description its registry holds."""
+    from resprout.data.sources import SOURCES
+    from resprout.engine.loggers import LOGGERS
+    from resprout.models.registry import MODELS
+
+    return [("models (model=<name>; also tv:<name> and timm:<name>, if installed)",
+             [(f"model={n}", "", what) for n, what in MODELS.describe()]),
+            ("data sources (data=<name>)", [(f"data={n}", "", what) for n, what in SOURCES.describe()]),
+            ("loggers (loggers=<name>,<name>, or none)",
+             [(f"loggers={n}", "", what) for n, what in LOGGERS.describe()])]
 
 
 def member_rows() -> list[Row]:
@@ -134,6 +147,7 @@ def sections() -> tuple[list[tuple[str, list[Row]]], list[str]]:
         ("run keys (key=value, or a top-level key of a TOML/YAML file)", run_keys()),
         ("methods (method=a+b combines them)", methods),
         ("method options (<method>.<option>=value, or a [<method>] table)", options),
+        *name_rows(),
         ("model options (model.<option>=value, or a [model_options] table)", model_rows()),
         ("data-source options (data.<option>=value, or a [data_options] table)", data_rows()),
         ("per-member optimizer keys (member.<name>.<key>=value, or a [member.<name>] table)", member_rows()),
@@ -159,10 +173,14 @@ def installed_methods() -> list[str]:
     import importlib.util
     import re
 
-    from resprout.methods import _BUILTIN, _METHODS
+    from resprout.methods.registry import METHODS
 
-    names = set(_METHODS)
-    for name, target in _BUILTIN.items():
+    names = set()
+    for name in METHODS.names():
+        target = METHODS.target(name)
+        if target is None:  # loaded already
+            names.add(name)
+            continue
         module, _, attr = target.partition(":")
         try:
             spec = importlib.util.find_spec(module)

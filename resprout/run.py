@@ -26,6 +26,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -47,7 +48,7 @@ from resprout.engine.distributed import (
     init_from_env,
     shutdown,
 )
-from resprout.engine.loggers import split_loggers
+from resprout.engine.loggers import parse_logger_names, split_loggers
 from resprout.engine.progress import Progress, make_progress
 from resprout.engine.rundir import RUN_FILE, RunLock, read_run_file, write_run_file
 from resprout.engine.store import Store, default_store_path
@@ -59,6 +60,7 @@ from resprout.errors import (
     TrainingDiverged,
 )
 from resprout.methods import build_methods, resolved_options
+from resprout.methods.registry import check_method_objects, method_list, recorded_objects
 from resprout.methods.teachers import build_teachers, split_teacher_arg, teacher_entries
 from resprout.models import build_model
 from resprout.models.fit import check_model_fits, factory_dir, factory_path, import_factory
@@ -175,11 +177,13 @@ def _module_name(module) -> str:
     return type(module).__name__ if isinstance(module, nn.Module) else getattr(module, "__name__", "factory")
 
 
-def _resolve(cfg: Config, module: nn.Module | None) -> tuple[Config, list]:
-    """Validate methods and fill their default options into the config (so the stored config is complete)."""
+def _resolve(cfg: Config, module: nn.Module | None, methods: Sequence = ()) -> tuple[Config, list]:
+    """Validate methods (``methods``: the Method objects of ``train(methods=[...])``) and loggers, and fill the
+    methods' default options into the config (so the stored config is complete)."""
+    parse_logger_names(cfg.loggers)
     if module is not None and not cfg.model.startswith("custom:"):
         cfg = make_config({**cfg.to_dict(), "model": f"custom:{_module_name(module)}"})
-    methods = build_methods(cfg)
+    methods = build_methods(cfg, methods)
     cfg = make_config({**cfg.to_dict(), "method_options": resolved_options(methods),
                        "teacher": teacher_entries(cfg, methods)})
     return cfg, methods
@@ -272,16 +276,18 @@ def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, sto
                    module: nn.Module | None = None, progress: Progress | str | None = None, continuing: bool = False,
                    dist: DistInfo | None = None, load_config: Config | None = None,
                    teachers: list[nn.Module] | None = None, data: Dataset | None = None,
-                   loggers: list | None = None) -> Trainer:
+                   loggers: list | None = None, methods: Sequence = ()) -> Trainer:
     """Build data, members, methods and the trainer of ``cfg``; load the checkpoint of a continuing run.
     ``data``: the user's own dataset of a ``data=user`` run (:func:`resprout.data.user.user_dataset`).
-    ``teachers``: the teacher modules the config records as ``module:<Class>`` (in order)."""
+    ``teachers``: the teacher modules the config records as ``module:<Class>`` (in order). ``methods``: Method
+    classes or instances for names of ``cfg.method`` (see :func:`train`)."""
     device = resolve_device(cfg.device)
     dist = dist or init_from_env(device)
     device = resolve_device(cfg.device, dist)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    cfg, methods = _resolve(cfg, module)
+    objects = methods  # as given; from here on `methods` are the built ones
+    cfg, methods = _resolve(cfg, module, objects)
     ds = build_dataset(cfg, data)
     seed_everything(cfg.seed)
     model, factory = _make_model(module, cfg, ds)
@@ -300,6 +306,9 @@ def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, sto
                     "fingerprint": cfg.fingerprint(), "created": time.time(), "resprout": __version__}
             if factory_path(module):  # lets `resprout slim` / `resume` rebuild a custom model by themselves
                 info["module"], info["module_dir"] = factory_path(module), factory_dir(module)
+            recorded = recorded_objects(objects)
+            if recorded:  # the method classes a resume needs again
+                info["method_objects"] = recorded
             write_run_file(run_dir, info)
         store.register_run(run_id, str(run_dir.resolve()), cfg.to_dict(), cfg.fingerprint(),
                            cfg.fingerprint(without_seed=True), environment(device, dist))
@@ -345,6 +354,10 @@ def _load_with_overrides(trainer: Trainer, path: Path, load_config: Config | Non
 
 
 def _finish(trainer: Trainer, results: dict) -> dict:
+    if trainer.run_dir is not None and trainer.dist.is_main:  # methods return data; analysis draws it
+        from resprout.analysis.plots import write_result_plots
+
+        write_result_plots(results, trainer.run_dir)
     return {"run_dir": str(trainer.run_dir) if trainer.run_dir else None, "run_id": trainer.run_id,
             "status": "finished", "method": trainer.config.method, "model": trainer.config.model,
             "data": trainer.config.data, "seed": trainer.config.seed, **results}
@@ -353,7 +366,7 @@ def _finish(trainer: Trainer, results: dict) -> dict:
 def train(config: Config | str | Path | None = None, *, out: str | Path | None = None,
           module: nn.Module | ModelFactory | None = None, train: Any = None, val: Any = None, test: Any = None,
           store: str | Path | None = None, progress: Progress | str | None = None, save: bool = True,
-          teacher: Any = None, **keys: Any) -> dict:
+          teacher: Any = None, methods: Sequence | None = None, **keys: Any) -> dict:
     """Train a run and return its results (``run_dir``, ``final``, ``best``, ``generations``).
 
     Example::
@@ -383,6 +396,12 @@ def train(config: Config | str | Path | None = None, *, out: str | Path | None =
     ``loggers``: the dashboard logs, ``"csv"`` (default: ``metrics.csv`` in the run directory), ``"csv,tensorboard"``
     or ``"none"``; a list may also hold your own logger objects (``log_hparams(config)``,
     ``log_metrics(step, member, metrics)``, ``close()``: :class:`resprout.engine.loggers.Logger`).
+
+    ``methods``: the run's methods as a list of names, :class:`~resprout.engine.method.Method` subclasses or
+    instances (``methods=["ke", MyMethod, LabelSmoothing(smoothing=0.2)]``), none of them registered; the stored
+    configuration records their names (``method=ke+mine+ls``) and options. With ``method=`` given too, the objects
+    stand for names in it. An instance is used as it is (it is trained: pass a fresh one per run). A resume of a run
+    whose methods were classes of your own needs them again (``resume(dir, methods=[MyMethod])``).
     """
     from resprout.config import load_config
 
@@ -390,6 +409,7 @@ def train(config: Config | str | Path | None = None, *, out: str | Path | None =
     if teacher is not None:
         keys["teacher"], teachers = split_teacher_arg(teacher)
     user_loggers = _user_loggers(keys)
+    objects = method_list(methods, keys)
     if isinstance(config, (str, Path)):
         cfg = load_config(config)
     else:
@@ -401,25 +421,28 @@ def train(config: Config | str | Path | None = None, *, out: str | Path | None =
         user_data = user_dataset(train, test, val)
         cfg = make_config(user_config_keys(cfg.to_dict(), user_data))
     probe = make_config(cfg.to_dict())  # validated copy used to decide the directory
-    probe, _ = _resolve(probe, module)
+    probe, _ = _resolve(probe, module, objects)
     device = resolve_device(probe.device)
     dist = init_from_env(device)
     if not save:
         trainer = create_trainer(probe, run_dir=None, run_id=None, store_path=None, module=module,
                                  progress=progress, dist=dist, teachers=teachers, data=user_data,
-                                 loggers=user_loggers)
+                                 loggers=user_loggers, methods=objects)
     else:
         store_path = Path(store) if store else default_store_path()
         claim = _claim_run_dir(probe, Path(out) if out else None, store_path) if dist.is_main else None
         run_dir, run_id, continuing, created = broadcast_object(claim, dist)
         if continuing:
-            store_path = Path(read_run_file(run_dir)["store"])
+            info = read_run_file(run_dir)
+            store_path = Path(info["store"])
+            check_method_objects(run_dir, info.get("method_objects", {}), probe.method_names(), objects)
         lock = _lock(run_dir) if dist.is_main else None  # refused: another process owns the directory
         try:
             try:
                 trainer = create_trainer(probe, run_dir=run_dir, run_id=run_id, store_path=store_path,
                                          module=module, progress=progress, continuing=continuing, dist=dist,
-                                         teachers=teachers, data=user_data, loggers=user_loggers)
+                                         teachers=teachers, data=user_data, loggers=user_loggers,
+                                         methods=objects)
                 return _fit_and_finish(trainer, dist)
             except TrainingDiverged:  # its message says how to go on from the directory
                 raise
@@ -454,10 +477,11 @@ RESUME_KEYS = ("lr", "momentum", "weight_decay", "optimizer", "schedule", "warmu
                "betas")
 
 
-def _reopen_inputs(run_dir: Path, info: dict, cfg: Config, module: Any, train: Any, val: Any, test: Any
-                   ) -> tuple[Any, Dataset | None]:
-    """The model factory and the user data a saved run needs to be rebuilt, or a one-line ConfigError saying
-    how to pass them. ``module`` may be an import path (``pkg.mod:Factory``, the CLI's ``--module``)."""
+def _reopen_inputs(run_dir: Path, info: dict, cfg: Config, module: Any, train: Any, val: Any, test: Any,
+                   methods: Sequence | None = None) -> tuple[Any, Dataset | None, list]:
+    """The model factory, the user data and the method objects a saved run needs to be rebuilt, or a one-line
+    ConfigError saying how to pass them. ``module`` may be an import path (``pkg.mod:Factory``, the CLI's
+    ``--module``)."""
     if isinstance(module, str):
         module = import_factory(module)
     if cfg.model.startswith("custom:") and module is None:
@@ -470,12 +494,14 @@ def _reopen_inputs(run_dir: Path, info: dict, cfg: Config, module: Any, train: A
     if is_user_source(cfg.data):
         data = user_dataset(train, test, val) if (train is not None or test is not None) else None
         check_same_data(cfg.data_options, data, str(run_dir))
-    return module, data
+    objects = list(methods or [])
+    check_method_objects(run_dir, info.get("method_objects", {}), cfg.method_names(), objects)
+    return module, data, objects
 
 
 def resume(run_dir: str | Path, *, module: nn.Module | ModelFactory | str | None = None,
            progress: Progress | str | None = None, teacher: Any = None, train: Any = None, val: Any = None,
-           test: Any = None, **runtime: Any) -> dict:
+           test: Any = None, methods: Sequence | None = None, **runtime: Any) -> dict:
     """Continue the run in ``run_dir`` from its checkpoint.
 
     ``runtime`` may change device, threads and progress, and the optimizer keys of :data:`RESUME_KEYS` (``lr`` after
@@ -483,7 +509,8 @@ def resume(run_dir: str | Path, *, module: nn.Module | ModelFactory | str | None
     configuration. A resume that is refused changes nothing. ``teacher``: the teacher modules of a run that was
     given ``nn.Module`` teachers (run-directory teachers are found again by themselves). ``module``: the custom
     model's factory (or ``"pkg.mod:Factory"``) when the run did not record an importable one; ``train``, ``val``,
-    ``test``: the same data again for a run trained on data from Python code."""
+    ``test``: the same data again for a run trained on data from Python code; ``methods``: the Method classes (or
+    instances) again of a run trained with ``methods=[...]`` of your own."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} does not exist")
@@ -495,7 +522,7 @@ def resume(run_dir: str | Path, *, module: nn.Module | ModelFactory | str | None
         raise ConfigError(f"resume cannot change {', '.join(sorted(bad))}; it can change only "
                           f"{', '.join(RUNTIME_KEYS + RESUME_KEYS)}")
     cfg = config_from_dict({**saved, **runtime})
-    module, data = _reopen_inputs(run_dir, info, cfg, module, train, val, test)
+    module, data, objects = _reopen_inputs(run_dir, info, cfg, module, train, val, test, methods)
     old = config_from_dict(saved).to_dict()
     new = cfg.to_dict()
     changed = {k: new[k] for k in RESUME_KEYS if old.get(k) != new.get(k)}
@@ -516,7 +543,8 @@ def resume(run_dir: str | Path, *, module: nn.Module | ModelFactory | str | None
             position = {k: state["position"][k] for k in ("generation", "epoch", "step")}
         trainer = create_trainer(cfg, run_dir=run_dir, run_id=info["run_id"], store_path=Path(info["store"]),
                                  module=module, progress=progress, continuing=True, load_config=load_cfg,
-                                 teachers=split_teacher_arg(teacher)[1], data=data, loggers=user_loggers)
+                                 teachers=split_teacher_arg(teacher)[1], data=data, loggers=user_loggers,
+                                 methods=objects)
         if changed and _is_main_rank():
             info = dict(info)
             info["config"] = {**saved, **{k: trainer.config.to_dict()[k] for k in changed}}
@@ -532,9 +560,9 @@ def resume(run_dir: str | Path, *, module: nn.Module | ModelFactory | str | None
 
 
 def open_run(run_dir: str | Path, *, module: nn.Module | ModelFactory | str | None = None, device: str | None = None,
-             train: Any = None, val: Any = None, test: Any = None) -> Trainer:
+             train: Any = None, val: Any = None, test: Any = None, methods: Sequence | None = None) -> Trainer:
     """The trainer of a saved run with its latest checkpoint loaded, for reading (no store, no new checkpoints).
-    ``module``, ``train``, ``val``, ``test``: as for :func:`resume`."""
+    ``module``, ``train``, ``val``, ``test``, ``methods``: as for :func:`resume`."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} does not exist")
@@ -543,8 +571,8 @@ def open_run(run_dir: str | Path, *, module: nn.Module | ModelFactory | str | No
     path = run_dir / CHECKPOINT_NAME
     if not path.exists():
         raise CheckpointError(f"{run_dir} has no checkpoint yet")
-    module, data = _reopen_inputs(run_dir, info, cfg, module, train, val, test)
+    module, data, objects = _reopen_inputs(run_dir, info, cfg, module, train, val, test, methods)
     trainer = create_trainer(cfg, run_dir=None, run_id=info["run_id"], store_path=None, module=module,
-                             dist=DistInfo(), data=data)
+                             dist=DistInfo(), data=data, methods=objects)
     trainer.load_checkpoint(path)
     return trainer

@@ -51,3 +51,21 @@ def cli_env(tmp_path):
 PYTHON = sys.executable
 needs_fashion = pytest.mark.skipif(not FASHION_DIR.is_dir(),
                                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.fixture(autouse=True)
+def scoped_registries():
+    """What a test registers (a method, model, data source, surgery operation, logger) is forgotten after it, so
+    no test sees another's entries; runs take test methods as objects anyway (``train(methods=[Probe])``)."""
+    from contextlib import ExitStack
+
+    from resprout.data.sources.registry import SOURCES
+    from resprout.engine.loggers import LOGGERS
+    from resprout.methods.registry import METHODS
+    from resprout.models.registry import MODELS
+    from resprout.surgery.registry import SURGERY
+
+    with ExitStack() as stack:
+        for registry in (METHODS, MODELS, SOURCES, SURGERY, LOGGERS):
+            stack.enter_context(registry.scoped())
+        yield

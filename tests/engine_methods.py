@@ -1,6 +1,7 @@
 """Small consumers of the engine, used by tests/test_engine.py (and by the subprocesses it starts): a toy
 adversarial pair with its own update steps, mid-epoch surgery that grows a layer, and peers that average their
-weights after every epoch (one process, or one peer per rank)."""
+weights after every epoch (one process, or one peer per rank). None is registered: runs get them as objects,
+``resprout.train(..., methods=[ToyAdversarial])``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from torch import nn
 from resprout.engine.distributed import ring_exchange
 from resprout.engine.members import UpdateStep
 from resprout.engine.method import Method
-from resprout.methods import register_method
 
 
 class Discriminator(nn.Module):
@@ -128,6 +128,3 @@ class PeerAverage(Method):
                 other = ring_exchange(mine, trainer.dist)
                 local[0].model.load_state_dict(average_into(mine, other))
 
-
-for _cls in (ToyAdversarial, GrowMidEpoch, PeerAverage):
-    register_method(_cls)

@@ -11,13 +11,12 @@ from torch import nn
 
 from resprout.engine.method import Method
 from resprout.errors import ConfigError
-from resprout.methods import register_method
 from resprout.methods.adacos import (CosineClassifier, adaptive_scale, attach_cosine_classifier, cosine_logits,
                                      fixed_scale)
 from resprout.models import build_model
 from resprout.run import resume, train
 from tests.conftest import synthetic
-from tests.test_trainer import CRASH, assert_same_weights, metric_rows, weights
+from tests.test_trainer import CRASH, Crash, assert_same_weights, metric_rows, weights
 
 
 def hand_scale(cos: list[list[float]], labels: list[int], s_prev: float) -> float:
@@ -121,11 +120,9 @@ class AdaCosProbe(Method):
         AdaCosProbe.log["evals"].append((trainer.last_eval["model"]["test"]["top1"], hits / total))
 
 
-register_method(AdaCosProbe)
-
 
 def test_training_loss_is_cross_entropy_on_adaptively_scaled_cosines_and_evaluation_uses_them():
-    result = train(**synthetic(method="adacos+test_adacos_probe", epochs=2), save=False)
+    result = train(**synthetic(method="adacos+test_adacos_probe", epochs=2), methods=[AdaCosProbe], save=False)
     log = AdaCosProbe.log
     assert len(log["terms"]) == 16
     for term, expected, s, stored in log["terms"]:
@@ -140,7 +137,7 @@ def test_training_loss_is_cross_entropy_on_adaptively_scaled_cosines_and_evaluat
 
 def test_fixed_scale_option_keeps_the_initial_scale():
     train(**synthetic(method="adacos+test_adacos_probe", epochs=1, method_options={"adacos": {"scale": "fixed"}}),
-          save=False)
+          methods=[AdaCosProbe], save=False)
     # synthetic data has 4 classes: s = sqrt(2) * log(3) at every step
     terms = AdaCosProbe.log["terms"]
     assert terms and all(stored == pytest.approx(math.sqrt(2) * math.log(3)) for *_, stored in terms)
@@ -148,11 +145,11 @@ def test_fixed_scale_option_keeps_the_initial_scale():
 
 def test_adacos_resumes_exactly_with_its_scale(tmp_path):
     keys = synthetic(method="adacos+test_crash", epochs=2)
-    train(**keys, out=tmp_path / "full")
+    train(**keys, methods=[Crash], out=tmp_path / "full")
     CRASH["at"] = (0, 1, 3)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(**keys, out=tmp_path / "crashed")
-    resume(tmp_path / "crashed", progress="none")
+        train(**keys, methods=[Crash], out=tmp_path / "crashed")
+    resume(tmp_path / "crashed", methods=[Crash], progress="none")
     full, crashed = weights(tmp_path / "full"), weights(tmp_path / "crashed")
     assert "fc.scale" in full["model"]["model"]
     assert_same_weights(full, crashed)

@@ -17,7 +17,7 @@ from resprout.methods.born_again import born_again_loss, student_seed
 from resprout.models import build_model
 from resprout.run import create_trainer, resume, train
 from tests.conftest import synthetic
-from tests.test_trainer import CRASH, assert_same_weights, metric_rows, weights
+from tests.test_trainer import CRASH, Crash, assert_same_weights, metric_rows, weights
 
 
 def rows(run_dir):
@@ -122,11 +122,11 @@ def test_first_generation_can_be_distilled_from_a_configured_teacher():
 
 def test_crash_inside_generation_two_resumes_bit_identically(tmp_path):
     keys = synthetic(method="ban+test_crash", generations=2, epochs=2)
-    full = train(**keys, out=tmp_path / "full")
+    full = train(**keys, methods=[Crash], out=tmp_path / "full")
     CRASH["at"] = (1, 0, 3)  # generation 2, epoch 1, after its third step: the teacher must come back
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(**keys, out=tmp_path / "crashed")
-    resumed = resume(tmp_path / "crashed", progress="none")
+        train(**keys, methods=[Crash], out=tmp_path / "crashed")
+    resumed = resume(tmp_path / "crashed", methods=[Crash], progress="none")
     assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "crashed"))
     assert rows(tmp_path / "full") == rows(tmp_path / "crashed")
     assert resumed["generations"] == full["generations"]

@@ -162,11 +162,8 @@ def _mlp(*, in_channels: int, num_classes: int) -> nn.Module:
 
 
 @pytest.fixture
-def mlp_model(monkeypatch):
-    """A convolution-free model, registered for this test only (the zoo tests iterate the registry)."""
-    from resprout.models import registry
-
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+def mlp_model():
+    """A convolution-free model, registered for this test only (tests.conftest.scoped_registries)."""
     register_model("test-compare-mlp", options={})(_mlp)
 
 

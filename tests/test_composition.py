@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from resprout.engine.method import Method
-from resprout.methods import register_method
 from resprout.methods.adacos import CosineClassifier, attach_cosine_classifier
 from resprout.methods.evolution import fit_hypothesis, kels_masks
 from resprout.models import build_model
@@ -83,8 +82,6 @@ class Probe(Method):
             self.end = {n: p.detach().clone() for n, p in trainer.members["model"].model.named_parameters()}
 
 
-register_method(Probe)
-
 
 def check_terms(steps: int) -> None:
     log = Probe.log["steps"]
@@ -116,7 +113,7 @@ def hand_ls(probe, trainer):
 
 def test_ke_with_label_smoothing():
     Probe.hand = hand_ls
-    train(**synthetic(method="ke+ls+test_composition_probe", generations=2, epochs=1), save=False)
+    train(**synthetic(method="ke+ls+test_composition_probe", generations=2, epochs=1), methods=[Probe], save=False)
     check_terms(16)
     check_ke_reinit()
 
@@ -133,7 +130,8 @@ def hand_cskd(probe, trainer):
 
 def test_ke_with_class_wise_self_distillation():
     Probe.hand = hand_cskd
-    train(**synthetic(method="ke+cskd+test_composition_probe", generations=2, epochs=1), save=False)
+    train(**synthetic(method="ke+cskd+test_composition_probe", generations=2, epochs=1), methods=[Probe],
+          save=False)
     check_terms(16)  # the class-pair sampler: 8 batches of 32 anchors (+ 32 partners) per epoch
     check_ke_reinit()
 
@@ -150,7 +148,7 @@ def hand_adacos(probe, trainer):
 def test_ke_with_adacos_splits_the_cosine_weight_like_the_classifier():
     Probe.hand = hand_adacos
     result = train(**synthetic(method="ke+adacos+test_composition_probe", generations=2, epochs=1,
-                               method_options={"ke": {"split_rate": 0.5}}), save=False)
+                               method_options={"ke": {"split_rate": 0.5}}), methods=[Probe], save=False)
     check_terms(16)
     check_ke_reinit()
     names = {n for n, *_ in Probe.log["ke"]}
@@ -224,14 +222,11 @@ class ResizeProbe(Method):
             ResizeProbe.log["violations"] += sum(int((params[n][~m] != 0).sum()) for n, m in dsd.masks.items())
 
 
-register_method(KillChannels)
-register_method(ResizeProbe)
-
-
 def test_dsd_masks_follow_neural_rejuvenations_surgery():
     result = train(**synthetic(method="test_kill_channels+nr+test_resize_probe+dsd", epochs=3, momentum=0.9,
                                method_options={"dsd": {"dense_epochs": 1, "sparse_epochs": 1},
-                                               "nr": {"every": 1.5, "threshold": 0.9}}), save=False)
+                                               "nr": {"every": 1.5, "threshold": 0.9}}),
+                   methods=[KillChannels, ResizeProbe], save=False)
     assert result["rejuvenation"]["count"] == 1
     (event,) = ResizeProbe.log["resized"]
     assert event["phase"] == "sparse"
@@ -270,7 +265,8 @@ def test_grafting_with_distillation_trains_every_peer_on_kd_and_never_touches_th
     teacher = build_model("cnn", in_channels=1, num_classes=4, width=0.5)
     before = copy.deepcopy(teacher.state_dict())
     Probe.hand = hand_graft_kd
-    result = train(**synthetic(method="graft+kd+test_composition_probe", epochs=2), teacher=teacher, save=False)
+    result = train(**synthetic(method="graft+kd+test_composition_probe", epochs=2), teacher=teacher,
+                   methods=[Probe], save=False)
     check_terms(16)
     assert {"peer_1", "peer_2"} <= set(result["final"])
     after = teacher.state_dict()

@@ -57,12 +57,12 @@ PEER_KEYS = dict(data="synthetic", data_options={"num_classes": 4, "n_train": 25
 SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})
-import tests.engine_methods  # registers the test methods
+from tests.engine_methods import PeerAverage
 import resprout
 if sys.argv[1] == "train":
-    resprout.train(**{keys!r}, out=sys.argv[2])
+    resprout.train(**{keys!r}, methods=[PeerAverage], out=sys.argv[2])
 else:
-    resprout.resume(sys.argv[2], progress="none")
+    resprout.resume(sys.argv[2], methods=[PeerAverage], progress="none")
 """
 
 
@@ -80,11 +80,11 @@ def test_one_peer_per_rank_averaging_equals_the_same_run_in_one_process_and_resu
     metrics and the checkpoint (gathered to rank 0) are the same, and a crash and resume changes nothing."""
     from resprout.engine.checkpoint import load_file
     from resprout.run import train
-    from tests import engine_methods  # noqa: F401
+    from tests.engine_methods import PeerAverage
     from tests.test_trainer import assert_same_weights, metric_rows
 
     single = tmp_path / "single"
-    train(**PEER_KEYS, out=single)
+    train(**PEER_KEYS, methods=[PeerAverage], out=single)
     proc = run_script(tmp_path, "train", str(tmp_path / "ranks"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     ck = load_file(tmp_path / "ranks" / "checkpoint.pt")

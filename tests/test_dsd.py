@@ -8,12 +8,11 @@ import torch
 
 from resprout.engine.method import Method
 from resprout.errors import ConfigError
-from resprout.methods import register_method
 from resprout.methods.dsd import DenseSparseDense, dsd_phases, magnitude_masks
 from resprout.models import build_model
 from resprout.run import resume, train
 from tests.conftest import synthetic
-from tests.test_trainer import CRASH, assert_same_weights, metric_rows, weights
+from tests.test_trainer import CRASH, Crash, assert_same_weights, metric_rows, weights
 
 
 def _dsd(trainer) -> DenseSparseDense:
@@ -49,8 +48,6 @@ class DSDProbe(Method):
                 "weights": {n: p.detach().clone() for n, p in params.items()}})
 
 
-register_method(DSDProbe)
-
 
 def test_magnitude_masks_prune_exactly_the_smallest_weights_of_every_layer():
     torch.manual_seed(0)
@@ -85,7 +82,7 @@ def test_sparse_phase_holds_pruned_weights_at_zero_and_redense_restarts_them_fro
     keys = synthetic(method="test_dsd_probe+dsd", epochs=1 if by_gen else 3, generations=3 if by_gen else 1,
                      momentum=0.9, weight_decay=5e-3, schedule="constant", lr=0.05,
                      method_options={"dsd": {"phases": phases, "sparsity": 0.4, "redense_lr": 0.1}})
-    train(**keys, save=False)
+    train(**keys, methods=[DSDProbe], save=False)
     log = DSDProbe.log
     sparse_start = (1, 0) if by_gen else (0, 1)
     redense_start = (2, 0) if by_gen else (0, 2)
@@ -108,10 +105,10 @@ def test_sparse_phase_holds_pruned_weights_at_zero_and_redense_restarts_them_fro
 
 def test_dsd_resumes_mid_sparse_phase_exactly(tmp_path):
     keys = synthetic(method="dsd+test_crash", epochs=3, momentum=0.9)
-    train(**keys, out=tmp_path / "full")
+    train(**keys, methods=[Crash], out=tmp_path / "full")
     CRASH["at"] = (0, 1, 3)  # inside the sparse phase
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(**keys, out=tmp_path / "crashed")
-    resume(tmp_path / "crashed", progress="none")
+        train(**keys, methods=[Crash], out=tmp_path / "crashed")
+    resume(tmp_path / "crashed", methods=[Crash], progress="none")
     assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "crashed"))
     assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / "crashed")

@@ -24,13 +24,17 @@ from tests.conftest import PYTHON, ROOT, cli_env, synthetic
 from tests.test_trainer import assert_same_weights, metric_rows
 
 
-def trainer_of(**keys):
-    return create_trainer(make_config(**synthetic(**keys)), run_dir=None, run_id=None, store_path=None)
+def trainer_of(method=None, **keys):
+    """The trainer of a tiny synthetic run; ``method``: a Method class, passed as an object (not registered)."""
+    if method is not None:
+        keys["method"] = method.name
+    return create_trainer(make_config(**synthetic(**keys)), run_dir=None, run_id=None, store_path=None,
+                          methods=[method] if method is not None else [])
 
 
 # -- update steps ------------------------------------------------------------------------------------------------------
 def test_adversarial_steps_equal_a_hand_written_loop_and_never_touch_unnamed_members():
-    trainer = trainer_of(method="test_adversarial", epochs=1)
+    trainer = trainer_of(em.ToyAdversarial, epochs=1)
     student0 = copy.deepcopy(trainer.members["model"].model)
     disc0 = copy.deepcopy(trainer.members["discriminator"].model)
     em.ToyAdversarial.snapshots = []
@@ -104,7 +108,7 @@ def test_the_default_step_is_unchanged_when_no_method_declares_steps():
 
 
 def test_member_optimizer_and_schedule_come_from_the_config():
-    trainer = trainer_of(method="test_adversarial", epochs=2, member_options={
+    trainer = trainer_of(em.ToyAdversarial, epochs=2, member_options={
         "discriminator": {"optimizer": "adam", "lr": "0.002", "schedule": "constant"}})
     trainer.fit()
     d = trainer.members["discriminator"]
@@ -125,7 +129,7 @@ def test_member_keys_on_the_command_line_are_typed_and_validated():
     with pytest.raises(ConfigError, match="expected member.<name>.<key>"):
         load_config(None, ["member.lr=1"])
     with pytest.raises(ConfigError, match="no member 'critic'"):
-        trainer_of(method="test_adversarial", member_options={"critic": {"lr": 0.1}})
+        trainer_of(em.ToyAdversarial, member_options={"critic": {"lr": 0.1}})
     assert make_config().fingerprint() == make_config(member_options={}).fingerprint()
 
 
@@ -142,18 +146,15 @@ def test_a_term_for_a_member_its_step_does_not_train_is_refused():
         def on_loss(self, trainer):
             trainer.add_loss("model", "ce", F.cross_entropy(trainer.outputs["model"], trainer.targets))
 
-    from resprout.methods import register_method
-
-    register_method(Wrong)
     assert Method.update_steps(Wrong(), None) is None
     with pytest.raises(ConfigError, match="does not train it"):
-        trainer_of(method="test_wrong_steps", epochs=1).fit()
+        trainer_of(Wrong, epochs=1).fit()
 
 
 # -- surgery: optimizer state, event, taps -----------------------------------------------------------------------------
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_surgery_carries_optimizer_state_through_the_index_map(optimizer):
-    trainer = trainer_of(method="test_adversarial", epochs=1, optimizer=optimizer)
+    trainer = trainer_of(em.ToyAdversarial, epochs=1, optimizer=optimizer)
     trainer.fit()  # optimizer state exists now
     trainer.started = True
     member = trainer.members["model"]
@@ -186,13 +187,13 @@ def test_surgery_mid_epoch_then_sigkill_then_resume_is_bit_identical(tmp_path):
     keys = dict(synthetic(method="test_grow_mid_epoch", epochs=4, checkpoint_minutes=0.0015, seed=5))
     keys["data_options"] = {**keys["data_options"], "n_train": 2048}  # long enough to be killed after the surgery
     em.GrowMidEpoch.resized = []
-    train(**keys, out=tmp_path / "full")
+    train(**keys, methods=[em.GrowMidEpoch], out=tmp_path / "full")
     assert em.GrowMidEpoch.resized == [("model", False)]
-    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import tests.engine_methods; import resprout; "
-              f"resprout.{{}}")
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.engine_methods import GrowMidEpoch; "
+              f"import resprout; resprout.{{}}")
     run = tmp_path / "run"
     env = cli_env(tmp_path)
-    train_call = script.format(f"train(**{keys!r}, out={str(run)!r})")
+    train_call = script.format(f"train(**{keys!r}, methods=[GrowMidEpoch], out={str(run)!r})")
     proc = subprocess.Popen([PYTHON, "-c", train_call], env=env, stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
     while True:  # kill right after a checkpoint that holds the surgery has been written
@@ -208,8 +209,8 @@ def test_surgery_mid_epoch_then_sigkill_then_resume_is_bit_identical(tmp_path):
     proc.wait()
     state = load_file(run / "checkpoint.pt")
     assert not state["position"]["finished"] and state["surgery"][0]["step"] == 3
-    resumed = subprocess.run([PYTHON, "-c", script.format(f"resume({str(run)!r}, progress='none')")], env=env,
-                             capture_output=True, text=True, timeout=300)
+    resume_call = script.format(f"resume({str(run)!r}, methods=[GrowMidEpoch], progress='none')")
+    resumed = subprocess.run([PYTHON, "-c", resume_call], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same_weights(load_file(tmp_path / "full" / "checkpoint.pt")["members"],
                         load_file(run / "checkpoint.pt")["members"])

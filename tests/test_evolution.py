@@ -19,7 +19,7 @@ from resprout.models import build_model
 from resprout.run import train
 from resprout.surgery.channels import example_input, layer_masks, zero_outside
 from tests.conftest import PYTHON, cli_env, synthetic
-from tests.test_trainer import CRASH, assert_same_weights, metric_rows, weights
+from tests.test_trainer import CRASH, Crash, assert_same_weights, metric_rows, weights
 
 
 def randomize_bn(model: nn.Module) -> nn.Module:
@@ -204,13 +204,13 @@ def test_ke_composes_with_label_smoothing_and_cskd_and_wels_has_no_slim():
 def test_ke_options_run_and_resume_exactly(tmp_path, opts):
     keys = synthetic(method="ke+test_crash", generations=3, epochs=2, val_split=0.25 if opts.get("handover") else 0,
                      method_options={"ke": opts})
-    train(**keys, out=tmp_path / "full")
+    train(**keys, methods=[Crash], out=tmp_path / "full")
     CRASH["at"] = (2, 0, 3)  # inside the third generation
     with pytest.raises(RuntimeError):
-        train(**keys, out=tmp_path / "crashed")
+        train(**keys, methods=[Crash], out=tmp_path / "crashed")
     from resprout.run import resume
 
-    resume(tmp_path / "crashed", progress="none")
+    resume(tmp_path / "crashed", methods=[Crash], progress="none")
     assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "crashed"))
     assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / "crashed")
 

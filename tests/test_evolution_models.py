@@ -21,7 +21,7 @@ from torch import nn
 from resprout.errors import ConfigError
 from resprout.methods.evolution import fit_hypothesis, kels_masks
 from resprout.run import train
-from resprout.surgery.graph import check_traceable
+from resprout.surgery.channels import check_traceable
 from tests.conftest import synthetic
 from tests.real_models import GROUPED, ConvNeXtBlock, FlatNet, GroupedNet, MNISTNet, ShuffleUnit
 from tests.test_resize import randomize

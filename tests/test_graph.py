@@ -13,8 +13,8 @@ from torch.nn.utils import parametrize
 
 from resprout.errors import ConfigError
 from resprout.models import available_models, build_model
-from resprout.surgery.channels import channel_groups
-from resprout.surgery.graph import check_traceable, trace
+from resprout.surgery.channels import channel_groups, check_traceable
+from resprout.surgery.graph import trace
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 

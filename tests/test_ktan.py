@@ -18,7 +18,6 @@ from resprout.engine.checkpoint import WEIGHTS_FORMAT, load_file
 from resprout.engine.method import Method
 from resprout.engine.optim import OPTIM_KEYS, build_optimizer, set_lr
 from resprout.errors import ConfigError, Interrupted
-from resprout.methods import register_method
 from resprout.methods.ktan import (
     Discriminator,
     adversarial_loss,
@@ -40,7 +39,8 @@ def teacher_net() -> nn.Module:
 
 def trainer_with(method: str, teacher: nn.Module, **keys):
     cfg = make_config(**synthetic(method=method, teacher=["module:T"], **keys))
-    return create_trainer(cfg, run_dir=None, run_id=None, store_path=None, teachers=[teacher])
+    return create_trainer(cfg, run_dir=None, run_id=None, store_path=None, teachers=[teacher],
+                          methods=[m for m in (Recorder, StopAt) if m.name in cfg.method_names()])
 
 
 class Recorder(Method):
@@ -76,8 +76,6 @@ class Recorder(Method):
         self._count[0] = 0
 
 
-register_method(Recorder)
-
 
 class StopAt(Method):
     """Asks the trainer to stop (as SIGTERM would) after global step ``at`` once."""
@@ -91,8 +89,6 @@ class StopAt(Method):
             type(self).at = None
             trainer._stop = 15
 
-
-register_method(StopAt)
 
 
 # -- pure pieces -------------------------------------------------------------------------------------------------------
@@ -329,11 +325,11 @@ def test_ktan_interrupted_mid_adversarial_phase_resumes_exactly(tmp_path):
     t = teacher_net()
     keys = synthetic(method="ktan+test_ktan_stop", epochs=2, **{"ktan.regressor_epochs": 0.5})
     StopAt.at = None
-    resprout.train(**keys, teacher=t, out=tmp_path / "whole")
+    resprout.train(**keys, teacher=t, methods=[StopAt], out=tmp_path / "whole")
     StopAt.at = 11  # epoch 2, step 3: adversarial
     with pytest.raises(Interrupted):
-        resprout.train(**keys, teacher=t, out=tmp_path / "cut")
-    resprout.resume(tmp_path / "cut", teacher=t)
+        resprout.train(**keys, teacher=t, methods=[StopAt], out=tmp_path / "cut")
+    resprout.resume(tmp_path / "cut", teacher=t, methods=[StopAt])
     a, b = (load_file(tmp_path / d / "checkpoint.pt")["members"] for d in ("whole", "cut"))
     for member in ("model", "discriminator", "regressor"):
         for k, v in a[member]["model"].items():

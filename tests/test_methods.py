@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from resprout.engine.method import Method
-from resprout.methods import kd_loss, register_method
+from resprout.methods import kd_loss
 from resprout.run import train
 from tests.conftest import synthetic
 
@@ -33,12 +33,10 @@ class PairSpy(Method):
         PairSpy.seen.append((len(trainer.targets), trainer.outputs["model"].shape[0]))
 
 
-register_method(PairSpy)
-
-
 def test_cskd_trains_on_anchors_with_same_class_partners():
     PairSpy.seen = []
-    result = train(**synthetic(method="cskd+test_pair_spy", epochs=3, batch_size=16), save=False)
+    result = train(**synthetic(method="cskd+test_pair_spy", epochs=3, batch_size=16), methods=[PairSpy],
+                   save=False)
     # the class-pair sampler gives 16 anchors + 16 partners; the members see the 16 anchors
     assert PairSpy.seen and all(seen == (16, 16) for seen in PairSpy.seen)
     assert result["final"]["model"]["top1"] > 0.4

@@ -13,7 +13,6 @@ from torch import nn
 
 from resprout.errors import ConfigError
 from resprout.models import available_models, build_model, model_options, register_model, scale_channels
-from resprout.models import registry
 from resprout.models.external import INSTALL_HINT
 
 BUILTIN = [
@@ -375,12 +374,7 @@ def test_external_model_needs_a_name():
 # --- registering ----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def isolated_registry(monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-
-
-def test_register_model(isolated_registry):
+def test_register_model():  # forgotten after the test (tests.conftest.scoped_registries)
     @register_model("tiny-linear", options={"hidden": 8})
     def build(*, in_channels, num_classes, hidden):
         return nn.Sequential(nn.Flatten(), nn.LazyLinear(hidden), nn.ReLU(), nn.Linear(hidden, num_classes))

@@ -18,7 +18,7 @@ from resprout.config import make_config
 from resprout.data import load_source, prepare, register_source
 from resprout.data import sources
 from resprout.errors import ConfigError
-from resprout.models import build_model, model_options, register_model, registry
+from resprout.models import build_model, model_options, register_model
 from resprout.options import Spec, check_options, check_range, coerce, describe, fill_options, option, validate
 
 
@@ -157,9 +157,7 @@ def test_options_imports_only_stdlib_and_errors():
     assert outside == {"resprout.errors"}, outside
 
 
-def test_source_options_are_declared_with_specs(monkeypatch):
-    monkeypatch.setattr(sources, "_SOURCES", dict(sources._SOURCES))
-
+def test_source_options_are_declared_with_specs():
     @register_source("sized", options={"size": Spec(int, min=1), "mode": Spec(str, choices=("a", "b"))})
     def sized(*, size=4, mode="a", extra=None):
         return load_source("synthetic", num_classes=2, n_train=2, n_test=2, image_size=max(2, size))
@@ -190,9 +188,7 @@ def test_builtin_source_messages():
     assert message(lambda: prepare(ds, val_split=1.0)) == "bad value for val_split: 1.0 (must be < 1.0)"
 
 
-def test_model_options_declared_with_specs(monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-
+def test_model_options_declared_with_specs():
     @register_model("tiny-spec", options={"hidden": Spec(int, default=8, min=1), "act": "relu"})
     def build(*, in_channels, num_classes, hidden, act):
         return nn.Sequential(nn.Flatten(), nn.LazyLinear(hidden), nn.ReLU(), nn.Linear(hidden, num_classes))

@@ -24,7 +24,6 @@ from resprout.methods.rejuvenation import (NeuralRejuvenation, add_l1_subgradien
                                            install_cross_attention, l1_penalty, labels_of, mask_gradients,
                                            next_lambda, real_cost, reinit_split, rejuvenation_plan, rescale,
                                            solve_expansion, topology, utilization, zero_cross)
-from resprout.methods import register_method
 from resprout.methods.rejuvenation.schedule import RejuvenationSchedule
 from resprout.methods.rejuvenation.sparsity import soft_threshold
 from resprout.models import build_model
@@ -32,7 +31,7 @@ from resprout.run import resume, train
 from resprout.surgery.channels import example_input
 from resprout.surgery.resize import resize
 from tests.conftest import PYTHON, cli_env, synthetic
-from tests.test_trainer import CRASH, assert_same_weights, weights
+from tests.test_trainer import CRASH, Crash, assert_same_weights, weights
 
 SHAPE = (1, 8, 8)
 
@@ -305,8 +304,6 @@ class Kill(Method):
                         m.bias[1::3] = 0
 
 
-register_method(Kill)
-
 
 class Capture(NeuralRejuvenation):
     """Records eval-mode logits on a fixed batch right before (dead channels zeroed) and after each rejuvenation."""
@@ -337,13 +334,11 @@ class Capture(NeuralRejuvenation):
 
 
 @pytest.mark.parametrize("scheme", ["cr", "ca"])
-def test_a_run_rejuvenates_twice_keeping_its_function_and_its_cost(scheme, monkeypatch):
-    from resprout import methods
-
-    monkeypatch.setitem(methods._METHODS, "nr", Capture)
+def test_a_run_rejuvenates_twice_keeping_its_function_and_its_cost(scheme):
     Capture.seen = []
     res = train(**synthetic(method="test_nr_kill+nr", epochs=2,
-                            method_options={"nr": {**NR_FAST, "scheme": scheme, "rejuvenations": 2}}), save=False)
+                            method_options={"nr": {**NR_FAST, "scheme": scheme, "rejuvenations": 2}}),
+                methods=[Kill, Capture], save=False)
     rep = res["rejuvenation"]
     assert rep["count"] == 2 == len(Capture.seen)
     for before, after, rec in Capture.seen:
@@ -397,14 +392,12 @@ class LR(Method):
         LR.seen.append((trainer.epoch, trainer.step, trainer.members["model"].optimizer.param_groups[0]["lr"]))
 
 
-register_method(LR)
-
 
 @pytest.mark.parametrize("lr", ["hold", "run"])
 def test_in_a_run_the_rate_is_held_until_the_rejuvenation_and_then_restarted(lr):
     LR.seen = []
     res = train(**synthetic(method="test_nr_kill+nr+test_nr_lr", epochs=2,
-                            method_options={"nr": {**NR_FAST, "lr": lr}}), save=False)
+                            method_options={"nr": {**NR_FAST, "lr": lr}}), methods=[Kill, LR], save=False)
     start = res["rejuvenation"]["rejuvenations"][0]["epoch"]
     assert start == 0.5  # the check after the kill at step 3
     for epoch, step, rate in LR.seen:
@@ -420,11 +413,11 @@ def test_in_a_run_the_rate_is_held_until_the_rejuvenation_and_then_restarted(lr)
 def test_ablation_modes_ip_fs_and_bl_ca():
     base = synthetic(epochs=2)
     ip = train(**base, method="test_nr_kill+nr", method_options={"nr": {**NR_FAST, "mode": "ip"}},
-               save=False)["rejuvenation"]
+               methods=[Kill], save=False)["rejuvenation"]
     rec = ip["rejuvenations"][0]
     assert rec["widths_after"] == rec["widths_before"] and rec["alpha"] == 1.0  # no reallocation
     fs = train(**base, method="test_nr_kill+nr", method_options={"nr": {**NR_FAST, "mode": "fs"}},
-               save=False)["rejuvenation"]
+               methods=[Kill], save=False)["rejuvenation"]
     assert fs["count"] == 1 and fs["mode"] == "fs"  # its re-initialization: the next test
     bl = train(**base, method="nr", method_options={"nr": {"mode": "bl", "scheme": "ca"}}, save=False)
     assert bl["rejuvenation"]["count"] == 0 and all(h["lambda"] == 0 for h in bl["rejuvenation"]["utilization"])
@@ -442,15 +435,8 @@ def test_fs_reinitializes_every_weight_of_the_found_architecture():
             seen["old"], seen["new"] = old, self._model(trainer).state_dict()
             return rec
 
-    from resprout import methods
-
-    saved = methods._METHODS.get("nr")
-    methods._METHODS["nr"] = FS
-    try:
-        train(**synthetic(epochs=1, method="test_nr_kill+nr", method_options={"nr": {**NR_FAST, "mode": "fs"}}),
-              save=False)
-    finally:
-        methods._METHODS["nr"] = saved if saved else NeuralRejuvenation
+    train(**synthetic(epochs=1, method="test_nr_kill+nr", method_options={"nr": {**NR_FAST, "mode": "fs"}}),
+          methods=[Kill, FS], save=False)
     w_old, w_new = seen["old"]["conv2.weight"], seen["new"]["conv2.weight"]
     n = min(w_old.shape[0], w_new.shape[0])
     assert not torch.isclose(w_new[:n, :min(w_old.shape[1], w_new.shape[1])],
@@ -460,12 +446,12 @@ def test_fs_reinitializes_every_weight_of_the_found_architecture():
 def test_kill_and_resume_after_a_rejuvenation_is_bit_identical(tmp_path):
     keys = synthetic(method="test_nr_kill+nr+test_crash", epochs=3,
                      method_options={"nr": {**NR_FAST, "scheme": "ca", "rescale": True}})
-    full = train(**keys, out=tmp_path / "full")
+    full = train(**keys, methods=[Kill, Crash], out=tmp_path / "full")
     assert full["rejuvenation"]["count"] == 1 and full["rejuvenation"]["rejuvenations"][0]["epoch"] < 2
     CRASH["at"] = (0, 2, 3)  # epoch 3, after the rejuvenation and its checkpoint
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(**keys, out=tmp_path / "crashed")
-    resumed = resume(tmp_path / "crashed", progress="none")
+        train(**keys, methods=[Kill, Crash], out=tmp_path / "crashed")
+    resumed = resume(tmp_path / "crashed", methods=[Kill, Crash], progress="none")
     assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "crashed"))
     assert resumed["final"] == full["final"] and resumed["rejuvenation"] == full["rejuvenation"]
     assert (tmp_path / "full" / "rejuvenation-utilization.png").is_file()

@@ -15,14 +15,13 @@ from torch import nn
 
 from resprout.engine.method import Method
 from resprout.errors import ConfigError
-from resprout.methods import register_method
 from resprout.methods.repr import (
     _trace, conv_roles, excluded_convs, filter_orthogonality, generation_s2, orthogonal_reinit, rank_filters,
     repr_plan)
 from resprout.models import build_model
 from resprout.run import resume, train
 from tests.conftest import synthetic
-from tests.test_trainer import CRASH, assert_same_weights, metric_rows, weights
+from tests.test_trainer import CRASH, Crash, assert_same_weights, metric_rows, weights
 
 
 def hand_orthogonality(weight: torch.Tensor) -> list[float]:
@@ -274,15 +273,13 @@ class RePrProbe(Method):
         RePrProbe.log["nonzero"] += sum(int((params[n][~m] != 0).sum()) for n, m in repr_.masks.items())
 
 
-register_method(RePrProbe)
-
 
 def test_dropped_filters_stay_zero_through_the_subnetwork_phase_and_come_back_orthogonal():
     # a ResNet: a dropped filter before a residual add gets gradients (its BN shift does), so only the masks on
     # gradients and momentum, not the network, hold it at zero
     keys = synthetic(method="test_repr_probe+repr", model="resnet20", width=0.5, epochs=3, momentum=0.9,
                      weight_decay=5e-3, method_options={"repr": {"s1": 1, "s2": 1, "cycles": 1}})
-    train(**keys, save=False)
+    train(**keys, methods=[RePrProbe], save=False)
     log = RePrProbe.log
     assert log["sub_steps"] == 8 and log["nonzero"] == 0  # weights, BN scale/shift and gradients, every step
     dropped = log["dropped"][0]
@@ -300,7 +297,7 @@ def test_dropped_filters_stay_zero_through_the_subnetwork_phase_and_come_back_or
 
 def test_generations_schedule_drops_in_the_last_epochs_and_the_last_generation_trains_full():
     keys = synthetic(method="test_repr_probe+repr", epochs=2, generations=3, method_options={"repr": {"s2": 1}})
-    result = train(**keys, save=False)
+    result = train(**keys, methods=[RePrProbe], save=False)
     assert len(RePrProbe.log["dropped"]) == 2  # generations 1 and 2 end with a sub-network epoch, 3 does not
     assert RePrProbe.log["sub_steps"] == 16 and RePrProbe.log["nonzero"] == 0
     assert len(result["generations"]) == 3
@@ -324,11 +321,11 @@ def test_a_network_without_convolutions_is_refused_at_the_start(tmp_path):
 
 def test_repr_resumes_in_the_middle_of_the_subnetwork_phase_bit_identically(tmp_path):
     keys = synthetic(method="repr+test_crash", epochs=3, method_options={"repr": {"s1": 1, "s2": 1}})
-    full = train(**keys, out=tmp_path / "full")
+    full = train(**keys, methods=[Crash], out=tmp_path / "full")
     CRASH["at"] = (0, 1, 4)  # half-way through the sub-network epoch
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(**keys, out=tmp_path / "crashed")
-    resumed = resume(tmp_path / "crashed", progress="none")
+        train(**keys, methods=[Crash], out=tmp_path / "crashed")
+    resumed = resume(tmp_path / "crashed", methods=[Crash], progress="none")
     assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "crashed"))
     assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / "crashed")
     assert resumed["generations"] == full["generations"] and resumed["repr"] == full["repr"]

@@ -16,13 +16,12 @@ from resprout.engine.events import Event
 from resprout.engine.method import Method
 from resprout.engine.store import Store
 from resprout.errors import CheckpointError, TrainingDiverged
-from resprout.methods import register_method
 from resprout.run import create_trainer, resume, train
 from resprout.surgery.registry import register_surgery
 from tests.conftest import synthetic
 
 
-# -- methods used only by these tests --------------------------------------------------------------------------------
+# -- methods used only by these tests (passed to train as objects: resprout.train(methods=[Recorder])) -------------
 class Recorder(Method):
     name = "test_recorder"
     log: list = []
@@ -34,7 +33,6 @@ class Recorder(Method):
 for _e in Event:
     if _e is not Event.LOSS:
         setattr(Recorder, _e.handler, (lambda ev: lambda self, t: self._rec(t, ev))(_e.value))
-register_method(Recorder)
 
 
 class Peers(Method):
@@ -55,8 +53,6 @@ class Peers(Method):
         Peers.frozen_shape = tuple(frozen.shape)
 
 
-register_method(Peers)
-
 CRASH = {"at": None}
 
 
@@ -69,9 +65,6 @@ class Crash(Method):
         if CRASH["at"] == (trainer.generation, trainer.epoch, trainer.step):
             CRASH["at"] = None
             raise RuntimeError("simulated crash")
-
-
-register_method(Crash)
 
 
 @register_surgery("test_grow_head")
@@ -88,9 +81,6 @@ class Grow(Method):
             trainer.apply_surgery("model", "test_grow_head", classes=4)
 
 
-register_method(Grow)
-
-
 @dataclass
 class NanOptions:
     at_epoch: int = option(1, "epoch at which the loss becomes NaN")
@@ -103,9 +93,6 @@ class MakeNan(Method):
     def on_loss(self, trainer):
         if trainer.epoch == self.options.at_epoch:
             trainer.add_loss("model", "nan", torch.tensor(float("nan")))
-
-
-register_method(MakeNan)
 
 
 def weights(run_dir: Path) -> dict:
@@ -132,7 +119,7 @@ def metric_rows(run_dir: Path) -> list:
 # -- tests ---------------------------------------------------------------------------------------------------------------
 def test_events_fire_in_the_documented_order():
     Recorder.log = []
-    train(**synthetic(method="test_recorder", generations=2), save=False)
+    train(**synthetic(generations=2), methods=[Recorder], save=False)
     events = [e for e, *_ in Recorder.log]
     steps = 8  # 256 images / batch 32
     batch = ["batch_start", "after_backward", "after_step", "batch_end"] * steps
@@ -173,7 +160,7 @@ def test_every_generation_gets_a_fresh_optimizer_and_schedule():
 
 
 def test_several_members_each_train_with_their_own_optimizer():
-    result = train(**synthetic(method="test_peers", epochs=4), save=False)
+    result = train(**synthetic(epochs=4), methods=[Peers], save=False)
     assert set(result["final"]) == {"model", "peer"}  # the frozen member is not evaluated
     assert Peers.frozen_shape == (32, 4)
     # the peer starts as a copy and sees the same batches: one backward over both losses trains each alone
@@ -183,11 +170,11 @@ def test_several_members_each_train_with_their_own_optimizer():
 
 def test_crash_and_resume_give_exactly_the_weights_and_metrics_of_an_uninterrupted_run(tmp_path):
     keys = synthetic(method="test_crash+test_grow", generations=2, epochs=2)
-    full = train(**keys, out=tmp_path / "full")
+    full = train(**keys, methods=[Crash, Grow], out=tmp_path / "full")
     CRASH["at"] = (1, 1, 2)  # generation 2, epoch 2, after its second step: after the surgery
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(**keys, out=tmp_path / "crashed")
-    resumed = resume(tmp_path / "crashed", progress="none")
+        train(**keys, methods=[Crash, Grow], out=tmp_path / "crashed")
+    resumed = resume(tmp_path / "crashed", methods=[Crash, Grow], progress="none")
     assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "crashed"))
     assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / "crashed")
     assert resumed["final"] == full["final"] and resumed["generations"] == full["generations"]
@@ -206,7 +193,7 @@ def test_a_finished_run_directory_returns_its_results_without_training(tmp_path)
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match="loss is nan at generation 1 epoch 2 step 1"):
-        train(**synthetic(method="test_nan", epochs=3), out=tmp_path / "run")
+        train(**synthetic(epochs=3), methods=[MakeNan], out=tmp_path / "run")
     state = load_file(tmp_path / "run" / "checkpoint.pt")
     assert state["position"]["epoch"] == 1 and state["position"]["step"] == 0
     assert all(torch.isfinite(v).all() for v in state["members"]["model"]["model"].values() if v.is_floating_point())
@@ -344,9 +331,9 @@ def test_train_metrics_and_per_member_optimizer_overrides(tmp_path):
             trainer.add_member("adam_peer", copy.deepcopy(trainer.members["model"].model),
                                optim={"optimizer": "adam", "lr": 0.002})
 
-    register_method(Tuned)
     cfg = make_config(**synthetic(method="test_tuned", epochs=1))
-    trainer = create_trainer(cfg, run_dir=tmp_path / "run", run_id="r", store_path=tmp_path / "s.db")
+    trainer = create_trainer(cfg, run_dir=tmp_path / "run", run_id="r", store_path=tmp_path / "s.db",
+                             methods=[Tuned])
     trainer.fit()
     opts = {n: m.optimizer for n, m in trainer.members.items()}
     assert type(opts["model"]).__name__ == "SGD" and opts["model"].param_groups[0]["initial_lr"] == 0.05

@@ -20,7 +20,7 @@ from resprout.data import load_source
 from resprout.data.user import fingerprint, user_config_keys, user_dataset
 from resprout.engine.checkpoint import load_file
 from resprout.errors import ConfigError
-from tests.test_trainer import CRASH, assert_same_weights, metric_rows
+from tests.test_trainer import CRASH, Crash, assert_same_weights, metric_rows
 
 KEYS = dict(model="cnn", width=0.5, epochs=2, batch_size=64, per_class=30, augment="crop", seed=1, threads=1,
             progress="none")
@@ -93,10 +93,10 @@ def test_per_class_val_and_class_names_apply_to_user_data(digits):
 def test_a_crashed_user_data_run_resumes_exactly_with_the_same_data(digits, tmp_path):
     tr, te = (digits.train.images, digits.train.labels), (digits.test.images, digits.test.labels)
     keys = {**KEYS, "method": "ce+test_crash", "epochs": 3}
-    ref = resprout.train(train=tr, test=te, out=tmp_path / "ref", **keys)
+    ref = resprout.train(train=tr, test=te, methods=[Crash], out=tmp_path / "ref", **keys)
     CRASH["at"] = (0, 2, 1)  # inside the third epoch, after the checkpoint of the second
     with pytest.raises(RuntimeError, match="simulated crash"):
-        resprout.train(train=tr, test=te, out=tmp_path / "run", **keys)
+        resprout.train(train=tr, test=te, methods=[Crash], out=tmp_path / "run", **keys)
     assert load_file(tmp_path / "run" / "checkpoint.pt")["position"]["epoch"] == 2
     other = (te[0][:200], te[1][:200])
     with pytest.raises(ConfigError, match="is not the data") as e:  # other data: refused, nothing changed
@@ -104,7 +104,7 @@ def test_a_crashed_user_data_run_resumes_exactly_with_the_same_data(digits, tmp_
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="pass the same data again"):
         resprout.resume(tmp_path / "run")
-    done = resprout.resume(tmp_path / "run", train=tr, test=te)
+    done = resprout.resume(tmp_path / "run", train=tr, test=te, methods=[Crash])
     assert done["final"] == ref["final"]
     assert_same_weights(load_file(tmp_path / "ref" / "checkpoint.pt")["members"],
                         load_file(tmp_path / "run" / "checkpoint.pt")["members"])

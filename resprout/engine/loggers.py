@@ -28,11 +28,11 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from resprout.errors import ConfigError
+from resprout.registry import Registry
 
-LOGGERS = ("csv", "tensorboard")
 CSV_NAME = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
 CSV_COLUMNS = ("step", "generation", "epoch", "member", "split", "metric", "value")
@@ -49,15 +49,33 @@ class Logger(Protocol):
     def close(self) -> None: ...
 
 
+#: what ``loggers=`` names: ``factory(run_dir, *, epochs, members)`` -> a :class:`Logger`
+LOGGERS: Registry[Callable[..., Logger]] = Registry("logger")
+
+
+def register_logger(name: str, *, description: str | None = None) -> Callable:
+    """Decorator: ``factory(run_dir, *, epochs, members) -> Logger`` becomes ``loggers=<name>`` (``description``:
+    default, the factory's docstring)."""
+
+    def deco(factory: Callable[..., Logger]) -> Callable[..., Logger]:
+        LOGGERS.add(name, factory, description)
+        return factory
+
+    return deco
+
+
 def parse_logger_names(text: str) -> list[str]:
-    """``"csv,tensorboard"`` -> ``["csv", "tensorboard"]``; an empty string or ``none`` means no built-in logger."""
+    """``"csv,tensorboard"`` -> ``["csv", "tensorboard"]``; an empty string or ``none`` means no built-in logger.
+    A name that is not in :data:`LOGGERS` is one line (a run checks this when it starts, before writing anything)."""
     names = [n.strip() for n in str(text).split(",") if n.strip()]
     if names == ["none"]:
         return []
     bad = [n for n in names if n not in LOGGERS]
     if bad:
+        close = LOGGERS.suggestion(bad[0])
+        hint = f"; did you mean {close}?" if close else ""
         raise ConfigError(f"bad value for loggers: {', '.join(bad)} (allowed: a comma-separated list of "
-                          f"{', '.join(LOGGERS)}, or none)")
+                          f"{', '.join(LOGGERS.names())}, or none{hint})")
     return list(dict.fromkeys(names))
 
 
@@ -184,6 +202,18 @@ class TensorBoardLogger:
             self._writer = None
 
 
+@register_logger("csv")
+def _csv(run_dir: Path, *, epochs: int, members: list[str]) -> CSVLogger:
+    """metrics.csv in the run directory: one row per metric value (the default)."""
+    return CSVLogger(run_dir / CSV_NAME, epochs)
+
+
+@register_logger("tensorboard")
+def _tensorboard(run_dir: Path, *, epochs: int, members: list[str]) -> TensorBoardLogger:
+    """TensorBoard event files under tensorboard/ in the run directory (pip install 'resprout[tensorboard]')."""
+    return TensorBoardLogger(run_dir / TENSORBOARD_DIR, members)
+
+
 class Loggers:
     """The trainer's loggers: the built-in ones the config names plus the user's objects, called in turn."""
 
@@ -203,10 +233,7 @@ class Loggers:
         for name in parse_logger_names(names):
             if run_dir is None:
                 continue  # an unsaved run writes no files
-            if name == "csv":
-                built.append(CSVLogger(run_dir / CSV_NAME, epochs))
-            else:
-                built.append(TensorBoardLogger(run_dir / TENSORBOARD_DIR, members))
+            built.append(LOGGERS.get(name)(run_dir, epochs=epochs, members=members))
         return cls(built + list(extra or []))
 
     def __bool__(self) -> bool:

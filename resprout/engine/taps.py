@@ -50,7 +50,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from resprout.errors import ConfigError
-from resprout.surgery.graph import ChannelGraph, Node, _Recorder, trace
+from resprout.surgery.graph import Node, trace_tensors
 
 __all__ = ["FeatureTaps", "last_conv_feature"]
 
@@ -305,41 +305,6 @@ _GLOBAL_POOLS = {"adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_poo
                  "logsumexp", "norm", "std", "var"}
 
 
-def _node_tensors(model: nn.Module, example: torch.Tensor, graph: ChannelGraph) -> tuple[list[torch.Tensor],
-                                                                                       list[tuple[str, Any]]]:
-    """Run ``model`` again exactly as :func:`trace` did and return (the tensor of every graph node, by node id;
-    (module path, output) of every module call). The node numbering is checked against ``graph``."""
-    modules = dict(model.named_modules())
-    owners: dict[int, str] = {}
-    for path, m in modules.items():
-        for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
-            owners.setdefault(id(t), path)
-    calls: list[tuple[str, Any]] = []
-    handles = [m.register_forward_hook(lambda mod, a, out, p=p: calls.append((p, out))) for p, m in modules.items()]
-    modes = {id(m): m.training for m in model.modules()}
-    model.eval()
-    scratch = ChannelGraph({}, [], [], [], modules)
-    recorder = _Recorder(scratch, owners, [])
-    try:
-        with torch.no_grad():
-            x = example.clone()
-            scratch.inputs.append(recorder.add_node(x, None))
-            with recorder:
-                model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        for m in model.modules():
-            m.train(modes[id(m)])
-    same = len(scratch.nodes) == len(graph.nodes) and all(
-        scratch.nodes[i].shape == graph.nodes[i].shape for i in graph.nodes) and all(
-        a.name == b.name for a, b in zip(scratch.ops, graph.ops))
-    if not same:
-        raise RuntimeError(f"last_conv_feature({type(model).__name__}): a second forward made a different graph "
-                           "(the model's forward is not deterministic in eval mode); name the path to tap instead")
-    return recorder.keep_alive, calls
-
-
 def _spatial(node: Node) -> bool:
     return len(node.shape) >= 3
 
@@ -356,7 +321,14 @@ def last_conv_feature(model: nn.Module, example: torch.Tensor, *, innermost: boo
     forward) or when the model has no such map."""
     model = _unwrap(model)
     name = type(model).__name__
-    graph = trace(model, example)
+    calls: list[tuple[str, Any]] = []  # (module path, output) of every module call of the traced forward
+    handles = [m.register_forward_hook(lambda mod, a, out, p=p: calls.append((p, out)))
+               for p, m in model.named_modules()]
+    try:
+        graph, tensors = trace_tensors(model, example)
+    finally:
+        for h in handles:
+            h.remove()
     if not graph.outputs:
         raise ConfigError(f"last_conv_feature({name}): the model has no traced output")
 
@@ -403,7 +375,6 @@ def last_conv_feature(model: nn.Module, example: torch.Tensor, *, innermost: boo
         break
     if graph.nodes[nid].producer is None:
         raise refuse("the last feature map is the model input")
-    tensors, calls = _node_tensors(model, example, graph)
     target = tensors[nid]
     found = [(i, path) for i, (path, out) in enumerate(calls) if out is target]
     if not found:

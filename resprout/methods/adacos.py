@@ -45,6 +45,7 @@ from resprout.config import option
 from resprout.engine.distributed import all_gather_object, all_reduce_sum
 from resprout.engine.method import Method
 from resprout.errors import ConfigError
+from resprout.surgery.graph import is_tracing
 
 __all__ = ["AdaCos", "AdaCosOptions", "CosineClassifier", "adaptive_scale", "attach_cosine_classifier",
            "cosine_logits", "fixed_scale"]
@@ -81,15 +82,6 @@ def adaptive_scale(cos: torch.Tensor, targets: torch.Tensor, scale: float, *, di
     return float(torch.log(b_avg) / torch.cos(torch.clamp(theta_med, max=math.pi / 4)))
 
 
-def _tracing() -> bool:
-    """Whether the channel tracer of :mod:`resprout.surgery.graph` is recording this forward."""
-    from torch.overrides import _get_current_function_mode_stack
-
-    from resprout.surgery.graph import _Recorder
-
-    return any(isinstance(mode, _Recorder) for mode in _get_current_function_mode_stack())
-
-
 class CosineClassifier(nn.Linear):
     """``scale * cos(theta)`` between the input features and the class weights (no bias).
 
@@ -102,7 +94,7 @@ class CosineClassifier(nn.Linear):
         self.register_buffer("scale", torch.tensor(float(scale), device=device, dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _tracing():  # surgery sees the linear layer it carries (see the module docstring)
+        if is_tracing():  # surgery sees the linear layer it carries (see the module docstring)
             return F.linear(x, self.weight)
         return self.scale.to(x.dtype) * cosine_logits(x, self.weight)
 

@@ -43,6 +43,7 @@ class SmallCNN(nn.Module):
         return self.fc(x)
 
 
-@register_model("cnn", options={"width": 1.0})
+@register_model("cnn", options={"width": 1.0}, description="small CNN for tiny images: three 3x3 conv-BN-ReLU "
+                "layers, a max-pool, global average pooling and a linear classifier")
 def _build_cnn(*, in_channels: int, num_classes: int, width: float) -> nn.Module:
     return SmallCNN(in_channels, num_classes, width=check_width(width))

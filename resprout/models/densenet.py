@@ -80,7 +80,9 @@ class DenseNetBC(nn.Module):
         return self.classifier(x)
 
 
-@register_model("densenet-bc", options={"depth": 100, "growth": 12, "width": 1.0})
+@register_model("densenet-bc", options={"depth": 100, "growth": 12, "width": 1.0},
+                description="DenseNet-BC for 32x32 images (Huang et al., CVPR 2017): bottleneck dense "
+                            "layers, transitions with compression 0.5")
 def _build(*, in_channels: int, num_classes: int, depth: int, growth: int, width: float) -> nn.Module:
     return DenseNetBC(
         in_channels,
@@ -91,6 +93,7 @@ def _build(*, in_channels: int, num_classes: int, depth: int, growth: int, width
     )
 
 
-@register_model("densenet-bc-100", options={"width": 1.0})
+@register_model("densenet-bc-100", options={"width": 1.0},
+                description="DenseNet-BC with depth 100 and growth rate 12 (the KE paper's DenseNet)")
 def _build_100(*, in_channels: int, num_classes: int, width: float) -> nn.Module:
     return DenseNetBC(in_channels, num_classes, depth=100, growth=12, width=check_width(width))

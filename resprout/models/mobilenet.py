@@ -84,6 +84,8 @@ class MobileNetV2(nn.Module):
         return self.classifier(x)
 
 
-@register_model("mobilenetv2", options={"width": 1.0, "dropout": 0.0})
+@register_model("mobilenetv2", options={"width": 1.0, "dropout": 0.0},
+                description="MobileNetV2 (Sandler et al., CVPR 2018): inverted residual blocks with "
+                            "depthwise convolutions")
 def _build(*, in_channels: int, num_classes: int, width: float, dropout: float) -> nn.Module:
     return MobileNetV2(in_channels, num_classes, width=check_width(width), dropout=check_probability(dropout))

@@ -11,35 +11,43 @@ Names of the form ``tv:<name>`` and ``timm:<name>`` are not registered; they are
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
 from resprout.errors import ConfigError
 from resprout.models._common import OptionError, check_option
 from resprout.options import Spec, unknown_name, validate
+from resprout.registry import Registry, first_sentence
 
 Builder = Callable[..., nn.Module]
-
-# name -> (builder, defaults of every option, specs of the options declared with one)
-_REGISTRY: dict[str, tuple[Builder, dict[str, Any], dict[str, Spec]]] = {}
 _EXTERNAL_PREFIXES = ("tv:", "timm:")
 
 
-def register_model(name: str, *, options: Mapping[str, Any]) -> Callable[[Builder], Builder]:
+class ModelEntry(NamedTuple):
+    builder: Builder
+    defaults: dict[str, Any]  # every option the builder takes, with its default
+    specs: dict[str, Spec]  # the options declared with a Spec (checked before the builder runs)
+
+
+MODELS: Registry[ModelEntry] = Registry("model", also_allowed=("tv:<name>", "timm:<name>"))
+
+
+def register_model(name: str, *, options: Mapping[str, Any], description: str | None = None
+                   ) -> Callable[[Builder], Builder]:
     """Decorator registering ``builder(*, in_channels, num_classes, **options) -> nn.Module`` under ``name``.
 
     ``options`` maps every option the builder accepts to its default, or to a :class:`~resprout.options.Spec`
     (with its ``default``) whose type, choices and range :func:`build_model` then checks before calling the
-    builder. The builder is returned unchanged, so one function can be registered under several names by stacking
-    decorators.
+    builder. ``description`` (default: the builder's docstring) is the one line ``resprout keys`` shows. The
+    builder is returned unchanged, so one function can be registered under several names by stacking decorators.
     """
     if not isinstance(name, str) or not name or name != name.strip():
         raise ConfigError(f"model name must be a non-empty string without surrounding spaces; got {name!r}")
     if ":" in name:
         # "tv:" and "timm:" are reserved for external models; keep every registered name free of the separator.
         raise ConfigError(f"model name {name!r} must not contain ':' (reserved for tv:<name> and timm:<name>)")
-    if name in _REGISTRY:
+    if name in MODELS:
         raise ConfigError(f"model '{name}' is already registered")
     if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
         raise ConfigError(f"options of model '{name}' must be a dict of option name -> default")
@@ -49,7 +57,8 @@ def register_model(name: str, *, options: Mapping[str, Any]) -> Callable[[Builde
     def decorator(builder: Builder) -> Builder:
         if not callable(builder):
             raise ConfigError(f"model '{name}' must be registered on a callable; got {builder!r}")
-        _REGISTRY[name] = (builder, defaults, specs)
+        MODELS.add(name, ModelEntry(builder, defaults, specs),
+                   description if description is not None else first_sentence(builder.__doc__))
         return builder
 
     return decorator
@@ -57,12 +66,7 @@ def register_model(name: str, *, options: Mapping[str, Any]) -> Callable[[Builde
 
 def available_models() -> list[str]:
     """Sorted names of all registered models (external ``tv:``/``timm:`` names are not listed)."""
-    return sorted(_REGISTRY)
-
-
-def _unknown_model(name: object) -> ConfigError:
-    available = ", ".join(available_models())
-    return ConfigError(f"unknown model {name!r}; available: {available}, tv:<name>, timm:<name>")
+    return MODELS.names()
 
 
 def model_options(name: str) -> dict[str, Any]:
@@ -72,9 +76,7 @@ def model_options(name: str) -> dict[str, Any]:
     """
     if isinstance(name, str) and name.startswith(_EXTERNAL_PREFIXES):
         return {}
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise _unknown_model(name)
-    return dict(_REGISTRY[name][1])
+    return dict(MODELS.get(name).defaults)
 
 
 def _check_positive_int(value: object, what: str) -> int:
@@ -95,9 +97,7 @@ def build_model(name: str, *, in_channels: int, num_classes: int, **options: Any
         from resprout.models.external import build_external
 
         return build_external(name, in_channels=in_channels, num_classes=num_classes, **options)
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise _unknown_model(name)
-    builder, defaults, specs = _REGISTRY[name]
+    builder, defaults, specs = MODELS.get(name)
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise unknown_name(repr(unknown[0]), sorted(defaults), where=f"model '{name}'")

@@ -140,13 +140,19 @@ def _make_layer(block, inplanes: int, planes: int, n: int, stride: int) -> tuple
 
 
 def _register_cifar(name: str, n: int) -> None:
-    @register_model(name, options={"width": 1.0})
+    @register_model(name, options={"width": 1.0},
+                    description=f"CIFAR ResNet-{6 * n + 2} (He et al., CVPR 2016): three stages of {n} basic blocks "
+                                f"of 16, 32 and 64 channels")
     def build(*, in_channels: int, num_classes: int, width: float) -> nn.Module:
         return ResNet(BasicBlock, [n] * 3, [16, 32, 64], in_channels, num_classes, width=check_width(width))
 
 
 def _register_imagenet(name: str, block, blocks: list[int]) -> None:
-    @register_model(name, options={"width": 1.0, "stem": "cifar"})
+    kind = "basic" if block is BasicBlock else "bottleneck"
+
+    @register_model(name, options={"width": 1.0, "stem": "cifar"},
+                    description=f"ResNet-{name[6:]} (He et al., CVPR 2016): four stages of "
+                                f"{', '.join(map(str, blocks))} {kind} blocks, 64 to 512 channels")
     def build(*, in_channels: int, num_classes: int, width: float, stem: str) -> nn.Module:
         return ResNet(
             block,

@@ -58,7 +58,9 @@ class VGG(nn.Module):
 
 
 def _register(name: str, config: str) -> None:
-    @register_model(name, options={"width": 1.0, "head": "fc"})
+    @register_model(name, options={"width": 1.0, "head": "fc"},
+                    description=f"VGG-{name[3:]} with batch normalization (Simonyan and Zisserman, ICLR 2015): a "
+                                f"stack of 3x3 convs and max-pools, then the classifier head")
     def build(*, in_channels: int, num_classes: int, width: float, head: str) -> nn.Module:
         return VGG(config, in_channels, num_classes, head=check_choice(head, "head", HEADS), width=check_width(width))
 

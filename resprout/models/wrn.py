@@ -77,7 +77,9 @@ class WideResNet(nn.Module):
         return self.fc(x)
 
 
-@register_model("wrn", options={"depth": 16, "widen": 4, "width": 1.0, "dropout": 0.0})
+@register_model("wrn", options={"depth": 16, "widen": 4, "width": 1.0, "dropout": 0.0},
+                description="Wide ResNet WRN-depth-widen (Zagoruyko and Komodakis, BMVC 2016): "
+                            "pre-activation blocks, widen times wider")
 def _build(*, in_channels: int, num_classes: int, depth: int, widen: int, width: float, dropout: float) -> nn.Module:
     return WideResNet(
         in_channels,
@@ -90,7 +92,9 @@ def _build(*, in_channels: int, num_classes: int, depth: int, widen: int, width:
 
 
 def _register_alias(depth: int, widen: int) -> None:
-    @register_model(f"wrn-{depth}-{widen}", options={"width": 1.0, "dropout": 0.0})
+    @register_model(f"wrn-{depth}-{widen}", options={"width": 1.0, "dropout": 0.0},
+                    description=f"Wide ResNet with depth {depth} and widening factor {widen} (Zagoruyko and "
+                                f"Komodakis, BMVC 2016)")
     def build(*, in_channels: int, num_classes: int, width: float, dropout: float) -> nn.Module:
         return WideResNet(
             in_channels,

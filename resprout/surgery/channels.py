@@ -16,8 +16,9 @@ order), so every group of the convolution keeps the same width and its weight on
 convolutions on one group must split it in nested blocks (one count dividing the other); a grouped convolution
 that reads channels of several groups (a concatenation) or repeated ones (a depthwise multiplier) blocks them.
 
-:func:`node_maps` expands a group plan to every feature map, :func:`layer_plans` to every layer, :func:`layer_masks`
-to binary weight masks and :func:`zero_outside` zeroes what a plan drops in the dense network.
+:func:`check_traceable` traces a model and runs every refusal of channel surgery at once (when a run starts).
+:func:`node_maps` expands a group plan to every feature map, :func:`layer_plans` to every layer,
+:func:`layer_masks` to binary weight masks and :func:`zero_outside` zeroes what a plan drops in the dense network.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from resprout.errors import ConfigError
-from resprout.surgery.graph import ChannelGraph
+from resprout.surgery.graph import ChannelGraph, trace
 
 #: group key -> for each new channel, the old channel it is (>= 0) or -1 for a new one
 GroupPlan = dict[str, list[int]]
@@ -248,6 +249,44 @@ def channel_groups(graph: ChannelGraph) -> dict[str, Group]:
             offset += g.channels * k
     return groups
 
+
+def check_traceable(model: nn.Module, example: torch.Tensor, *, grouped: bool = False) -> ChannelGraph:
+    """Trace ``model`` and run every refusal of channel surgery now (e.g. when a run starts), not after training.
+
+    Refuses, with a one-line :class:`~resprout.errors.ConfigError` naming the module or call: a layer whose weight
+    is computed in the forward pass (weight norm, spectral norm, any parametrization, a functional conv/linear with
+    a computed weight); a concatenation along channels with a constant chunk that blocks a group surgery could
+    otherwise cut; any channel group that a consumer cannot follow (it flows into an opaque call such as a cumulative
+    sum, a reduction or a channel shuffle, or into a softmax or normalization over channels that are not the
+    network's output) and that is not fixed anyway (the image, the classes, channels written by an opaque call).
+
+    Channels that a grouped convolution splits into groups (:attr:`Group.blocks`) can
+    only be cut alike in every group. ``grouped=True`` accepts them (the caller's plans do that: Knowledge
+    Evolution's per-group prefix); by default they are refused, naming the convolution. Returns the graph.
+    """
+    graph = trace(model, example, strict=True)
+    groups = channel_groups(graph)
+    where: dict[int, list] = {}
+    for g in groups.values():
+        for nid, _offset, _k in g.places:
+            where.setdefault(nid, []).append(g)
+    for op in graph.ops:
+        if op.kind == "cat" and any(op.info.get("constant", ())):
+            blocked = [g for nid in op.inputs for g in where.get(nid, ()) if g.kind == "blocked"]
+            if blocked:
+                n = sum(s for s, c in zip(op.info["sizes"], op.info["constant"]) if c)
+                raise ConfigError(f"'{op.name}' in {op.context or 'the model'} concatenates {n} channels that do "
+                                  f"not come from the input (a constant, buffer or parameter) to channel group "
+                                  f"'{blocked[0].key}'; channel surgery cannot cut a group laid out next to a "
+                                  f"constant chunk")
+    for key, g in groups.items():
+        if g.kind == "blocked":
+            raise ConfigError(f"channel surgery cannot cut channel group '{key}': {g.reason}")
+        if g.resizable and g.blocks > 1 and not grouped:
+            raise ConfigError(f"channel surgery cannot cut channel group '{key}' channel by channel: "
+                              f"{g.grouping}, so every group must keep the same channels; only a plan that cuts "
+                              f"all {g.blocks} groups alike can (Knowledge Evolution's KELS)")
+    return graph
 
 def check_plan(groups: dict[str, Group], plan: GroupPlan) -> GroupPlan:
     """``plan`` checked against ``groups`` (one-line ConfigErrors), without the entries that change nothing."""

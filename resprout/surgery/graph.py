@@ -39,9 +39,10 @@ graph nodes. Concatenated along channels, such a chunk is recorded in the ``cat`
 ``info["constant"]`` marks it) but ``op.inputs`` lists only the traced chunks; channel surgery never cuts a
 constant chunk, and as :func:`~resprout.surgery.channels.channel_groups` cannot keep the constant whole while
 cutting its neighbours, the traced chunks of such a concatenation are not cut either (their groups are blocked,
-the concatenation's output is a fixed group); :func:`check_traceable` refuses, naming the call, when that would
-block a channel group that surgery is otherwise free to cut. Used in an elementwise call, a constant operand
-broadcast along channels (size 1 or no channel dim) is fine; one with a value per channel makes the call opaque.
+the concatenation's output is a fixed group); :func:`~resprout.surgery.channels.check_traceable` refuses, naming
+the call, when that would block a channel group that surgery is otherwise free to cut. Used in an elementwise call,
+a constant operand broadcast along channels (size 1 or no channel dim) is fine; one with a value per channel makes
+the call opaque.
 
 **Weights computed in the forward pass** cannot be followed: ``torch.nn.utils.weight_norm`` (old style, ``weight_g``
 / ``weight_v`` and a pre-hook), ``torch.nn.utils.parametrizations.weight_norm`` / ``spectral_norm``, any
@@ -58,11 +59,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 
 from resprout.errors import ConfigError
 
-__all__ = ["ELEMENTWISE", "SPATIAL_DIM_CALLS", "ChannelGraph", "Node", "Op", "check_traceable", "trace"]
+__all__ = ["ELEMENTWISE", "SPATIAL_DIM_CALLS", "ChannelGraph", "Node", "Op", "is_tracing", "trace", "trace_tensors"]
 
 _CONV_FUNCS = {F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d}
 _LINEAR_FUNCS = {F.linear, torch._C._nn.linear}
@@ -312,7 +313,7 @@ class _Recorder(TorchFunctionMode):
         self.params = set(owners) if params is None else params
         self.context = context
         self.node_of: dict[int, int] = {}  # id(tensor) -> node id
-        self.keep_alive: list[torch.Tensor] = []
+        self.keep_alive: list[torch.Tensor] = []  # the tensor of every node, by node id
 
     def add_node(self, t: torch.Tensor, producer: int | None) -> int:
         nid = len(self.g.nodes)
@@ -461,7 +462,6 @@ class _Recorder(TorchFunctionMode):
         return "opaque", {}
 
 
-@torch.no_grad()
 def trace(model: nn.Module, example: torch.Tensor, *, strict: bool = True) -> ChannelGraph:
     """The channel graph of ``model`` on ``example`` (a batch), in eval mode; the model's modes are restored.
 
@@ -469,6 +469,20 @@ def trace(model: nn.Module, example: torch.Tensor, *, strict: bool = True) -> Ch
     computed in the forward pass; with ``strict=False`` such a call is recorded as opaque instead and listed in
     ``graph.computed_weights``.
     """
+    return trace_tensors(model, example, strict=strict)[0]
+
+
+def is_tracing() -> bool:
+    """Whether :func:`trace` is recording the current forward (a layer may then show the tracer its plain form)."""
+    return any(isinstance(mode, _Recorder) for mode in _get_current_function_mode_stack())
+
+
+@torch.no_grad()
+def trace_tensors(model: nn.Module, example: torch.Tensor, *, strict: bool = True
+                  ) -> tuple[ChannelGraph, list[torch.Tensor]]:
+    """:func:`trace`, and the tensor of every node of the graph (by node id) in that forward: forward hooks the
+    caller put on the model's modules see the same tensor objects (so a node can be matched to the module that
+    returned it)."""
     owners: dict[int, str] = {}
     modules = dict(model.named_modules())
     for path, m in modules.items():
@@ -508,46 +522,5 @@ def trace(model: nn.Module, example: torch.Tensor, *, strict: bool = True) -> Ch
     graph.outputs = [recorder.node_of[id(t)] for t in _tensors(out) if id(t) in recorder.node_of]
     if not graph.outputs:
         raise ConfigError(f"tracing {type(model).__name__}: its output does not depend on its input")
-    return graph
+    return graph, recorder.keep_alive
 
-
-def check_traceable(model: nn.Module, example: torch.Tensor, *, grouped: bool = False) -> ChannelGraph:
-    """Trace ``model`` and run every refusal of channel surgery now (e.g. when a run starts), not after training.
-
-    Refuses, with a one-line :class:`~resprout.errors.ConfigError` naming the module or call: a layer whose weight
-    is computed in the forward pass (weight norm, spectral norm, any parametrization, a functional conv/linear with
-    a computed weight); a concatenation along channels with a constant chunk that blocks a group surgery could
-    otherwise cut; any channel group that a consumer cannot follow (it flows into an opaque call such as a cumulative
-    sum, a reduction or a channel shuffle, or into a softmax or normalization over channels that are not the
-    network's output) and that is not fixed anyway (the image, the classes, channels written by an opaque call).
-
-    Channels that a grouped convolution splits into groups (:attr:`~resprout.surgery.channels.Group.blocks`) can
-    only be cut alike in every group. ``grouped=True`` accepts them (the caller's plans do that: Knowledge
-    Evolution's per-group prefix); by default they are refused, naming the convolution. Returns the graph.
-    """
-    # channels reads graphs: import it only here
-    from resprout.surgery.channels import channel_groups
-
-    graph = trace(model, example, strict=True)
-    groups = channel_groups(graph)
-    where: dict[int, list] = {}
-    for g in groups.values():
-        for nid, _offset, _k in g.places:
-            where.setdefault(nid, []).append(g)
-    for op in graph.ops:
-        if op.kind == "cat" and any(op.info.get("constant", ())):
-            blocked = [g for nid in op.inputs for g in where.get(nid, ()) if g.kind == "blocked"]
-            if blocked:
-                n = sum(s for s, c in zip(op.info["sizes"], op.info["constant"]) if c)
-                raise ConfigError(f"'{op.name}' in {op.context or 'the model'} concatenates {n} channels that do "
-                                  f"not come from the input (a constant, buffer or parameter) to channel group "
-                                  f"'{blocked[0].key}'; channel surgery cannot cut a group laid out next to a "
-                                  f"constant chunk")
-    for key, g in groups.items():
-        if g.kind == "blocked":
-            raise ConfigError(f"channel surgery cannot cut channel group '{key}': {g.reason}")
-        if g.resizable and g.blocks > 1 and not grouped:
-            raise ConfigError(f"channel surgery cannot cut channel group '{key}' channel by channel: "
-                              f"{g.grouping}, so every group must keep the same channels; only a plan that cuts "
-                              f"all {g.blocks} groups alike can (Knowledge Evolution's KELS)")
-    return graph

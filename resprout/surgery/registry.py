@@ -17,7 +17,7 @@ from typing import Callable, Union
 
 from torch import nn
 
-from resprout.errors import ConfigError
+from resprout.registry import Registry
 
 #: new tensor name -> {dim: [old index of each new index along dim, or -1 for a new one]}; a name absent from the
 #: map is unchanged (same shape, same values), a name mapped to {} is unchanged too
@@ -31,22 +31,20 @@ class SurgeryResult:
 
 
 SurgeryOp = Callable[..., Union[nn.Module, SurgeryResult]]
-_OPS: dict[str, SurgeryOp] = {}
+SURGERY: Registry[SurgeryOp] = Registry("surgery operation")
+SURGERY.add("resize", "resprout.surgery.resize:resize_op", "keep chosen channels of coupled channel groups and add "
+            "new ones (KE's slim network, NR's dead-neuron removal and widening)")
 
 
-def register_surgery(name: str) -> Callable[[SurgeryOp], SurgeryOp]:
-    """Register ``fn(model, **args) -> model`` under ``name``."""
+def register_surgery(name: str, *, description: str | None = None) -> Callable[[SurgeryOp], SurgeryOp]:
+    """Register ``fn(model, **args) -> model`` under ``name`` (``description``: default, its docstring)."""
 
     def deco(fn: SurgeryOp) -> SurgeryOp:
-        _OPS[name] = fn
+        SURGERY.add(name, fn, description)
         return fn
 
     return deco
 
 
 def get_surgery(name: str) -> SurgeryOp:
-    try:
-        return _OPS[name]
-    except KeyError:
-        raise ConfigError(f"unknown surgery operation {name!r}; registered: {', '.join(sorted(_OPS)) or 'none'}"
-                          ) from None
+    return SURGERY.get(name)

@@ -48,7 +48,7 @@ from resprout.surgery.channels import (
     weight_groups,
 )
 from resprout.surgery.graph import ChannelGraph, Op, trace
-from resprout.surgery.registry import IndexMaps, SurgeryResult, register_surgery
+from resprout.surgery.registry import IndexMaps, SurgeryResult
 
 Init = str | Callable[[torch.Tensor, torch.Generator], None]
 
@@ -204,7 +204,6 @@ def resize(model: nn.Module, plan: GroupPlan, example: torch.Tensor, *, init: In
     return SurgeryResult(new, index_maps)
 
 
-@register_surgery("resize")
 def resize_op(model: nn.Module, *, plan: dict, input_shape: list, init: str = "kaiming", zero_outgoing: bool = True,
               seed: int = 0) -> SurgeryResult:
     """:func:`resize` from plain data (a recorded, replayable surgery): the example is ``example_input(input_shape)``,

@@ -18,8 +18,7 @@ from resprout.errors import ConfigError
 from resprout.methods.evolution.hypotheses import (
     _check_rate, default_init, fit_hypothesis, hypothesis_magnitudes, kels_masks, reestimate_batchnorm, reinitialize, reset_batchnorm, wels_masks)
 from resprout.seeding import derive_seed
-from resprout.surgery.channels import example_input, model_device
-from resprout.surgery.graph import check_traceable
+from resprout.surgery.channels import check_traceable, example_input, model_device
 from resprout.surgery.profile import profile_model
 
 

@@ -15,7 +15,6 @@ reported); with ``nr.scheme=ca`` it is BL-CA (every layer split in halves with c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -250,12 +249,7 @@ class NeuralRejuvenation(Method):
             self.accuracy.append({"epoch": trainer.epoch + 1, "top1": float(test["top1"])})
 
     def on_fit_end(self, trainer) -> None:
-        report = self.report()
-        if trainer.run_dir is not None and trainer.dist.is_main:
-            from resprout.analysis.rejuvenation import write_plots
-
-            report["plots"] = [Path(p).name for p in write_plots(report, trainer.run_dir)]  # in the run directory
-        trainer.results["rejuvenation"] = report
+        trainer.results["rejuvenation"] = self.report()  # its plots: resprout.analysis.rejuvenation
 
     def report(self) -> dict:
         reached = self.history[-1]["r"] if self.history else None

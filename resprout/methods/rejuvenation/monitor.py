@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from resprout.errors import ConfigError
-from resprout.surgery.channels import Group, channel_groups, example_input, model_device
-from resprout.surgery.graph import ChannelGraph, check_traceable
+from resprout.surgery.channels import Group, channel_groups, check_traceable, example_input, model_device
+from resprout.surgery.graph import ChannelGraph
 
 DEAD_RATIO = 1e-2  # a channel is dead below 0.01 * max|gamma| of its layer (Sec. 3.1.1)
 DEAD_LAYER = 1e-3  # a layer is dead whole when max|gamma| is below this (the official code's all-dead threshold)

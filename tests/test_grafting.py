@@ -16,7 +16,6 @@ from torch import nn
 from resprout.engine.checkpoint import load_file
 from resprout.engine.method import Method
 from resprout.errors import ConfigError
-from resprout.methods import register_method
 from resprout.methods.grafting import (
     Grafting, adaptive_alpha, alpha_bounds, bin_counts, graft_ring, grafts_at, internal_scion, layer_entropy,
     layer_groups, lr_factors, mix_states, noise_scion, noise_sigma, reestimate_bn, reset_momentum)
@@ -431,8 +430,6 @@ class GraftProbe(Method):
             GraftProbe.log["batches"] = batches
 
 
-register_method(GraftProbe)
-
 
 def hand_bn_statistics(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, tuple[list, list]]:
     """Every BN's input on each batch (hooks, training mode), and the average of its per-batch mean and unbiased
@@ -458,7 +455,7 @@ def hand_bn_statistics(model: nn.Module, batches: list[torch.Tensor]) -> dict[st
 def probe_run(**graft):
     keys = synthetic(**{"method": "test_graft_probe+graft", "epochs": 2, "seed": 3, "momentum": 0.9,
                         "method_options": {"graft": graft}})
-    train(**keys, save=False)
+    train(**keys, save=False, methods=[GraftProbe])
     return GraftProbe.log
 
 

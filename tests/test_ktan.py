@@ -40,7 +40,7 @@ def teacher_net() -> nn.Module:
 def trainer_with(method: str, teacher: nn.Module, **keys):
     cfg = make_config(**synthetic(method=method, teacher=["module:T"], **keys))
     return create_trainer(cfg, run_dir=None, run_id=None, store_path=None, teachers=[teacher],
-                          methods=[m for m in (Recorder, StopAt) if m.name in cfg.method_names()])
+                          methods=[m for m in (Recorder, StopAt, RateRecorder) if m.name in cfg.method_names()])
 
 
 class Recorder(Method):
@@ -289,8 +289,6 @@ class RateRecorder(Method):
         if trainer.update_step is not None and trainer.update_step.name == "student":
             type(self).rates.append(trainer.members["model"].optimizer.param_groups[0]["lr"])
 
-
-register_method(RateRecorder)
 
 
 def test_adversarial_lr_switches_the_students_rate_at_the_adversarial_phase():

@@ -212,7 +212,8 @@ def _flatten_file(raw: dict, source: str) -> dict:
                 outer = "a table with one table of " + ("optimizer keys per member" if member else
                                                         "options per method")
                 for name, opts in _table(value, key, outer).items():
-                    inner = f"a table of {name}'s " + ("optimizer keys, e.g. lr" if member else "options: option = value")
+                    inner = f"a table of {name}'s " + ("optimizer keys, e.g. lr" if member else
+                                                       "options: option = value")
                     for sub, v in _table({} if opts is None else opts, f"{key}.{name}", inner).items():
                         _set(values, f"{'member.' if member else ''}{name}.{sub}", v, from_text=False)
             elif isinstance(value, dict) and key not in FIELDS:

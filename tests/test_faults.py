@@ -530,24 +530,25 @@ def _store_rows(store: Path) -> list[tuple]:
         db.close()
 
 
-SCALAR_OPTIONS = [
-    ("cfg.yaml", "method: ke\nmethod_options: {ke: 3}\n",
+SCALAR_OPTIONS = [  # (case, file name, text, the line after "resprout: error: ")
+    ("yaml-method_options.ke", "cfg.yaml", "method: ke\nmethod_options: {ke: 3}\n",
      "cfg.yaml: bad value for method_options.ke: 3 (expected a table of ke's options: option = value)"),
-    ("cfg.toml", 'method = "ke"\n[method_options]\nke = 3\n',
+    ("toml-method_options.ke", "cfg.toml", 'method = "ke"\n[method_options]\nke = 3\n',
      "cfg.toml: bad value for method_options.ke: 3 (expected a table of ke's options: option = value)"),
-    ("cfg.yaml", "method_options: 3\n",
+    ("yaml-method_options", "cfg.yaml", "method_options: 3\n",
      "cfg.yaml: bad value for method_options: 3 (expected a table with one table of options per method)"),
-    ("cfg.yaml", "member_options: {discriminator: 0.1}\n",
+    ("yaml-member_options.discriminator", "cfg.yaml", "member_options: {discriminator: 0.1}\n",
      "cfg.yaml: bad value for member_options.discriminator: 0.1 (expected a table of discriminator's optimizer "
      "keys, e.g. lr)"),
-    ("cfg.yaml", "member: {discriminator: [1, 2]}\n",
+    ("yaml-member.discriminator", "cfg.yaml", "member: {discriminator: [1, 2]}\n",
      "cfg.yaml: bad value for member.discriminator: [1, 2] (expected a table of discriminator's optimizer keys, "
      "e.g. lr)"),
+    ("yaml-data_options", "cfg.yaml", "data_options: 3\n",
+     "cfg.yaml: bad value for data_options: 3 (expected a table of the data's options: option = value)"),
 ]
 
 
-@pytest.mark.parametrize("name, text, line", SCALAR_OPTIONS, ids=[f"{n}-{t.split(':')[0].split()[0]}-{i}"
-                                                                   for i, (n, t, _) in enumerate(SCALAR_OPTIONS)])
+@pytest.mark.parametrize("name, text, line", [c[1:] for c in SCALAR_OPTIONS], ids=[c[0] for c in SCALAR_OPTIONS])
 def test_input_scalar_where_a_table_of_options_belongs(name, text, line, tmp_path, capsys):
     (tmp_path / name).write_text(text)
     before = files_under(tmp_path)
@@ -560,7 +561,7 @@ def test_input_scalar_options_from_the_command_line_have_no_traceback(tmp_path):
     (tmp_path / "cfg.yaml").write_text("data: synthetic\nmethod: ke\nmethod_options: {ke: 3}\n")
     proc = run_cli(["train", "cfg.yaml", "--quiet"], tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr == f"resprout: error: {SCALAR_OPTIONS[0][2]}\n"
+    assert proc.stderr == f"resprout: error: {SCALAR_OPTIONS[0][3]}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml"]
 
 

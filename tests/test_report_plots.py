@@ -136,6 +136,24 @@ def test_compare_plot_with_one_seed_and_no_generations(caught, tmp_path):
     assert len(figures[0].axes[0].lines) == 1
 
 
+def test_compare_table_reports_peer_1_of_a_run_without_model():
+    """Grafting and mutual learning replace `model` by peer_1..peer_K: the row reports peer_1 (the peer with the
+    run's seed) and says so, instead of an empty row."""
+    from resprout.analysis.comparison import table
+
+    rows = _rows()
+    for run in rows[2].runs:  # graft: its curves under peer_1 and peer_2, none under model
+        curve = run.curves.pop(("model", "test", "top1"))
+        run.curves[("peer_1", "test", "top1")] = curve
+        run.curves[("peer_2", "test", "top1")] = [(g, e, 0.1) for g, e, _ in curve]
+    text = table(rows, {"test": 359})
+    line = next(line for line in text.splitlines() if line.startswith("| graft"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    last = [c[-1] * 100 for c in CURVES["graft"][2]]
+    assert cells[0] == "graft [peer_1]"
+    assert cells[5] == f"{statistics.mean(last):.2f} ± {statistics.stdev(last):.2f}"
+
+
 # -- the report plots (real runs) -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

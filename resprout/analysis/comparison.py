@@ -85,8 +85,9 @@ def summary(rows: list[Row]) -> list[dict]:
     out = []
     for r in rows:
         bests = [b for run in r.runs if (b := best_top1(run)) is not None]
-        out.append({"method": r.label, "member": r.member, "generations": r.generations, "epochs": r.epochs, "baseline": r.baseline,
-                    "seeds": r.seeds, "last": [v for run in r.runs if (v := last_top1(run)) is not None],
+        out.append({"method": r.label, "member": r.member, "generations": r.generations, "epochs": r.epochs,
+                    "baseline": r.baseline, "seeds": r.seeds,
+                    "last": [v for run in r.runs if (v := last_top1(run)) is not None],
                     "best": [b[0] for b in bests], "best_on": bests[0][1] if bests else None,
                     "per_generation": [generation_top1(run) for run in r.runs]})
     return out

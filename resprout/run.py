@@ -312,7 +312,7 @@ def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, sto
     return trainer
 
 
-def close_store(trainer: Trainer) -> None:
+def _close_store(trainer: Trainer) -> None:
     """Close the run's store connection when the run ends: the last connection to close moves the WAL into the
     store file and removes its ``-wal``/``-shm`` sidecars (left behind by a process that exits with it open)."""
     if trainer.store is not None:
@@ -448,7 +448,7 @@ def _fit_and_finish(trainer: Trainer, dist: DistInfo) -> dict:
     try:
         result = _finish(trainer, trainer.fit())
     finally:
-        close_store(trainer)
+        _close_store(trainer)
     shutdown(dist)  # on an error the group is left to torchrun, which tears the processes down
     return result
 
@@ -531,7 +531,7 @@ def resume(run_dir: str | Path, *, module: nn.Module | ModelFactory | str | None
         try:
             result = _finish(trainer, trainer.fit())
         finally:
-            close_store(trainer)
+            _close_store(trainer)
     finally:
         _release(lock)
     shutdown(trainer.dist)

@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make demo   set everything up, then train the small CNN on the embedded digits data
+#   make demo   set everything up, then compare CE, KE and grafting on the embedded digits data (two seeds)
 #   make test   set everything up, then run the test suite
 #   make reproduce   the reproduction campaign (hours: see docs/reproduction.md)
 PYTHON ?= python3
@@ -18,8 +18,12 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# The demo: resprout's main job, a comparison of methods on the same data, seeds and budget (it prints the table
+# and writes runs/demo/comparison.png). `python -m benchmarks.demo` runs it afresh and puts its output in README.md.
+DEMO = method=ce,ke,graft seeds=0,1 data=digits per_class=50 model=cnn epochs=4 generations=5 threads=1
+
 demo: venv
-	$(BIN)/resprout train data=digits model=cnn epochs=3 seed=0
+	$(BIN)/resprout compare $(DEMO) --out runs/demo
 
 test: venv
 	$(BIN)/python -m pytest -q

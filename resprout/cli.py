@@ -32,10 +32,12 @@ from resprout.errors import ConfigError, Interrupted, ResproutError
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line (and exit code 2), like every other user error."""
+    """argparse, but a usage mistake is one line (and exit code 2), like every other user error: main prints it
+    after its own ``resprout: error:`` prefix, so only a subcommand's name is added here."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"{self.prog}: {message}")
+        command = self.prog.partition(" ")[2]
+        raise ConfigError(f"{command}: {message}" if command else message)
 
 
 def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -259,9 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
                 f"capacity, and the baselines they are compared with. Methods here: {', '.join(installed_methods())} "
                 "(`resprout keys` says what each is and takes).")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p.commands = sub.choices  # the subcommands' own parsers, for `parse`
 
     t = sub.add_parser("train", help="train a run", description="Train a run. Keys: `resprout keys`.")
-    t.add_argument("args", nargs="*", metavar="CONFIG|key=value")
+    t.add_argument("args", nargs="*", default=[], metavar="CONFIG|key=value")
     t.add_argument("--out", help="run directory (default: a new one under runs/)")
     t.add_argument("--store", help="results store (default: $RESPROUT_STORE or runs/resprout.db)")
     t.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
@@ -270,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("resume", help="continue a run from its checkpoint")
     r.add_argument("run_dir")
-    r.add_argument("overrides", nargs="*", metavar="device=|threads=|progress=|lr=|momentum=|...")
+    r.add_argument("overrides", nargs="*", default=[], metavar="device=|threads=|progress=|lr=|momentum=|...")
     r.add_argument("--json", action="store_true")
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--module", metavar="PKG.MOD:FACTORY", help=_MODULE_HELP)
@@ -306,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     an = sub.add_parser("analyze", help="filter analyses of a run: invalid filters, information, filter norms")
     an.add_argument("run_dir")
-    an.add_argument("args", nargs="*", metavar="baseline=DIR")
+    an.add_argument("args", nargs="*", default=[], metavar="baseline=DIR")
     an.add_argument("--out", help="where to write filters.md and the plots (default: DIR/analysis)")
     an.add_argument("--json", action="store_true")
     an.set_defaults(fn=cmd_analyze)
@@ -320,6 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     cmp.set_defaults(fn=cmd_compare)
     return p
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """The command's arguments, with keys, files and flags in any order (``train data=digits --out d threads=1``):
+    argparse's intermixed parsing, which it supports on a subcommand's own parser but not across subparsers, so
+    the subcommand is looked up first. Anything else (no command, an unknown one, ``--help``) goes to ``parser``."""
+    commands = getattr(parser, "commands", {})
+    if argv and argv[0] in commands:
+        ns = commands[argv[0]].parse_intermixed_args(argv[1:])
+        ns.command = argv[0]
+        return ns
+    return parser.parse_args(argv)
 
 
 def _on_early_sigterm(signum, frame) -> None:
@@ -343,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():  # the trainer installs its own while it trains
         previous = signal.signal(signal.SIGTERM, _on_early_sigterm)
     try:
-        ns = build_parser().parse_args(argv)
+        ns = parse(build_parser(), sys.argv[1:] if argv is None else argv)
         code = ns.fn(ns)
         if argv is None and "torch" in sys.modules:
             # the process ends next: its final garbage collections walk every object torch and the run left (1-2 s

@@ -187,32 +187,42 @@ def _set(values: dict, key: str, value: Any, *, from_text: bool) -> None:
     values[key] = value
 
 
+def _table(value: Any, key: str, expected: str) -> dict:
+    """``value`` when it is a table (a dict), else the one-line refusal naming ``key`` and what belongs there."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"bad value for {key}: {value!r} (expected {expected})")
+    return value
+
+
 def _flatten_file(raw: dict, source: str) -> dict:
     """TOML/YAML tables become dotted keys: ``[ls] smoothing = 0.2`` is ``ls.smoothing=0.2``."""
     values: dict = {}
-    for key, value in raw.items():
-        key = str(key)
-        if key in ("data_options", "model_options") and isinstance(value, dict):
-            # `data` and `model` name the source and architecture, so their options come as these tables
-            for sub, v in value.items():
-                _set(values, f"{_OPEN_FIELDS[key]}.{sub}", v, from_text=False)
-        elif key in ("method_options", "member_options") and isinstance(value, dict):
-            prefix = "member." if key == "member_options" else ""
-            for method, opts in value.items():
-                for sub, v in (opts or {}).items():
-                    _set(values, f"{prefix}{method}.{sub}", v, from_text=False)
-        elif key == "member" and isinstance(value, dict):  # [member.discriminator] lr = ...
-            for name, opts in value.items():
-                for sub, v in (opts or {}).items():
-                    _set(values, f"member.{name}.{sub}", v, from_text=False)
-        elif isinstance(value, dict) and key not in FIELDS:
-            for sub, v in value.items():
-                _set(values, f"{key}.{sub}", v, from_text=False)
-        else:
-            try:
+    try:
+        for key, value in raw.items():
+            key = str(key)
+            if key in ("data_options", "model_options"):
+                # `data` and `model` name the source and architecture, so their options come as these tables
+                family = _OPEN_FIELDS[key]
+                for sub, v in _table(value, key, f"a table of the {family}'s options: option = value").items():
+                    _set(values, f"{family}.{sub}", v, from_text=False)
+            elif key in ("method_options", "member_options", "member"):
+                # {method: {option: value}} and {member: {optimizer key: value}}: a scalar at either level is refused
+                # here, naming the key, rather than failing later on a number that has no .items()
+                member = key != "method_options"
+                outer = "a table with one table of " + ("optimizer keys per member" if member else
+                                                        "options per method")
+                for name, opts in _table(value, key, outer).items():
+                    inner = f"a table of {name}'s " + ("optimizer keys, e.g. lr" if member else
+                                                       "options: option = value")
+                    for sub, v in _table({} if opts is None else opts, f"{key}.{name}", inner).items():
+                        _set(values, f"{'member.' if member else ''}{name}.{sub}", v, from_text=False)
+            elif isinstance(value, dict) and key not in FIELDS:
+                for sub, v in value.items():
+                    _set(values, f"{key}.{sub}", v, from_text=False)
+            else:
                 _set(values, key, value, from_text=False)
-            except ConfigError as e:
-                raise ConfigError(f"{source}: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     return values
 
 

@@ -264,7 +264,7 @@ def _undo_new_run(run_dir: Path, run_id: str, store_path: Path, created: bool) -
                 child.unlink(missing_ok=True)
     try:
         if Path(store_path).exists():
-            with Store(store_path) as store:
+            with Store(store_path, create=False) as store:
                 if store.run(run_id) is not None:
                     store.set_status(run_id, "failed")
     except Exception:  # noqa: BLE001, S110  (the original error is the one to show)
@@ -296,11 +296,21 @@ def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, sto
     train, evals = build_loaders(cfg, ds, methods, device, dist)
     full_evals = build_eval_loaders(cfg, ds, train.normalize, device, DistInfo()) if dist.enabled else None
     teacher_members = build_teachers(cfg, ds, teachers)  # refused here, before anything is written
-    store = None
     if run_dir is not None and dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(run_dir)
-        store = Store(store_path)
+    if progress is None or isinstance(progress, str):
+        progress = make_progress((progress or cfg.progress) if dist.is_main else "none")
+    # The trainer is built (the methods' setup checks run) and a continuing run's checkpoint loaded before the
+    # run's files and its store row are written: a run refused by either leaves the store as it was.
+    trainer = Trainer(cfg, {"model": model, **teacher_members}, train, evals, methods, device=device,
+                      run_dir=run_dir, store=None,
+                      run_id=run_id, progress=progress, dist=dist, full_evals=full_evals, model_factory=factory,
+                      loggers=loggers)
+    trainer.dataset = ds
+    if continuing and run_dir is not None and (run_dir / CHECKPOINT_NAME).exists():
+        _load_with_overrides(trainer, run_dir / CHECKPOINT_NAME, load_config)
+    if run_dir is not None and dist.is_main:
         if not continuing:
             info = {"run_id": run_id, "store": str(Path(store_path).resolve()), "config": cfg.to_dict(),
                     "fingerprint": cfg.fingerprint(), "created": time.time(), "resprout": __version__}
@@ -310,22 +320,25 @@ def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, sto
             if recorded:  # the method classes a resume needs again
                 info["method_objects"] = recorded
             write_run_file(run_dir, info)
-        store.register_run(run_id, str(run_dir.resolve()), cfg.to_dict(), cfg.fingerprint(),
-                           cfg.fingerprint(without_seed=True), environment(device, dist))
-    if progress is None or isinstance(progress, str):
-        progress = make_progress((progress or cfg.progress) if dist.is_main else "none")
-    trainer = Trainer(cfg, {"model": model, **teacher_members}, train, evals, methods, device=device,
-                      run_dir=run_dir, store=store,
-                      run_id=run_id, progress=progress, dist=dist, full_evals=full_evals, model_factory=factory,
-                      loggers=loggers)
-    trainer.dataset = ds
-    if continuing and run_dir is not None:
-        path = run_dir / CHECKPOINT_NAME
-        if path.exists():
-            _load_with_overrides(trainer, path, load_config)
-        elif store is not None:  # killed before the first checkpoint: start again, dropping what it logged
-            store.forget_after(run_id, 0, 0)
+        store = Store(store_path)
+        try:
+            store.register_run(run_id, str(run_dir.resolve()), cfg.to_dict(), cfg.fingerprint(),
+                               cfg.fingerprint(without_seed=True), environment(device, dist))
+            if continuing:  # drop what was logged after the checkpoint (all of it: killed before the first one)
+                store.forget_after(run_id, trainer.generation, trainer.epoch)
+        except BaseException:
+            store.close()
+            raise
+        trainer.store = store
     return trainer
+
+
+def _close_store(trainer: Trainer) -> None:
+    """Close the run's store connection when the run ends: the last connection to close moves the WAL into the
+    store file and removes its ``-wal``/``-shm`` sidecars (left behind by a process that exits with it open)."""
+    if trainer.store is not None:
+        trainer.store.close()
+        trainer.store = None
 
 
 def _load_with_overrides(trainer: Trainer, path: Path, load_config: Config | None) -> None:
@@ -467,7 +480,10 @@ def _user_loggers(keys: dict) -> list:
 
 
 def _fit_and_finish(trainer: Trainer, dist: DistInfo) -> dict:
-    result = _finish(trainer, trainer.fit())
+    try:
+        result = _finish(trainer, trainer.fit())
+    finally:
+        _close_store(trainer)
     shutdown(dist)  # on an error the group is left to torchrun, which tears the processes down
     return result
 
@@ -552,7 +568,10 @@ def resume(run_dir: str | Path, *, module: nn.Module | ModelFactory | str | None
             info.setdefault("config_history", []).append(
                 {"time": time.time(), "changed": {k: [old.get(k), new[k]] for k in changed}, "at": position})
             write_run_file(run_dir, info)
-        result = _finish(trainer, trainer.fit())
+        try:
+            result = _finish(trainer, trainer.fit())
+        finally:
+            _close_store(trainer)
     finally:
         _release(lock)
     shutdown(trainer.dist)

@@ -122,3 +122,57 @@ def test_keys_lists_every_key(capsys):
     for key in ("data", "model", "method", "epochs", "generations", "seed", "batch_size", "lr", "per_class",
                 "device"):
         assert f"| {key} " in out
+
+
+def _namespace(argv: list[str]) -> dict:
+    from resprout.cli import build_parser, parse
+
+    ns = vars(parse(build_parser(), argv))
+    ns.pop("fn")
+    return ns
+
+
+@pytest.mark.parametrize("mixed, flags_last", [
+    (["train", "data=digits", "epochs=1", "--json", "--out", "d", "threads=1"],
+     ["train", "data=digits", "epochs=1", "threads=1", "--json", "--out", "d"]),
+    (["train", "--quiet", "exp.toml", "--store", "s.db", "lr=0.05", "--json", "seed=2"],
+     ["train", "exp.toml", "lr=0.05", "seed=2", "--quiet", "--store", "s.db", "--json"]),
+    (["resume", "--json", "runs/a", "--quiet", "lr=0.01", "--module", "m:F", "threads=2"],
+     ["resume", "runs/a", "lr=0.01", "threads=2", "--json", "--quiet", "--module", "m:F"]),
+    (["compare", "method=ce,ke", "--out", "cmp", "seeds=0,1", "--json", "epochs=2"],
+     ["compare", "method=ce,ke", "seeds=0,1", "epochs=2", "--out", "cmp", "--json"]),
+    (["analyze", "--out", "a", "runs/x", "--json", "baseline=runs/y"],
+     ["analyze", "runs/x", "baseline=runs/y", "--out", "a", "--json"]),
+    (["report", "r1", "--out", "rep", "r2"], ["report", "r1", "r2", "--out", "rep"]),
+    (["profile", "--json", "model=cnn", "input=1x8x8"], ["profile", "model=cnn", "input=1x8x8", "--json"]),
+])
+def test_keys_and_flags_in_any_order(mixed, flags_last):
+    """Keys after a flag are the same keys: the namespace equals that of the flags-last order (which argparse's
+    plain parsing always read), for every command that takes both."""
+    from resprout.cli import build_parser
+
+    plain = vars(build_parser().parse_args(flags_last))
+    plain.pop("fn")
+    assert _namespace(mixed) == plain
+
+
+def test_the_issue_command_trains_with_every_key(tmp_path):
+    """`train data=digits epochs=1 --json --out d threads=1` (a key after the flags) runs with threads=1."""
+    proc = run_cli(["train", "data=digits", "epochs=1", "--json", "--out", "d", "threads=1", "progress=none"],
+                   tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((tmp_path / "d" / "run.json").read_text())["config"]
+    assert (saved["epochs"], saved["threads"], saved["progress"]) == (1, 1, "none")
+    assert json.loads(proc.stdout)["run_dir"].endswith("d")
+
+
+@pytest.mark.parametrize("args, line", [
+    (["train", "data=digits", "--bogus"], "resprout: error: train: unrecognized arguments: --bogus\n"),
+    (["runs", "extra"], "resprout: error: runs: unrecognized arguments: extra\n"),
+    (["resume"], "resprout: error: resume: the following arguments are required: run_dir\n"),
+    (["compare", "--out", "x"], "resprout: error: compare: the following arguments are required: key=value\n"),
+    ([], "resprout: error: the following arguments are required: command\n"),
+])
+def test_a_usage_mistake_has_one_prefix(args, line, capsys):
+    assert main(args) == 2
+    assert capsys.readouterr().err == line

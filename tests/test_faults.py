@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from resprout.cli import main
 from resprout.data import prepare
@@ -152,7 +153,7 @@ STORE_CASES = [
     ("readonly-file", "runs", None),  # reading a read-only store works
     ("readonly-file", "report", None),
     ("readonly-dir", "train", "cannot be opened"),
-    ("readonly-dir", "runs", "cannot be opened"),
+    ("readonly-dir", "runs", None),  # no store there: "no runs yet" (only `train` creates a store)
     ("full-disk", "train", "no space left on"),
     ("full-disk", "runs", "no space left on"),
     ("full-disk", "report", "no space left on"),
@@ -517,3 +518,161 @@ def test_run_json_that_is_binary_or_malformed_is_one_line(tmp_path, capsys, cont
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and "run.json" in err, (argv, err)
     assert (run / "run.json").read_bytes() == content
+
+
+# -- 5. bad inputs (the last cases of the bad-input campaign) -------------------------------------------------------
+def _store_rows(store: Path) -> list[tuple]:
+    """Every row of the store's runs table, read with plain sqlite3 (read-only: the file is not changed)."""
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT * FROM runs ORDER BY id").fetchall()
+    finally:
+        db.close()
+
+
+SCALAR_OPTIONS = [  # (case, file name, text, the line after "resprout: error: ")
+    ("yaml-method_options.ke", "cfg.yaml", "method: ke\nmethod_options: {ke: 3}\n",
+     "cfg.yaml: bad value for method_options.ke: 3 (expected a table of ke's options: option = value)"),
+    ("toml-method_options.ke", "cfg.toml", 'method = "ke"\n[method_options]\nke = 3\n',
+     "cfg.toml: bad value for method_options.ke: 3 (expected a table of ke's options: option = value)"),
+    ("yaml-method_options", "cfg.yaml", "method_options: 3\n",
+     "cfg.yaml: bad value for method_options: 3 (expected a table with one table of options per method)"),
+    ("yaml-member_options.discriminator", "cfg.yaml", "member_options: {discriminator: 0.1}\n",
+     "cfg.yaml: bad value for member_options.discriminator: 0.1 (expected a table of discriminator's optimizer "
+     "keys, e.g. lr)"),
+    ("yaml-member.discriminator", "cfg.yaml", "member: {discriminator: [1, 2]}\n",
+     "cfg.yaml: bad value for member.discriminator: [1, 2] (expected a table of discriminator's optimizer keys, "
+     "e.g. lr)"),
+    ("yaml-data_options", "cfg.yaml", "data_options: 3\n",
+     "cfg.yaml: bad value for data_options: 3 (expected a table of the data's options: option = value)"),
+]
+
+
+@pytest.mark.parametrize("name, text, line", [c[1:] for c in SCALAR_OPTIONS], ids=[c[0] for c in SCALAR_OPTIONS])
+def test_input_scalar_where_a_table_of_options_belongs(name, text, line, tmp_path, capsys):
+    (tmp_path / name).write_text(text)
+    before = files_under(tmp_path)
+    code = main(["train", name, *TINY, "--quiet"])
+    assert (code, capsys.readouterr().err) == (2, f"resprout: error: {line}\n")
+    assert files_under(tmp_path) == before and not (tmp_path / "runs").exists()  # no store, no run directory
+
+
+def test_input_scalar_options_from_the_command_line_have_no_traceback(tmp_path):
+    (tmp_path / "cfg.yaml").write_text("data: synthetic\nmethod: ke\nmethod_options: {ke: 3}\n")
+    proc = run_cli(["train", "cfg.yaml", "--quiet"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr == f"resprout: error: {SCALAR_OPTIONS[0][3]}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml"]
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["existing-store", "no-store"])
+def test_input_method_refusal_at_setup_leaves_the_store_alone(existing, made_run, tmp_path):
+    """``ke.member=teacher`` names no member: refused when the trainer is built, before a store row is written
+    (it used to add a `failed` row for a run directory that never existed)."""
+    area = tmp_path / "area"
+    area.mkdir()
+    store = area / "resprout.db"
+    if existing:
+        shutil.copy2(made_run[1], store)
+    before = files_under(area)
+    rows = _store_rows(store) if existing else None
+    proc = run_cli(["train", *TINY, "method=ke", "ke.member=teacher", "--out", tmp_path / "out", "--quiet"],
+                   tmp_path, store=store)
+    assert proc.returncode == 2
+    assert proc.stderr == "resprout: error: ke.member='teacher' is not a member of this run (model)\n"
+    assert files_under(area) == before  # byte-identical, and no store and no sidecar created
+    assert not (tmp_path / "out").exists()
+    if existing:
+        assert _store_rows(store) == rows
+
+
+def wide_net() -> nn.Module:
+    """A custom model of the runs below (synthetic data: 1 x 8 x 8 images, 4 classes)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 4))
+
+
+def narrow_net() -> nn.Module:
+    """The same layers as :func:`wide_net` with 8 hidden units: its checkpoint does not fit."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 4))
+
+
+def test_input_resume_with_weights_that_do_not_fit_changes_nothing(tmp_path, capsys):
+    import resprout
+
+    store = tmp_path / "s" / "resprout.db"
+    run_dir = tmp_path / "run"
+    resprout.train(module=wide_net, data="synthetic", data_options={"n_train": 64, "n_test": 32, "num_classes": 4},
+                   epochs=1, progress="none", threads=1, out=run_dir, store=store)
+    before, rows = files_under(run_dir), _store_rows(store)
+    code = main(["resume", str(run_dir), "--module", "tests.test_faults:narrow_net", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (f"resprout: error: {run_dir / 'checkpoint.pt'}: weights of 'model' do not fit the model: tensor "
+                   f"1.weight is [12, 64] in the checkpoint, [8, 64] in the model; nothing was changed\n")
+    assert files_under(run_dir) == before
+    assert _store_rows(store) == rows  # run_dir, updated and status as they were
+    assert main(["resume", str(run_dir), "--quiet"]) == 0  # the recorded factory still resumes it
+
+
+def test_input_weights_mismatch_names_missing_and_extra_tensors():
+    from resprout.engine.checkpoint import weights_mismatch
+
+    model = narrow_net()
+    state = model.state_dict()
+    assert weights_mismatch(model, state) is None
+    assert weights_mismatch(model, {k: v for k, v in state.items() if k != "3.bias"}) == \
+        "tensor 3.bias [4] is missing from the checkpoint"
+    assert weights_mismatch(model, {**state, "9.weight": torch.zeros(2, 3)}) == \
+        "tensor 9.weight [2, 3] in the checkpoint is not in the model"
+    assert weights_mismatch(model, {**state, "3.weight": torch.zeros(4, 9)}) == \
+        "tensor 3.weight is [4, 9] in the checkpoint, [4, 8] in the model"
+
+
+@pytest.mark.parametrize("kind", ["empty-file", "missing-file"])
+def test_input_runs_never_creates_a_store(kind, tmp_path):
+    """Only `train` creates a store: `runs` (and `report`) on an empty or missing store file write nothing."""
+    if kind == "empty-file":
+        store = tmp_path / "empty.db"
+        store.write_bytes(b"")
+    else:
+        store = tmp_path / "nowhere" / "resprout.db"
+    proc = run_cli(["runs"], tmp_path, store=store)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "no runs yet\n", "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["empty.db"] if kind == "empty-file" else [])
+    if kind == "empty-file":
+        assert store.read_bytes() == b""
+    proc = run_cli(["runs", "--json"], tmp_path, store=store)
+    assert proc.returncode == 0 and json.loads(proc.stdout) == {"runs": []}
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["empty.db"] if kind == "empty-file" else [])
+
+
+def test_input_report_never_creates_a_store(made_run, tmp_path, capsys):
+    store = tmp_path / "empty.db"
+    store.write_bytes(b"")
+    run_dir = copy_run(made_run, tmp_path, store)
+    code = main(["report", str(run_dir), "--out", str(tmp_path / "rep")])
+    info = json.loads((run_dir / "run.json").read_text())
+    assert_one_line(code, capsys.readouterr().err, f"{run_dir}: run {info['run_id']} is not in its store {store}")
+    assert store.read_bytes() == b"" and not list(tmp_path.glob("empty.db-*"))
+
+
+def test_input_a_finished_run_leaves_no_store_sidecars(tmp_path):
+    """The store is checkpointed when a run ends: no -wal/-shm beside it, and every row is in the main file."""
+    store = tmp_path / "s" / "resprout.db"
+    proc = run_cli(["train", *TINY, "--out", tmp_path / "run", "--quiet", "--json"], tmp_path, store=store)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in store.parent.iterdir()) == ["resprout.db"]
+    run_id = json.loads(proc.stdout)["run_id"]
+    assert [(r[0], r[4]) for r in _store_rows(store)] == [(run_id, "finished")]
+    proc = run_cli(["resume", tmp_path / "run", "--quiet"], tmp_path, store=store)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in store.parent.iterdir()) == ["resprout.db"]
+
+
+def test_input_a_run_from_python_closes_its_store(tmp_path):
+    import resprout
+
+    store = tmp_path / "s" / "resprout.db"
+    resprout.train(data="synthetic", data_options={"n_train": 64, "n_test": 32, "num_classes": 4}, width=0.25,
+                   epochs=1, progress="none", threads=1, out=tmp_path / "run", store=store)
+    assert sorted(p.name for p in store.parent.iterdir()) == ["resprout.db"]

@@ -14,7 +14,9 @@ from pathlib import Path
 from resprout.analysis.report import RunData
 from resprout.analysis.tables import format_table, pm
 
-MEMBER = "model"
+# the member a run reports: its network, or the first of the peers a method made from it (grafting and mutual
+# learning replace `model` by peer_1..peer_K; peer_1 has the run's seed: its initial weights and data order)
+MEMBERS = ("model", "peer_1")
 
 
 @dataclass
@@ -32,24 +34,38 @@ class Row:
     def shape(self) -> str:
         return f"{self.generations} x {self.epochs}"
 
+    @property
+    def member(self) -> str:
+        return member(self.runs[0]) if self.runs else MEMBERS[0]
+
+    @property
+    def name(self) -> str:
+        """The method, and the member it is reported by when that is not the run's ``model``."""
+        return self.label + (f" [{self.member}]" if self.member != MEMBERS[0] else "")
+
+
+def member(run: RunData) -> str:
+    """The member whose accuracy stands for the run (see ``MEMBERS``)."""
+    return next((m for m in MEMBERS if (m, "test", "top1") in run.curves), MEMBERS[0])
+
 
 def test_curve(run: RunData) -> list[tuple[int, float]]:
     """(epoch counted over all generations, from 1; test top-1) of a run's evaluated epochs."""
     epochs = run.config["epochs"]
-    return [(g * epochs + e + 1, v) for g, e, v in run.curves.get((MEMBER, "test", "top1"), [])]
+    return [(g * epochs + e + 1, v) for g, e, v in run.curves.get((member(run), "test", "top1"), [])]
 
 
 def last_top1(run: RunData) -> float | None:
-    pts = run.curves.get((MEMBER, "test", "top1"))
+    pts = run.curves.get((member(run), "test", "top1"))
     return pts[-1][2] if pts else None
 
 
 def best_top1(run: RunData) -> tuple[float, str] | None:
     """(test top-1 at the best epoch, the split the best epoch was chosen on)."""
-    test = run.curves.get((MEMBER, "test", "top1"), [])
+    test = run.curves.get((member(run), "test", "top1"), [])
     if not test:
         return None
-    val = run.curves.get((MEMBER, "val", "top1"), [])
+    val = run.curves.get((member(run), "val", "top1"), [])
     if val:
         at = {(g, e): v for g, e, v in test}
         g, e, _ = max(val, key=lambda p: p[2])  # the first of equal maxima: the earliest epoch
@@ -60,7 +76,7 @@ def best_top1(run: RunData) -> tuple[float, str] | None:
 
 def generation_top1(run: RunData) -> list[float]:
     """The last-epoch test top-1 of every generation (N_1 .. N_G)."""
-    gens = run.generations.get(MEMBER, {})
+    gens = run.generations.get(member(run), {})
     return [gens[g]["test_top1"] for g in sorted(gens) if "test_top1" in gens[g]]
 
 
@@ -69,8 +85,9 @@ def summary(rows: list[Row]) -> list[dict]:
     out = []
     for r in rows:
         bests = [b for run in r.runs if (b := best_top1(run)) is not None]
-        out.append({"method": r.label, "generations": r.generations, "epochs": r.epochs, "baseline": r.baseline,
-                    "seeds": r.seeds, "last": [v for run in r.runs if (v := last_top1(run)) is not None],
+        out.append({"method": r.label, "member": r.member, "generations": r.generations, "epochs": r.epochs,
+                    "baseline": r.baseline, "seeds": r.seeds,
+                    "last": [v for run in r.runs if (v := last_top1(run)) is not None],
                     "best": [b[0] for b in bests], "best_on": bests[0][1] if bests else None,
                     "per_generation": [generation_top1(run) for run in r.runs]})
     return out
@@ -84,7 +101,7 @@ def table(rows: list[Row], sizes: dict) -> str:
     headers = ["method", "gens x epochs", "total epochs", "seeds", "test images", "last top-1", best_head]
     body = []
     for r, s in zip(rows, stats):
-        name = f"**{r.label}** (equal-compute baseline)" if r.baseline else r.label
+        name = f"**{r.name}** (equal-compute baseline)" if r.baseline else r.name
         body.append([name, r.shape, r.generations * r.epochs, len(s["last"]), sizes.get("test", "?"),
                      pm(s["last"]), pm(s["best"])])
     return format_table(headers, body)
@@ -103,13 +120,15 @@ def generation_table(rows: list[Row]) -> str | None:
         for g in range(n):
             vals = [p[g] for p in s["per_generation"] if len(p) > g]
             cols.append(pm(vals) if vals else "")
-        body.append([r.label] + cols)
+        body.append([r.name] + cols)
     return format_table(headers, body)
 
 
 def plot(rows: list[Row], path: Path, title: str = "") -> Path:
     """Test top-1 against epochs (generations laid end to end) for every row: the mean over seeds as a line and
-    ± one standard deviation as a band, each with its own legend entry; integer epoch ticks."""
+    ± one standard deviation as a band, named together by one legend entry; the equal-compute baseline dashed and
+    thicker; the generation boundaries of the rows with several generations as light vertical lines, named once
+    (a re-initialization's drop then reads as what it is). Integer epoch ticks."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,8 +136,11 @@ def plot(rows: list[Row], path: Path, title: str = "") -> Path:
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
+    from resprout.analysis.report import generation_boundaries, legend, mean_band
+
     many = len(rows) > 4  # then the legend goes beside the axes, where it hides no curve
-    fig, ax = plt.subplots(figsize=(13 if many else 9, 6 if many else 5.5))
+    fig, ax = plt.subplots(figsize=(11 if many else 9, 5.5 if many else 5))
+    entries = []
     for r in rows:
         curves = [test_curve(run) for run in r.runs]
         n = min((len(c) for c in curves), default=0)
@@ -126,20 +148,19 @@ def plot(rows: list[Row], path: Path, title: str = "") -> Path:
             continue
         x = np.array([p[0] for p in curves[0][:n]])
         y = np.array([[p[1] for p in c[:n]] for c in curves]) * 100
-        label = f"{r.label} ({r.shape})" + (" equal-compute baseline" if r.baseline else "")
-        line, = ax.plot(x, y.mean(0), lw=2.2 if r.baseline else 1.5, ls="--" if r.baseline else "-",
-                        marker="o" if n <= 30 else None, ms=3, label=f"{label}: mean of {len(curves)} seeds")
-        if len(curves) > 1:
-            sd = y.std(0, ddof=1)
-            ax.fill_between(x, y.mean(0) - sd, y.mean(0) + sd, color=line.get_color(), alpha=0.15,
-                            label=f"{label}: ± 1 std")
+        label = f"{r.name} ({r.shape})" + (" equal-compute baseline" if r.baseline else "")
+        entries.append(mean_band(ax, x, y, label, lw=2.2 if r.baseline else 1.5, ls="--" if r.baseline else "-",
+                                 marker="o" if n <= 30 else None, ms=3))
+    multi = [r for r in rows if r.generations > 1 and r.runs]
+    where = {g * r.epochs + 0.5 for r in multi for g in range(1, r.generations)}
+    boundary = generation_boundaries(ax, where, f"generation boundary ({', '.join(r.label for r in multi)})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch (over all generations)", ylabel="test top-1 (%)", title=title or "test accuracy")
     ax.grid(alpha=0.3)
     if many:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        legend(ax, entries + [boundary], fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     else:
-        ax.legend(fontsize=7, loc="lower right")
+        legend(ax, entries + [boundary], fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -53,7 +53,7 @@ def load_run(run_dir: Path) -> RunData:
     store_path = Path(info["store"])
     if not store_path.is_file():
         raise CheckpointError(f"{run_dir}: its results store {store_path} does not exist")
-    with Store(store_path) as store:
+    with Store(store_path, create=False) as store:
         record = store.run(info["run_id"])
         if record is None:
             raise CheckpointError(f"{run_dir}: run {info['run_id']} is not in its store {store_path}")
@@ -67,7 +67,7 @@ def load_run(run_dir: Path) -> RunData:
 
 def list_runs(store_path: str | Path | None = None) -> tuple[list[str], list[list], list[dict]]:
     """(headers, rows, JSON records) of every run in the store."""
-    with Store(store_path) as store:
+    with Store(store_path, create=False) as store:
         records = store.runs()
         headers = ["id", "status", "created", "data", "model", "method", "seed", "gens x epochs", "final top1",
                    "dir"]
@@ -148,8 +148,45 @@ def generation_table(runs: list[RunData]) -> tuple[list[str], list[list]] | None
     return headers, rows
 
 
+# generation boundaries: light, behind the curves, one legend entry per axes
+BOUNDARY_STYLE = {"color": "0.55", "lw": 0.9, "ls": "-", "alpha": 0.45, "zorder": 0}
+BOUNDARY_LABEL = "generation boundary"
+
+
+def mean_band(ax, x, y, label: str, **style):
+    """Draw the mean over seeds (the rows of ``y``) as a line and, with several seeds, ± one sample standard
+    deviation as a band of the line's colour. Returns one legend entry, ``(handle, label)``, whose handle is the line
+    and its band together (matplotlib draws a tuple of artists as one legend key), so a group is named once."""
+    import numpy as np
+
+    y = np.asarray(y, dtype=float)
+    mean = y.mean(0)
+    line, = ax.plot(x, mean, **style)
+    if len(y) < 2:
+        return line, f"{label} (1 seed)"
+    sd = y.std(0, ddof=1)
+    band = ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.15, lw=0)
+    return (band, line), f"{label}: mean ± 1 std of {len(y)} seeds"  # the key: the band, the line over it
+
+
+def generation_boundaries(ax, positions, label: str = BOUNDARY_LABEL):
+    """Light vertical lines at ``positions`` (x between the last epoch of a generation and the first of the next);
+    returns their one legend entry, or None when there are none."""
+    lines = [ax.axvline(x, **BOUNDARY_STYLE) for x in sorted(set(positions))]
+    return (lines[0], label) if lines else None
+
+
+def legend(ax, entries, **kw) -> None:
+    """The axes' legend from ``(handle, label)`` entries (None entries skipped), in order."""
+    entries = [e for e in entries if e is not None]
+    if entries:
+        handles, labels = zip(*entries)
+        ax.legend(handles, labels, **kw)
+
+
 def plot_curves(runs: list[RunData], out: Path) -> list[Path]:
-    """Test top-1 and training loss against epochs (generations laid end to end), mean +- std per group."""
+    """Test top-1 and training loss against epochs (generations laid end to end), mean ± std per group: one legend
+    entry per group (its line and band together), generation boundaries as light vertical lines named once."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,10 +198,12 @@ def plot_curves(runs: list[RunData], out: Path) -> list[Path]:
     labels = _labels(groups)
     files = []
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    entries: dict[int, list] = {0: [], 1: []}
+    boundaries: set[float] = set()
     for key, group in groups.items():
         epochs = group[0].config["epochs"]
         for member in group[0].members():
-            for ax, split, metric, scale in ((axes[0], "test", "top1", 100.0), (axes[1], "train", "loss", 1.0)):
+            for i, split, metric, scale in ((0, "test", "top1", 100.0), (1, "train", "loss", 1.0)):
                 series = []
                 for r in group:
                     pts = r.curves.get((member, split, metric), [])
@@ -175,23 +214,14 @@ def plot_curves(runs: list[RunData], out: Path) -> list[Path]:
                 x = np.array([p[0] for p in series[0][:n]])
                 y = np.array([[p[1] for p in s[:n]] for s in series])
                 label = labels[key] + (f" [{member}]" if member != "model" else "")
-                mean_label = label + (f" (mean of {len(series)} seeds)" if len(series) > 1 else "")
-                line, = ax.plot(x, y.mean(0), label=mean_label)
-                if len(series) > 1:
-                    ax.fill_between(x, y.mean(0) - y.std(0, ddof=1), y.mean(0) + y.std(0, ddof=1),
-                                    color=line.get_color(), alpha=0.2, label=f"{label} ± 1 std")
-        gens = group[0].config.get("generations", 1)
-        for g in range(1, gens):
-            for ax in axes:
-                boundary = "generation boundary" not in ax.get_legend_handles_labels()[1]
-                ax.axvline(g * epochs + 0.5, color="grey", lw=0.5, ls=":",
-                           label="generation boundary" if boundary else None)
+                entries[i].append(mean_band(axes[i], x, y, label))
+        boundaries |= {g * epochs + 0.5 for g in range(1, group[0].config.get("generations", 1))}
     axes[0].set(xlabel="epoch", ylabel="test top-1 (%)", title="test accuracy")
     axes[1].set(xlabel="epoch", ylabel="loss", title="training loss")
-    for ax in axes:  # every line and band named; epochs are whole numbers
+    for i, ax in enumerate(axes):  # every method named once; epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=8)
+        legend(ax, entries[i] + [generation_boundaries(ax, boundaries)], fontsize=8)
     fig.tight_layout()
     path = out / "curves.png"
     fig.savefig(path, dpi=110)
@@ -201,8 +231,8 @@ def plot_curves(runs: list[RunData], out: Path) -> list[Path]:
 
 
 def plot_generations(runs: list[RunData], out: Path) -> list[Path]:
-    """Per-generation top-1 metrics (dense ``test_top1``, slim ``slim_*top1`` for KE, ...), mean +- std per group;
-    nothing when no run has more than one generation."""
+    """Per-generation top-1 metrics (dense ``test_top1``, slim ``slim_*top1`` for KE, ...), mean ± std per group,
+    one legend entry each; nothing when no run has more than one generation."""
     groups = {k: g for k, g in _group(runs).items() if g[0].config.get("generations", 1) > 1}
     if not groups:
         return []
@@ -215,6 +245,7 @@ def plot_generations(runs: list[RunData], out: Path) -> list[Path]:
 
     labels = _labels(_group(runs))
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    entries = []
     for key, group in groups.items():
         for member in sorted({m for r in group for m in r.generations}):
             metrics = sorted({m for r in group for gens in [r.generations.get(member, {})] for vals in gens.values()
@@ -224,18 +255,12 @@ def plot_generations(runs: list[RunData], out: Path) -> list[Path]:
                 if n == 0:
                     continue
                 y = np.array([[r.generations[member][g].get(metric, np.nan) for g in range(n)] for r in group]) * 100
-                x = np.arange(1, n + 1)
                 name = labels[key] + (f" [{member}]" if member != "model" else "") + f" {metric}"
-                line, = ax.plot(x, y.mean(0), marker="o", ms=3,
-                                label=name + (f" (mean of {len(group)} seeds)" if len(group) > 1 else ""))
-                if len(group) > 1:
-                    sd = y.std(0, ddof=1)
-                    ax.fill_between(x, y.mean(0) - sd, y.mean(0) + sd, color=line.get_color(), alpha=0.15,
-                                    label=f"{name} ± 1 std")
+                entries.append(mean_band(ax, np.arange(1, n + 1), y, name, marker="o", ms=3))
     ax.set(xlabel="generation", ylabel="top-1 (%)", title="per generation (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize=7)
+    legend(ax, entries, fontsize=7)
     fig.tight_layout()
     path = out / "generations.png"
     fig.savefig(path, dpi=110)

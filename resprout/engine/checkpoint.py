@@ -113,6 +113,22 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     _fsync_dir(path.parent)
 
 
+def weights_mismatch(model: torch.nn.Module, state: dict) -> str | None:
+    """Why ``state`` (a state dict) does not load into ``model``, naming the first mismatching tensor and both
+    shapes; None when every tensor fits. torch's own message starts with a header line and lists every tensor."""
+    def shape(t: Any) -> str:
+        return str(list(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+
+    own = model.state_dict()
+    for name, t in own.items():
+        if name not in state:
+            return f"tensor {name} {shape(t)} is missing from the checkpoint"
+        if isinstance(t, torch.Tensor) and isinstance(state[name], torch.Tensor) and state[name].shape != t.shape:
+            return f"tensor {name} is {shape(state[name])} in the checkpoint, {shape(t)} in the model"
+    extra = next((k for k in state if k not in own), None)
+    return None if extra is None else f"tensor {extra} {shape(state[extra])} in the checkpoint is not in the model"
+
+
 def remove_stale_temporaries(directory: str | Path) -> None:
     """Delete temporary files left by a writer that was killed mid-write."""
     for p in Path(directory).glob(".*.tmp-*"):

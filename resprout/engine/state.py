@@ -195,8 +195,9 @@ class RunState:
             try:
                 m.model.load_state_dict(state["members"][name]["model"])
             except RuntimeError as e:
-                raise CheckpointError(f"{path}: weights of {name!r} do not fit the model "
-                                      f"({str(e).splitlines()[0]})") from None
+                why = ckpt.weights_mismatch(m.model, state["members"][name]["model"]) or str(e).splitlines()[0]
+                raise CheckpointError(f"{path}: weights of {name!r} do not fit the model: {why}; nothing was "
+                                      f"changed") from None
             if self.started and m.trainable:
                 self.rebuild_optimizer(name)
                 m.optimizer.load_state_dict(state["members"][name]["optimizer"])

@@ -131,9 +131,14 @@ class RunRecord:
 
 
 class Store:
-    def __init__(self, path: str | Path | None = None) -> None:
+    """The results store at ``path``. ``create=False`` (the commands that only read: ``runs``, ``report``) never
+    creates one: a missing file, or an SQLite file without tables (an empty file), is opened as a store holding no
+    runs, and nothing is written to it."""
+
+    def __init__(self, path: str | Path | None = None, *, create: bool = True) -> None:
         self.path = Path(path) if path else default_store_path()
         self._db: sqlite3.Connection | None = None
+        self.create = create
         existed = self.path.exists()
         try:
             self._open()
@@ -159,10 +164,16 @@ class Store:
         if path.exists():
             if path.is_dir():
                 raise StoreError(f"results store {path} is a folder, not a file")
+        elif not self.create:
+            return  # no store yet: nothing to read, and only `train` creates one
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=30.0)
         try:
+            if not self.create and not self._check_schema():  # a plain read: an empty file stays empty
+                self._db.close()
+                self._db = None
+                return
             # One transaction holds the write lock from the schema check to the last CREATE: processes that open
             # a new store at once (`compare jobs=2`) would otherwise see each other's half-made schema.
             writable = self._begin_immediate()
@@ -235,6 +246,8 @@ class Store:
         return True
 
     def close(self) -> None:
+        """Close the connection; the last one to close a store checkpoints its WAL into the file and removes the
+        ``-wal``/``-shm`` sidecars."""
         if self._db is not None:
             self._db.close()
 
@@ -302,13 +315,22 @@ class Store:
                                  f"not a JSON object; it was not changed")
         return RunRecord(*r)
 
+    @property
+    def empty(self) -> bool:
+        """A ``create=False`` store that found no store file (or no tables in it): it holds no runs."""
+        return self._db is None
+
     @_guarded
     def runs(self) -> list[RunRecord]:
+        if self.empty:
+            return []
         cur = self._db.execute("SELECT * FROM runs ORDER BY created")
         return [self._record(r) for r in cur.fetchall()]
 
     @_guarded
     def run(self, run_id: str) -> RunRecord | None:
+        if self.empty:
+            return None
         row = self._db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
         return self._record(row) if row else None
 

@@ -61,8 +61,9 @@ def prune_split(model, topo: Topology, target: float, *, judged: list[str], reso
 class SlimmingOptions:
     target: float = option(0.5, "cost after pruning, as a fraction of the original cost", min=0.0, max=1.0,
                            min_exclusive=True)
-    lam: float = option(1e-4 * CIFAR_ITERATIONS, "lambda of the L1 penalty on BN scales, per slimming.lam_unit "
-                        "(Liu et al.: 1e-4 per iteration for VGG at 782 iterations per epoch)", min=0.0)
+    lam: float = option(round(1e-4 * CIFAR_ITERATIONS, 12), "lambda of the L1 penalty on BN scales, per "
+                        "slimming.lam_unit (Liu et al.: 1e-4 per iteration for VGG at 782 iterations per epoch)",
+                        min=0.0)
     lam_unit: str = option("epoch", "unit of slimming.lam: epoch (lambda times the iterations of an epoch, applied "
                            "as value / iterations) or iteration (applied as given)", choices=UNITS)
     prune_at: float = option(0.5, "share of the epochs trained with the penalty before pruning; the rest "

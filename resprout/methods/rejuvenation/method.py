@@ -31,7 +31,7 @@ from resprout.engine.method import Method
 from resprout.errors import ConfigError
 from resprout.methods.rejuvenation import mixed
 from resprout.methods.rejuvenation.cost import model_counts
-from resprout.methods.rejuvenation.monitor import Topology, topology, utilization, widths
+from resprout.methods.rejuvenation.monitor import Topology, cut_at, topology, utilization, widths
 from resprout.methods.rejuvenation.rebuild import (new_labels, real_cost, reinit_split, rejuvenation_plan, rescale,
                                                    solve_expansion, survivor_order)
 from resprout.methods.rejuvenation.schedule import RejuvenationSchedule
@@ -57,24 +57,25 @@ class NROptions:
                            "epoch, applied as value / iterations, so its effect per epoch does not depend on the "
                            "dataset's size) or iteration (applied as given, the papers' numbers on their data)",
                            choices=UNITS)
-    lam: float = option(1.5e-4 * CIFAR_ITERATIONS, "the fixed lambda (nr.sparsity=fixed), per nr.lam_unit: the "
-                        "official CIFAR VGG-19 value, 1.5e-4 per iteration at 782 iterations per epoch", min=0.0)
+    lam: float = option(round(1.5e-4 * CIFAR_ITERATIONS, 12), "the fixed lambda (nr.sparsity=fixed), per "
+                        "nr.lam_unit: the official CIFAR VGG-19 value, 1.5e-4 per iteration at 782 iterations per "
+                        "epoch", min=0.0)
     l1: str = option("proximal", "how the L1 term is applied: a proximal soft-threshold after each step, by the "
                      "sub-gradient's steady drift lr * lambda / (1 - momentum) (exact zeros), or its sub-gradient "
                      "added to the BN scales' gradients (the official code; with a large lambda per iteration "
                      "every scale oscillates around 0 and none passes the dead test)",
                      choices=("proximal", "subgradient"))
-    lam_step: float = option(DELTA_LAMBDA * IMAGENET_ITERATIONS, "Delta lambda of the adaptive lambda per epoch of "
-                             "the ramp, per nr.lam_unit: the paper's 5e-5 per iteration at 5,005 iterations per "
-                             "epoch (ImageNet, Sec. 4.1)", min=0.0)
+    lam_step: float = option(round(DELTA_LAMBDA * IMAGENET_ITERATIONS, 12), "Delta lambda of the adaptive lambda "
+                             "per epoch of the ramp, per nr.lam_unit: the paper's 5e-5 per iteration at 5,005 "
+                             "iterations per epoch (ImageNet, Sec. 4.1)", min=0.0)
     r_step: float = option(DELTA_R, "Delta r: lambda rises unless the utilization falls this much per epoch of the "
                            "ramp (the paper: 0.01 per epoch)", min=0.0)
     every: float = option(0.25, "Delta t: epochs between utilization checks (the paper: 1); lambda and Delta r are "
                           "per epoch, so this sets only how finely the run follows them", min=0.0,
                           min_exclusive=True)
-    ramp: str = option("window", "the time axis of the adaptive lambda: window (the paper's nr.ramp_epochs epochs "
-                       "of it fill the sparsity window, whatever the run's length) or epoch (one epoch of the run "
-                       "is one of the paper's)", choices=("window", "epoch"))
+    ramp: str = option("epoch", "the time axis of the adaptive lambda: epoch (one epoch of the run is one of the "
+                       "paper's) or window (the paper's nr.ramp_epochs epochs of it fill a shorter sparsity window; "
+                       "on runs of a few epochs it collapses every scale at once)", choices=("epoch", "window"))
     ramp_epochs: float = option(20.0, "nr.ramp=window: the paper's epochs the sparsity window stands for (its "
                                 "ImageNet runs reached T_r within 10-20 epochs, Sec. 4.1)", min=0.0,
                                 min_exclusive=True)
@@ -274,9 +275,11 @@ class NeuralRejuvenation(Method):
         deadline = self.deadline(trainer)
         if deadline is None or self.count >= o.rejuvenations:
             return
-        if u["used"] == 0:  # nothing left to expand: alpha = sqrt(c / U) is infinite (Sec. 3.2)
-            self._close(trainer, epoch, f"the sparsity phase left no live channel (r = 0 at epoch {epoch:.2f}): "
-                                        f"no rebuild, lambda back to 0")
+        cut = cut_at(self.topo(trainer), u["live"])
+        if cut is not None:  # a layer dead whole on every path: nothing reaches the output, alpha * 0 is 0
+            self._close(trainer, epoch, f"the sparsity phase cut the network at epoch {epoch:.2f} (r = {u['r']:.4f}): "
+                                        f"no live channel reaches {cut!r}, so there is nothing to expand; no rebuild, "
+                                        f"lambda back to 0")
             return
         if u["r"] < o.threshold:
             self.rejuvenate(trainer, u, epoch)

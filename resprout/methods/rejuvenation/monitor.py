@@ -153,6 +153,18 @@ def group_liveness(model: nn.Module, topo: Topology, mainstream: str = "exclude"
     return live
 
 
+def cut_at(topo: Topology, live: dict[str, torch.Tensor]) -> str | None:
+    """An output layer (one that writes no monitored channel group, e.g. the classifier) none of whose input channels
+    is live, or None. Liveness flows forward, so a layer dead whole on every path (VGG's chain) leaves the output
+    with nothing: the network is cut, and no shared expansion rate can rebuild it (``alpha * 0`` channels)."""
+    for layer in topo.layers:
+        if any(key in topo.units for key, _ in layer.outputs):
+            continue
+        if sum(int(live[key].sum()) * mult for key, mult in layer.inputs) == 0:
+            return layer.module
+    return None
+
+
 # -- costs -----------------------------------------------------------------------------------------------------------
 def _node_counts(segs: list[tuple[str, int]], counts: dict[str, Counts]) -> Counts:
     out: Counts = {}

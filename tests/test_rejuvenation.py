@@ -26,7 +26,7 @@ from resprout.methods.rejuvenation import (NeuralRejuvenation, add_l1_subgradien
                                            reinit_split, rejuvenation_plan, rescale, solve_expansion, topology,
                                            utilization, window_end, zero_cross)
 from resprout.methods import register_method
-from resprout.methods.rejuvenation.monitor import cut_at
+from resprout.methods.rejuvenation.monitor import bridges, cut_at
 from resprout.methods.rejuvenation.schedule import RejuvenationSchedule
 from resprout.methods.rejuvenation.sparsity import proximal_amount, soft_threshold
 from resprout.models import build_model
@@ -233,6 +233,26 @@ def test_rebuilt_cost_counted_from_the_new_weights_is_within_one_percent_of_the_
         assert abs(counted / (target * cost) - 1) <= 0.01
         if target == 1.0:  # the freed budget is given back: wider than the live widths
             assert all(s + r > s for s, r in sol["split"].values())
+
+
+def test_a_layer_dead_whole_on_the_only_path_is_rebuilt_at_its_width_all_new():
+    """alpha * 0 channels would cut Tiny's chain: layer 1 dead whole (and layer 2, fed by nothing) keep their widths
+    with every channel new, whatever the rate; the logits stay those of the dead network (the new channels' readers
+    start at zero)."""
+    model = randomize(Tiny())
+    with torch.no_grad():
+        model.b1.weight.fill_(5e-4)
+    topo = topology(model, SHAPE)
+    u = utilization(model, topo)
+    assert bridges(topo) == {"c1", "c2"} and u["used"] == 0
+    sol = solve_expansion(topo, u["live"], u["cost"], judged=topo.monitored(), separate=True,
+                          reinit_dead=bridges(topo))
+    assert sol["split"] == {"c1": (0, 4), "c2": (0, 6)} and sol["cost"] == u["cost"]
+    new = resize(model, rejuvenation_plan(model, topo, u["live"], sol["split"]), example_input(SHAPE)).model
+    reinit_split(new, topology(new, SHAPE), sol["split"], 1.0)
+    with torch.no_grad():  # the dead network (scales and shifts of the dead channels zeroed) gives the fc's bias
+        assert close(new.eval()(x_batch()), model.fc.bias.expand(6, 3))
+    assert not torch.equal(new.c1.weight, model.c1.weight) and (new.b1.weight == 1).all()
 
 
 @pytest.mark.parametrize("name", ["vgg11", "resnet20"])

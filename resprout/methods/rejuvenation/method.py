@@ -31,7 +31,7 @@ from resprout.engine.method import Method
 from resprout.errors import ConfigError
 from resprout.methods.rejuvenation import mixed
 from resprout.methods.rejuvenation.cost import model_counts
-from resprout.methods.rejuvenation.monitor import Topology, cut_at, topology, utilization, widths
+from resprout.methods.rejuvenation.monitor import Topology, bridges, topology, utilization, widths
 from resprout.methods.rejuvenation.rebuild import (new_labels, real_cost, reinit_split, rejuvenation_plan, rescale,
                                                    solve_expansion, survivor_order)
 from resprout.methods.rejuvenation.schedule import RejuvenationSchedule
@@ -275,12 +275,6 @@ class NeuralRejuvenation(Method):
         deadline = self.deadline(trainer)
         if deadline is None or self.count >= o.rejuvenations:
             return
-        cut = cut_at(self.topo(trainer), u["live"])
-        if cut is not None:  # a layer dead whole on every path: nothing reaches the output, alpha * 0 is 0
-            self._close(trainer, epoch, f"the sparsity phase cut the network at epoch {epoch:.2f} (r = {u['r']:.4f}): "
-                                        f"no live channel reaches {cut!r}, so there is nothing to expand; no rebuild, "
-                                        f"lambda back to 0")
-            return
         if u["r"] < o.threshold:
             self.rejuvenate(trainer, u, epoch)
             return
@@ -322,7 +316,7 @@ class NeuralRejuvenation(Method):
         labelling = {"survivors": survivors, "prior": self.labels or None, "gen": gen}
         sol = solve_expansion(topo, u["live"], target, judged=judged, separate=separate, resource=o.resource,
                               realloc="none" if o.mode == "ip" else "linear", expand_mainstream=o.expand_mainstream,
-                              **labelling)
+                              reinit_dead=bridges(topo, o.mainstream), **labelling)
         plan = rejuvenation_plan(model, topo, u["live"], sol["split"], fresh=o.mode == "fs", survivors=survivors)
         labels = new_labels(sol["split"], survivors, self.labels or None, gen)
         before = widths(topo)

@@ -8,17 +8,18 @@ from the saved parts, ``--epochs 1 --seeds 1`` is a one-minute smoke run that al
 * ``digits`` (VGG-11-BN with the paper's CIFAR head, global average pooling then one FC layer (Sec. 4.4), width
   0.25, 6 epochs) and ``fashion`` (Fashion-MNIST, 100 training images per class, ResNet-20 at width 0.5, 20 epochs):
   the **Table 1 analog** at equal parameters: BL (also the equal-compute baseline: every run trains the same
-  epochs, the sparsity phase included), BL-CA, NR (cross kept), NR-CR, NR-CA, NR-CA-BR (with neural rescaling),
-  NR-FS (the found architecture from scratch), NR-IP (no reallocation).
+  epochs, the sparsity phase included), BL-CA, NR (cross kept), NR-CR, NR-CR at equal real weights
+  (``nr.count=real``), NR-CA, NR-CA-BR (with neural rescaling), NR-FS (the found architecture from scratch), NR-IP
+  (no reallocation, cross connections kept as in NR: the same cost as NR and NR-CR, counted either way).
 * ``digits`` and ``fashion-more``: the **Table 4 analog** (NR-CR with ``nr.target=0.5``, T_r = 0.25, against
   Network Slimming at the same cost) and the **Table 5 analog** (up to 3 rejuvenations, NR-CR).
 * **Speed**: the monitor's time per epoch against the epoch's time, and one rejuvenation against one epoch, from the
   timed NR runs (min / median / max over runs).
 
-Short runs cannot wait for the paper's lambda schedule (Delta lambda = 5e-5 per epoch needs tens of epochs), so the
-NR runs check every quarter epoch, raise lambda by 0.05 (digits) or 0.01 (ResNet-20, whose branch scales shrink
-together and then collapse under the faster step) per check and apply the L1 term as a proximal step
-(``nr.l1=proximal``); the library's defaults stay the paper's.
+Every NR run uses the library's defaults (lambda per epoch, the paper's ramp in the sparsity window, the window's
+deadline; docs/rejuvenation.md), apart from the ablation's own switch. Every row reports the cost three ways: the
+paper's count (conv and linear weights, NR-CR's zero cross blocks left out), the weights the tensors really hold,
+and the multiply-adds the forward really runs (torch's FlopCounterMode), each also as a ratio to BL's.
 """
 
 from __future__ import annotations
@@ -42,9 +43,6 @@ from resprout.methods.rejuvenation import NeuralRejuvenation  # noqa: E402
 from resprout.run import train  # noqa: E402
 
 SEEDS = (0, 1, 2)
-# per setup, the lambda step that ends the sparsity phase within the first third of the run (see the docstring)
-FAST_DIGITS = {"every": 0.25, "lam_step": 0.05, "l1": "proximal"}
-FAST_FASHION = {"every": 0.25, "lam_step": 0.01, "l1": "proximal"}
 DIGITS = dict(data="digits", model="vgg11", model_options={"width": 0.25}, epochs=6)
 FASHION = dict(data="fashion-mnist", per_class=100, test_per_class=100, model="resnet20", model_options={"width": 0.5},
                epochs=20, eval_every=20)
@@ -69,9 +67,9 @@ class TimedNR(NeuralRejuvenation):
         self._t["epochs"].append((time.perf_counter() - self._t["epoch_t0"], self._t["check_in_epoch"],
                                   self._t["rej_in_epoch"]))
 
-    def check(self, trainer, epoch):
+    def check(self, trainer, epoch, dt=None):
         t0, before = time.perf_counter(), self.count
-        super().check(trainer, epoch)
+        super().check(trainer, epoch, dt)
         dt = time.perf_counter() - t0
         if self.count == before:
             self._t["check"].append(dt)
@@ -79,9 +77,9 @@ class TimedNR(NeuralRejuvenation):
         else:
             self._t["rej_in_epoch"] = True
 
-    def rejuvenate(self, trainer, u, epoch):
+    def rejuvenate(self, trainer, u, epoch, **kw):
         t0 = time.perf_counter()
-        rec = super().rejuvenate(trainer, u, epoch)
+        rec = super().rejuvenate(trainer, u, epoch, **kw)
         self._t["rejuvenate"].append(time.perf_counter() - t0)
         return rec
 
@@ -98,66 +96,79 @@ def run(base: dict, method: str, seed: int, opts: dict | None = None) -> dict:
     return res
 
 
-def cost_of(res: dict) -> int | None:
-    if "slimming" in res and "cost_after" in res["slimming"]:
-        return res["slimming"]["cost_after"]
-    rep = res.get("rejuvenation", {})
-    recs = rep.get("rejuvenations", [])
-    return recs[-1]["cost_after"] if recs else rep.get("original_cost")
+def counts_of(res: dict) -> dict:
+    """The final network's paper count and real counts (:func:`resprout.methods.rejuvenation.model_counts`)."""
+    return (res.get("slimming") or res["rejuvenation"])["counts"]["final"]
 
 
-def row(name: str, results: list[dict]) -> str:
+def mean_of(results: list[dict], key: str) -> float:
+    return statistics.mean(counts_of(r)[key] for r in results)
+
+
+def row(name: str, results: list[dict], base: list[dict]) -> str:
     last = [r["final"]["model"]["top1"] for r in results]
     best = [r["best"]["model"]["top1"] for r in results]
-    costs = [c for c in (cost_of(r) for r in results) if c]
     counts = [r.get("rejuvenation", {}).get("count", 0) for r in results]
-    util = [r["rejuvenation"]["rejuvenations"][0]["utilization_before"] for r in results
-            if r.get("rejuvenation", {}).get("rejuvenations")]
-    return (f"| {name} | {pm(last)} | {pm(best)} | {statistics.mean(costs):,.0f} | "
-            f"{statistics.mean(counts):.1f} | {statistics.mean(util):.3f} |" if util else
-            f"| {name} | {pm(last)} | {pm(best)} | {statistics.mean(costs):,.0f} | "
-            f"{statistics.mean(counts):.1f} | - |")
+    firsts = [r["rejuvenation"]["rejuvenations"][0] for r in results
+              if r.get("rejuvenation", {}).get("rejuvenations")]
+    first = (f"{statistics.mean(f['utilization_before'] for f in firsts):.3f} at "
+             f"{statistics.mean(f['epoch'] for f in firsts):.2f} "
+             f"({', '.join(sorted({f['trigger'] for f in firsts}))})" if firsts else "-")
+    cost = [f"{mean_of(results, k):,.0f} ({mean_of(results, k) / mean_of(base, b):.2f}x)"
+            for k, b in (("paper_params", "paper_params"), ("weights", "weights"), ("macs", "macs"))]
+    return (f"| {name} | {pm(last)} | {pm(best)} | {' | '.join(cost)} | {statistics.mean(counts):.1f} | "
+            f"{first} |")
 
 
-HEADER = ["| run | top-1 last (%) | top-1 best (%) | cost (conv+linear weights) | rejuvenations | r at the first |",
-          "|---|---|---|---|---|---|"]
+HEADER = ["| run | top-1 last (%) | top-1 best (%) | paper's params (x BL) | real weights (x BL) | real MACs (x BL) | "
+          "rejuvenations | r at the first, epoch (trigger) |",
+          "|---|---|---|---|---|---|---|---|"]
+
+
+def unequal(results: dict, names, base: str = "BL") -> list[str]:
+    """The rows of an equal-cost table whose real weights are not within 1% of the baseline's."""
+    ref = mean_of(results[base], "weights")
+    return [n for n in names if n in results and abs(mean_of(results[n], "weights") / ref - 1) > 0.01]
 
 
 RESULTS = ROOT / "benchmarks" / "runs"
 
 
-def table1(fast: dict) -> dict:
+def table1() -> dict:
     """Table 1 analog: the baseline and every ablation at equal parameters (target 1.0)."""
     return {
         "BL": ("nr", {"nr": {"mode": "bl", "scheme": "nr"}}),
         "BL-CA": ("nr", {"nr": {"mode": "bl", "scheme": "ca"}}),
-        "NR (cross kept)": ("nr", {"nr": {**fast, "scheme": "nr"}}),
-        "NR-CR": ("nr", {"nr": {**fast, "scheme": "cr"}}),
-        "NR-CA": ("nr", {"nr": {**fast, "scheme": "ca"}}),
-        "NR-CA-BR": ("nr", {"nr": {**fast, "scheme": "ca", "rescale": True}}),
-        "NR-FS": ("nr", {"nr": {**fast, "mode": "fs"}}),
-        "NR-IP": ("nr", {"nr": {**fast, "scheme": "cr", "mode": "ip"}}),
+        "NR (cross kept)": ("nr", {"nr": {"scheme": "nr"}}),
+        "NR-CR": ("nr", {"nr": {"scheme": "cr"}}),
+        "NR-CR, equal real weights": ("nr", {"nr": {"scheme": "cr", "count": "real"}}),
+        "NR-CA": ("nr", {"nr": {"scheme": "ca"}}),
+        "NR-CA-BR": ("nr", {"nr": {"scheme": "ca", "rescale": True}}),
+        "NR-FS": ("nr", {"nr": {"mode": "fs"}}),
+        "NR-IP": ("nr", {"nr": {"scheme": "nr", "mode": "ip"}}),
     }
 
 
-def table4(fast: dict) -> dict:
+def table4() -> dict:
     """Table 4 analog: compression to half the cost (T_r = 0.25, as the paper's CIFAR runs) against slimming."""
     return {
-        "NR-CR, target 0.5": ("nr", {"nr": {**fast, "scheme": "cr", "target": 0.5, "threshold": 0.25}}),
+        "NR-CR, target 0.5": ("nr", {"nr": {"scheme": "cr", "target": 0.5, "threshold": 0.25}}),
+        "NR-CR, target 0.5 in real weights": ("nr", {"nr": {"scheme": "cr", "target": 0.5, "threshold": 0.25,
+                                                             "count": "real"}}),
         "Network Slimming, 0.5": ("slimming", {"slimming": {"target": 0.5}}),
     }
 
 
-def table5(fast: dict) -> dict:
-    return {"NR-CR, up to 3": ("nr", {"nr": {**fast, "scheme": "cr", "rejuvenations": 3}})}
+def table5() -> dict:
+    return {"NR-CR, up to 3": ("nr", {"nr": {"scheme": "cr", "rejuvenations": 3}})}
 
 
 def configs(part: str) -> tuple[dict, dict]:
     if part == "digits":
-        return DIGITS, {**table1(FAST_DIGITS), **table4(FAST_DIGITS), **table5(FAST_DIGITS)}
+        return DIGITS, {**table1(), **table4(), **table5()}
     if part == "fashion":
-        return FASHION, table1(FAST_FASHION)
-    return FASHION, {**table4(FAST_FASHION), **table5(FAST_FASHION)}
+        return FASHION, table1()
+    return FASHION, {**table4(), **table5()}
 
 
 def run_part(part: str, seeds) -> None:
@@ -189,19 +200,27 @@ def run_parallel(parts, args) -> float:
     return time.perf_counter() - t0
 
 
-def setup_line(base: dict, fast: dict, what: str) -> str:
-    return (f"{what}, {base['epochs']} epochs, batch 64, SGD cosine from lr 0.1 (held during the sparsity phase and "
-            f"restarted at each rejuvenation: `nr.lr=hold`, the default), 1 thread, mean ± std over seeds. NR runs: "
-            f"a check every {fast['every']} epoch, adaptive lambda with Delta lambda = {fast['lam_step']} (proximal "
-            f"L1), T_r = 0.5 (0.25 for compression), one rejuvenation unless said. Cost = conv and linear weights "
-            f"(NR-CR without its removed cross blocks) of the final network.")
+def setup_line(epochs: int, what: str) -> str:
+    return (f"{what}, {epochs} epochs, batch 64, SGD momentum 0.9 cosine from lr 0.1 (held while the sparsity window "
+            f"is open and restarted when it closes: `nr.lr=hold`), 1 thread, mean ± std over seeds. NR runs at the "
+            f"library's defaults: lambda per epoch (the paper's Delta lambda, 5e-5 at 5,005 iterations per epoch, is "
+            f"0.25 per epoch, applied over the run's iterations), one epoch of the paper's ramp per epoch, a check "
+            f"every quarter epoch, proximal L1, T_r = 0.5 (0.25 for compression), a sparsity window of half the "
+            f"epochs that ends in a rebuild if T_r was not reached (trigger `deadline`), one rejuvenation unless "
+            f"said.")
 
 
-def tables_of(results: dict, names, title: str, baseline: str | None = None) -> list[str]:
+def tables_of(results: dict, names, title: str, baseline: str | None = None, equal: bool = False) -> list[str]:
     lines = ["", title, "", *HEADER]
+    base = results.get("BL") or next(iter(results.values()))
     if baseline:
-        lines.append(row(f"{baseline} (the baseline)", results[baseline]))
-    return lines + [row(n, results[n]) for n in names if n in results]
+        lines.append(row(f"{baseline} (the baseline)", results[baseline], base))
+    lines += [row(n, results[n], base) for n in names if n in results]
+    if equal:
+        off = unequal(results, names)
+        lines += ["", f"Equal in the paper's count, not in real weights (more than 1% off BL's): {', '.join(off)}."
+                  if off else "Every row is within 1% of BL's real weights."]
+    return lines
 
 
 def report() -> None:
@@ -216,26 +235,29 @@ def report() -> None:
               f"{json.loads(elapsed.read_text())['jobs']} processes." if elapsed.is_file() else ".")]
     if "digits" in saved:
         out = saved["digits"]["results"]
-        lines += ["", "### Digits, VGG-11", "", setup_line(DIGITS, FAST_DIGITS,
+        lines += ["", "### Digits, VGG-11", "", setup_line(saved["digits"]["epochs"],
                   f"Digits (1,437 train / 359 test images, 8x8), VGG-11-BN (GAP + one FC, Sec. 4.4) at width 0.25, "
                   f"seeds {saved['digits']['seeds']}")]
-        lines += tables_of(out, table1(FAST_DIGITS), "**Table 1 analog (equal parameters, target 1.0)**")
-        lines += tables_of(out, table4(FAST_DIGITS), "**Table 4 analog (compression to half the cost)**", "BL")
-        lines += tables_of(out, ["NR-CR", *table5(FAST_DIGITS)], "**Table 5 analog (several rejuvenations)**",
-                           "BL")
+        lines += tables_of(out, table1(), "**Table 1 analog (equal parameters, target 1.0)**", equal=True)
+        lines += tables_of(out, table4(), "**Table 4 analog (compression to half the cost)**", "BL")
+        lines += tables_of(out, ["NR-CR", *table5()], "**Table 5 analog (several rejuvenations)**", "BL")
     fashion = {**saved.get("fashion", {}).get("results", {}), **saved.get("fashion-more", {}).get("results", {})}
     if fashion:
-        seeds = (saved.get("fashion") or saved["fashion-more"])["seeds"]
-        lines += ["", "### Fashion-MNIST, ResNet-20", "", setup_line(FASHION, FAST_FASHION,
+        part = saved.get("fashion") or saved["fashion-more"]
+        seeds = part["seeds"]
+        lines += ["", "### Fashion-MNIST, ResNet-20", "", setup_line(part["epochs"],
                   f"Fashion-MNIST (100 train images per class; 100 test images per class, 1,000 in all, evaluated "
                   f"at the end), ResNet-20 at width 0.5, main stream excluded from the monitor, seeds {seeds}")]
-        lines += tables_of(fashion, table1(FAST_FASHION), "**Table 1 analog (equal parameters, target 1.0)**")
+        lines += tables_of(fashion, table1(), "**Table 1 analog (equal parameters, target 1.0)**", equal=True)
         base = "BL" if "BL" in fashion else None
-        lines += tables_of(fashion, table4(FAST_FASHION), "**Table 4 analog (compression to half the cost)**", base)
-        lines += tables_of(fashion, ["NR-CR", *table5(FAST_FASHION)], "**Table 5 analog (several rejuvenations)**",
-                           base)
-    lines += ["", "(rejuvenations: how many happened, mean over seeds; a run stops at its maximum or when its "
-                  "epochs run out)"]
+        lines += tables_of(fashion, table4(), "**Table 4 analog (compression to half the cost)**", base)
+        lines += tables_of(fashion, ["NR-CR", *table5()], "**Table 5 analog (several rejuvenations)**", base)
+    lines += ["", "(paper's params: conv and linear weights as the paper counts them, NR-CR's zero cross blocks left "
+                  "out; real weights: what the conv and linear tensors hold; real MACs: the conv and linear "
+                  "multiply-adds of one forward, by torch's FlopCounterMode, where NR-CA's gate computes its cross "
+                  "blocks a second time; x BL: over BL's, mean over seeds. Rejuvenations: how many happened, mean "
+                  "over seeds; r at the first: the utilization then, its epoch, and whether T_r or the window's "
+                  "deadline triggered it)"]
     times = [t for v in saved.values() for t in v["times"]]
     checks = [sum(c for _, c, rej in t["epochs"] if not rej) / sum(e for e, _, rej in t["epochs"] if not rej)
               for t in times if t["check"] and any(not rej for _, _, rej in t["epochs"])]

@@ -77,6 +77,14 @@ def test_a_run_prunes_once_at_the_prune_epoch_and_reports_it():
     assert rec["epoch"] == 1 and rec["cost_after"] <= rec["target"] == pytest.approx(0.4 * rec["cost_before"])
     assert sum(rec["widths_after"].values()) < sum(rec["widths_before"].values())
     assert res["final"]["model"]["top1"] > 0.25
+    # a pruned network holds no zero blocks: the paper's count is what its tensors hold, counted here by hand
+    counts = rec["counts"]
+    assert counts["final"]["paper_params"] == counts["final"]["weights"] == rec["cost_after"]
+    assert counts["original"]["weights"] == rec["cost_before"]
+    wide, narrow = rec["widths_before"], rec["widths_after"]  # cnn: conv1 1->c1, conv2 c1->c2, conv3 c2->c3, fc
+    widths = [[wide[k] for k in wide], [narrow[k] for k in narrow]]
+    by_hand = [9 * (w[0] + w[0] * w[1] + w[1] * w[2]) + 4 * w[2] for w in widths]
+    assert [counts["original"]["weights"], counts["final"]["weights"]] == by_hand
 
 
 def test_cli_slimming_json_and_refusal(capsys):

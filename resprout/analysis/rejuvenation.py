@@ -64,7 +64,8 @@ def plot_widths(report: dict, path: str | Path) -> str:
         ax.bar([i + 0.27 for i in x], [rec["widths_after"].get(k, 0) for k in keys], 0.27, label="after")
         ax.set_xticks(list(x), keys, rotation=60, ha="right", fontsize=6)
         ax.set_ylabel("channels")
-        ax.set_title(f"epoch {rec['epoch']:.2f}: r = {rec['utilization_before']:.3f}, cost {rec['cost_before']:,} "
+        ax.set_title(f"epoch {rec['epoch']:.2f} ({rec.get('trigger', 'threshold')}): r = "
+                     f"{rec['utilization_before']:.3f}, cost {rec['cost_before']:,} "
                      f"-> {rec['cost_after']:,} (target {rec['target']:,.0f})", fontsize=8)
         ax.legend(fontsize=6)
     fig.tight_layout()

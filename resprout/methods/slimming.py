@@ -2,13 +2,19 @@
 Slimming", ICCV 2017), the pruning method Neural Rejuvenation's Table 4 compares against.
 
 1. Train with L1 on the BN scales (Liu et al. Eq. 1: ``sum l(f(x), y) + lambda * sum |gamma|``; lambda fixed,
-   1e-4 in their VGG runs) for the first ``slimming.prune_at`` of the epochs.
+   1e-4 per iteration in their CIFAR VGG runs at batch 64, 782 iterations per epoch) for the first
+   ``slimming.prune_at`` of the epochs. As for Neural Rejuvenation, lambda is stated per epoch by default
+   (``slimming.lam_unit``, :func:`~resprout.methods.rejuvenation.sparsity.per_iteration`): 1e-4 * 782, applied as
+   that over the run's iterations per epoch, so its effect per epoch does not depend on the dataset's size.
 2. Prune channels globally by ``|gamma|`` (one threshold over all layers, Sec. 4.3), the smallest first, until the
    cost (parameters or FLOPs, counted like Neural Rejuvenation's monitor: conv and linear weights) is at most
    ``slimming.target`` of the original: :func:`prune_split`. Every layer keeps at least one channel. Residual
    main-stream channels are not pruned (as in Neural Rejuvenation's setting; Liu et al. prune ResNets with channel
    selection layers instead). The rebuild is the engine's ``resize`` surgery, so it is recorded and replayed.
 3. Fine-tune the rest of the epochs without the penalty.
+
+The record holds the paper's count and the real one of the pruned network (:func:`~resprout.methods.rejuvenation.
+cost.model_counts`; equal here: a pruned network has no zero blocks).
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from dataclasses import dataclass
 from resprout.config import option
 from resprout.engine.method import Method
 from resprout.errors import ConfigError
+from resprout.methods.rejuvenation.cost import model_counts
 from resprout.methods.rejuvenation.monitor import Topology, group_liveness, layer_costs, topology, widths
 from resprout.methods.rejuvenation.rebuild import counts_of, gamma_score
-from resprout.methods.rejuvenation.sparsity import add_l1_subgradient
+from resprout.methods.rejuvenation.sparsity import CIFAR_ITERATIONS, UNITS, add_l1_subgradient, per_iteration
 
 
 def prune_split(model, topo: Topology, target: float, *, judged: list[str], resource: str = "params") -> dict:
@@ -54,7 +61,11 @@ def prune_split(model, topo: Topology, target: float, *, judged: list[str], reso
 class SlimmingOptions:
     target: float = option(0.5, "cost after pruning, as a fraction of the original cost", min=0.0, max=1.0,
                            min_exclusive=True)
-    lam: float = option(1e-4, "lambda of the L1 penalty on BN scales (Liu et al.: 1e-4 for VGG)", min=0.0)
+    lam: float = option(round(1e-4 * CIFAR_ITERATIONS, 12), "lambda of the L1 penalty on BN scales, per "
+                        "slimming.lam_unit (Liu et al.: 1e-4 per iteration for VGG at 782 iterations per epoch)",
+                        min=0.0)
+    lam_unit: str = option("epoch", "unit of slimming.lam: epoch (lambda times the iterations of an epoch, applied "
+                           "as value / iterations) or iteration (applied as given)", choices=UNITS)
     prune_at: float = option(0.5, "share of the epochs trained with the penalty before pruning; the rest "
                              "fine-tunes", min=0.0, max=1.0, min_exclusive=True)
     resource: str = option("params", "what the cost target counts", choices=("params", "flops"))
@@ -73,6 +84,7 @@ class NetworkSlimming(Method):
         super().__init__(options, **kwargs)
         self.record: dict = {}
         self.original_cost: int | None = None
+        self.original_counts: dict | None = None
         self._topo: Topology | None = None
         self._topo_of: int | None = None
 
@@ -96,12 +108,16 @@ class NetworkSlimming(Method):
             topo = self.topo(trainer)
             full = {k: {None: g.channels} for k, g in topo.groups.items()}
             self.original_cost = sum(layer_costs(topo, full, self.options.resource).values())
+            self.original_counts = model_counts(trainer.members[self.options.member].model, topo, None,
+                                                self.input_shape)
 
     def on_after_backward(self, trainer) -> None:
         if not self.record and self.options.lam:
             model, topo = trainer.members[self.options.member].model, self.topo(trainer)
+            lam = per_iteration(self.options.lam, self.options.lam_unit,
+                                trainer.train_loader.steps(trainer.generation, trainer.epoch))
             add_l1_subgradient([model.get_submodule(b) for k in topo.monitored(self.options.mainstream)
-                                for b in topo.units[k].bns], self.options.lam)
+                                for b in topo.units[k].bns], lam)
 
     def on_epoch_end(self, trainer) -> None:
         if self.record or trainer.epoch + 1 != self.prune_epoch:
@@ -126,14 +142,19 @@ class NetworkSlimming(Method):
             self._topo = None
 
     def on_fit_end(self, trainer) -> None:
-        trainer.results["slimming"] = self.record or {"note": "no pruning happened in this run"}
+        model = trainer.members[self.options.member].model
+        counts = {"original": self.original_counts,
+                  "final": model_counts(model, self.topo(trainer), None, self.input_shape)}
+        trainer.results["slimming"] = {**self.record, "counts": counts} if self.record else {
+            "note": "no pruning happened in this run", "counts": counts}
 
     def state_dict(self) -> dict:
-        return {"record": self.record, "original_cost": self.original_cost}
+        return {"record": self.record, "original_cost": self.original_cost, "original_counts": self.original_counts}
 
     def load_state_dict(self, state: dict) -> None:
         if state:
             self.record, self.original_cost = state["record"], state["original_cost"]
+            self.original_counts = state.get("original_counts")
 
 
 __all__ = ["NetworkSlimming", "SlimmingOptions", "prune_split"]

@@ -132,11 +132,10 @@ def bn_alive(gamma: torch.Tensor, ratio: float = DEAD_RATIO, layer: float = DEAD
     return g >= ratio * top
 
 
-def group_liveness(model: nn.Module, topo: Topology, mainstream: str = "exclude") -> dict[str, torch.Tensor]:
-    """Per channel group, a bool mask of live channels, propagated forward: a writer with no live input writes
-    nothing live. Groups NR does not judge (the image, the classes, the main stream when excluded) are all live."""
+def _propagate(topo: Topology, judged: set[str], own) -> dict[str, torch.Tensor]:
+    """Live masks flowed forward through the units in run order: a unit's channel is live when one of its writers
+    has a live input and ``own(key, bn)`` (that writer's BN) says it is alive. Other groups are all live."""
     live = {k: torch.ones(g.channels, dtype=torch.bool) for k, g in topo.groups.items()}
-    judged = set(topo.monitored(mainstream))
     writes = {}
     for layer in topo.layers:
         writes.setdefault(layer.module, layer)
@@ -148,9 +147,40 @@ def group_liveness(model: nn.Module, topo: Topology, mainstream: str = "exclude"
         for writer, bn in zip(unit.writers, unit.bns):
             fed = sum(int(live[k].sum()) * m for k, m in writes[writer].inputs) > 0
             if fed:
-                mask |= bn_alive(model.get_submodule(bn).weight).cpu()
+                mask |= own(key, bn)
         live[key] = mask
     return live
+
+
+def group_liveness(model: nn.Module, topo: Topology, mainstream: str = "exclude") -> dict[str, torch.Tensor]:
+    """Per channel group, a bool mask of live channels, propagated forward: a writer with no live input writes
+    nothing live. Groups NR does not judge (the image, the classes, the main stream when excluded) are all live."""
+    return _propagate(topo, set(topo.monitored(mainstream)),
+                      lambda key, bn: bn_alive(model.get_submodule(bn).weight).cpu())
+
+
+def bridges(topo: Topology, mainstream: str = "exclude") -> set[str]:
+    """The judged units every path to the output goes through (each of VGG's layers; none of a ResNet's branch
+    layers): dead whole, one alone leaves the output with no live input (:func:`cut_at`)."""
+    judged = set(topo.monitored(mainstream))
+    out = set()
+    for key in judged:
+        live = _propagate(topo, judged, lambda k, bn, dead=key: torch.full((topo.units[k].channels,), k != dead))
+        if cut_at(topo, live) is not None:
+            out.add(key)
+    return out
+
+
+def cut_at(topo: Topology, live: dict[str, torch.Tensor]) -> str | None:
+    """An output layer (one that writes no monitored channel group, e.g. the classifier) none of whose input channels
+    is live, or None. Liveness flows forward, so a layer dead whole on every path (VGG's chain) leaves the output
+    with nothing: the network is cut, and no shared expansion rate can rebuild it (``alpha * 0`` channels)."""
+    for layer in topo.layers:
+        if any(key in topo.units for key, _ in layer.outputs):
+            continue
+        if sum(int(live[key].sum()) * mult for key, mult in layer.inputs) == 0:
+            return layer.module
+    return None
 
 
 # -- costs -----------------------------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@
    removes single channels, one layer at a time, until the cost is within 1%. Main-stream groups (residual) are
    expanded by the same rate, never shrunk.
    ``realloc="none"`` (NR-IP) keeps every layer's width: dead channels are re-initialized in place.
+   A layer dead whole would get ``alpha * 0`` channels; where every path to the output goes through it (each of
+   VGG's layers, :func:`~.monitor.bridges`) that cuts the network (the official code's forward then returns None,
+   its notes Q9), so such a layer keeps its width with every channel new, and the rate is solved for the rest.
 2. **Parameter reinitialization** (:func:`rejuvenation_plan` for the engine's ``resize`` surgery, then
    :func:`reinit_split`): survivors (S) come first, rejuvenated channels (R) after them. ``W_S->S`` is kept,
    ``W_R->R`` re-initialized (He, fan-out), ``W_R->S`` and ``W_S->R`` zero, R's BN scale reset to ``gamma_0``, its
@@ -21,6 +24,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -38,8 +42,10 @@ def gamma_score(model: nn.Module, topo: Topology, key: str) -> torch.Tensor:
 
 
 def expansion_counts(topo: Topology, live: dict[str, torch.Tensor], alpha: float, *, judged: list[str],
-                     realloc: str = "linear", expand_mainstream: bool = True) -> dict[str, tuple[int, int]]:
-    """Per unit ``(S, R)``: survivors kept and channels added at expansion rate ``alpha``."""
+                     realloc: str = "linear", expand_mainstream: bool = True,
+                     reinit_dead: Iterable[str] = ()) -> dict[str, tuple[int, int]]:
+    """Per unit ``(S, R)``: survivors kept and channels added at expansion rate ``alpha``. A unit of
+    ``reinit_dead`` with no survivor keeps its width, every channel new (``alpha * 0`` would cut the network)."""
     out = {}
     for key in topo.order:
         unit = topo.units[key]
@@ -47,6 +53,9 @@ def expansion_counts(topo: Topology, live: dict[str, torch.Tensor], alpha: float
         if key not in judged:  # the main stream: all live; grown with the rest, never cut
             total = max(unit.channels, round(alpha * unit.channels)) if expand_mainstream else unit.channels
             out[key] = (unit.channels, total - unit.channels)
+            continue
+        if n_live == 0 and key in reinit_dead:
+            out[key] = (0, unit.channels)
             continue
         total = unit.channels if realloc == "none" else max(1, round(alpha * n_live))
         s = min(n_live, total)
@@ -106,13 +115,19 @@ def split_cost(topo: Topology, split: dict[str, tuple[int, int]], *, separate: b
 
 def solve_expansion(topo: Topology, live: dict[str, torch.Tensor], target: float, *, judged: list[str],
                     separate: bool, resource: str = "params", realloc: str = "linear",
-                    expand_mainstream: bool = True, tolerance: float = 0.01, **labelling) -> dict:
+                    expand_mainstream: bool = True, tolerance: float = 0.01, reinit_dead: Iterable[str] = (),
+                    **labelling) -> dict:
     """The shared expansion rate whose rebuilt cost is closest to ``target`` (Sec. 3.2, resource reallocation).
-    ``labelling``: ``survivors``, ``prior`` labels and ``gen`` for NR-CR's cost after several rejuvenations.
+    ``labelling``: ``survivors``, ``prior`` labels and ``gen`` for NR-CR's cost after several rejuvenations;
+    ``reinit_dead``: units rebuilt at their width, all new, when none of their channels survived
+    (:func:`expansion_counts`).
 
     Returns ``{"alpha", "split": {unit: (S, R)}, "cost"}``."""
+    reinit_dead = set(reinit_dead)
+
     def at(a: float) -> tuple[dict, int]:
-        split = expansion_counts(topo, live, a, judged=judged, realloc=realloc, expand_mainstream=expand_mainstream)
+        split = expansion_counts(topo, live, a, judged=judged, realloc=realloc, expand_mainstream=expand_mainstream,
+                                 reinit_dead=reinit_dead)
         return split, split_cost(topo, split, separate=separate, resource=resource, **labelling)
 
     if realloc == "none":

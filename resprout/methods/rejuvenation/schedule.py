@@ -6,9 +6,11 @@ runs after the rebuild (notes: official behaviour A1). On ImageNet the paper "on
 rejuvenation and reset[s] the epoch counter to 0 afterwards" (Sec. 4.1). A run here has a fixed number of epochs,
 so ``nr.lr=hold`` does the same inside them:
 
-* before the first rejuvenation the factor is held at 1 (after any warmup), for at most ``hold`` of the epochs;
-* at each rejuvenation (or at the end of the hold, if none came) the run's schedule restarts, squeezed into the
-  epochs that remain (milestones keep their relative places).
+* while a sparsity window is open (:mod:`.method`: at most ``nr.hold`` of the epochs that remain when it opens) the
+  factor is held at 1 (after any warmup);
+* when the window closes (its rejuvenation, or its deadline) the run's schedule restarts, squeezed into the epochs
+  that remain (milestones keep their relative places). With several rejuvenations a new window opens at each
+  rebuild, so the rate is held again until that window closes.
 
 Why it matters on small data: with the run's own decaying schedule the same lambda shrinks the scales by
 ``lr * lambda`` per step, less and less, and the utilization stalls above T_r (ResNet-20, Fashion-MNIST: r stalled
@@ -21,21 +23,18 @@ import dataclasses
 
 
 class RejuvenationSchedule:
-    """Wraps a member's :class:`~resprout.engine.optim.Schedule`; ``restart``: the epoch of the latest rejuvenation
-    (None before the first). A pure function of ``t``, so a resumed run gets the same rates."""
+    """Wraps a member's :class:`~resprout.engine.optim.Schedule`: factor 1 before ``start`` (the end of the open
+    sparsity window, or the time the last one closed), the inner schedule restarted at ``start`` after it. A pure
+    function of ``t``, so a resumed run gets the same rates."""
 
-    def __init__(self, inner, restart: float | None, hold: float) -> None:
-        self.inner, self.restart, self.hold = inner, restart, hold
-
-    def start(self) -> float:
-        """Where the restarted schedule begins: the latest rejuvenation, else the end of the hold."""
-        return self.restart if self.restart is not None else self.hold * self.inner.epochs
+    def __init__(self, inner, start: float) -> None:
+        self.inner, self.start = inner, start
 
     def factor(self, t: float, dt: float = 0.0) -> float:
         inner = self.inner
         if t < inner.warmup:
             return inner.factor(t, dt)
-        start = max(self.start(), inner.warmup)
+        start = max(self.start, inner.warmup)
         if t < start:
             return 1.0
         span = max(inner.epochs - start, 1e-12)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from resprout import __version__
-from resprout.config import Config, config_from_dict, make_config
+from resprout.config import RUNTIME_KEYS, Config, config_from_dict, make_config
 from resprout.data import Dataset, channel_stats, load_source, prepare
 from resprout.data.augment import default_augment
 from resprout.data.loader import EvalLoader, Normalizer, TrainLoader
@@ -48,6 +48,7 @@ from resprout.engine.distributed import (
     shutdown,
 )
 from resprout.engine.loggers import split_loggers
+from resprout.engine.precision import check_compile, cpu_capability, native_bf16, resolve_channels_last, resolved_keys
 from resprout.engine.progress import Progress, make_progress
 from resprout.engine.rundir import RUN_FILE, RunLock, read_run_file, write_run_file
 from resprout.engine.store import Store, default_store_path
@@ -91,7 +92,8 @@ def environment(device: torch.device, dist: DistInfo) -> dict:
             "torch": torch.__version__, "numpy": np.__version__, "platform": platform.platform(),
             "machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
             "device": str(device), "cuda": torch.version.cuda, "world_size": dist.world_size,
-            "hostname": socket.gethostname()}
+            "hostname": socket.gethostname(), "cpu_capability": cpu_capability(),
+            "native_bf16": native_bf16(device)}
 
 
 # -- building the pieces ------------------------------------------------------------------------------------------------
@@ -119,7 +121,8 @@ def build_loaders(cfg: Config, ds, methods, device: torch.device, dist: DistInfo
     sampler = make_sampler(wanted[0].sampler, **wanted[0].sampler_options) if wanted else None
     train = TrainLoader(ds.train.images, ds.train.labels, batch_size=cfg.batch_size, normalizer=norm, seed=cfg.seed,
                         augment=augment, crop_padding=padding, sampler=sampler, device=device,
-                        channels_last=cfg.channels_last, rank=dist.rank, world_size=dist.world_size)
+                        channels_last=resolve_channels_last(cfg.channels_last, cfg.model), rank=dist.rank,
+                        world_size=dist.world_size)
     return train, build_eval_loaders(cfg, ds, norm, device, dist)
 
 
@@ -130,7 +133,8 @@ def build_eval_loaders(cfg: Config, ds, norm: Normalizer, device: torch.device, 
         split = getattr(ds, split_name)
         if split is not None:
             evals[split_name] = EvalLoader(split.images, split.labels, batch_size=cfg.eval_batch_size,
-                                           normalizer=norm, device=device, channels_last=cfg.channels_last,
+                                           normalizer=norm, device=device,
+                                           channels_last=resolve_channels_last(cfg.channels_last, cfg.model),
                                            rank=dist.rank, world_size=dist.world_size)
     return evals
 
@@ -164,9 +168,16 @@ def _module_name(module) -> str:
 
 
 def _resolve(cfg: Config, module: nn.Module | None) -> tuple[Config, list]:
-    """Validate methods and fill their default options into the config (so the stored config is complete)."""
+    """Validate methods and fill their default options into the config (so the stored config is complete); resolve
+    ``precision`` and ``channels_last`` for this machine, refusing what its device cannot run."""
     if module is not None and not cfg.model.startswith("custom:"):
         cfg = make_config({**cfg.to_dict(), "model": f"custom:{_module_name(module)}"})
+    device = resolve_device(cfg.device)
+    resolved = resolved_keys(cfg, device)
+    if any(getattr(cfg, k) != v for k, v in resolved.items()):
+        cfg = make_config({**cfg.to_dict(), **resolved})
+    if cfg.compile:
+        check_compile(device)
     methods = build_methods(cfg)
     cfg = make_config({**cfg.to_dict(), "method_options": resolved_options(methods),
                        "teacher": teacher_entries(cfg, methods)})
@@ -437,7 +448,6 @@ def _fit_and_finish(trainer: Trainer, dist: DistInfo) -> dict:
     return result
 
 
-RUNTIME_KEYS = ("device", "threads", "progress", "loggers")
 RESUME_KEYS = ("lr", "momentum", "weight_decay", "optimizer", "schedule", "warmup_epochs", "gamma", "nesterov",
                "betas")
 

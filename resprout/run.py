@@ -48,7 +48,8 @@ from resprout.engine.distributed import (
     shutdown,
 )
 from resprout.engine.loggers import split_loggers
-from resprout.engine.precision import check_compile, cpu_capability, native_bf16, resolve_channels_last, resolved_keys
+from resprout.engine.precision import (check_compile, cpu_capability, native_bf16, reading, resolve_channels_last,
+                                       resolved_keys)
 from resprout.engine.progress import Progress, make_progress
 from resprout.engine.rundir import RUN_FILE, RunLock, read_run_file, write_run_file
 from resprout.engine.store import Store, default_store_path
@@ -537,12 +538,14 @@ def open_run(run_dir: str | Path, *, module: nn.Module | ModelFactory | str | No
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} does not exist")
     info = read_run_file(run_dir)
-    cfg = config_from_dict({**info["config"], **({"device": device} if device else {}), "progress": "none"})
+    cfg = config_from_dict({**info["config"], **({"device": device} if device else {}), "progress": "none",
+                            "compile": False})  # a runtime key: reading needs no compiler
     path = run_dir / CHECKPOINT_NAME
     if not path.exists():
         raise CheckpointError(f"{run_dir} has no checkpoint yet")
     module, data = _reopen_inputs(run_dir, info, cfg, module, train, val, test)
-    trainer = create_trainer(cfg, run_dir=None, run_id=info["run_id"], store_path=None, module=module,
-                             dist=DistInfo(), data=data)
+    with reading():  # a bf16 run is read in bf16 even where the device only emulates it
+        trainer = create_trainer(cfg, run_dir=None, run_id=info["run_id"], store_path=None, module=module,
+                                 dist=DistInfo(), data=data)
     trainer.load_checkpoint(path)
     return trainer

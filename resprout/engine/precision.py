@@ -84,6 +84,20 @@ def _device_text(device: torch.device) -> str:
     return f"device {device}"
 
 
+_READING = [0]  # > 0 inside reading(): a saved run is opened to be read, not trained
+
+
+@contextlib.contextmanager
+def reading():
+    """Open saved runs in whatever precision they trained in, even where the device only emulates it (evaluating
+    or exporting a run made on another machine: slow but exact; training there is refused)."""
+    _READING[0] += 1
+    try:
+        yield
+    finally:
+        _READING[0] -= 1
+
+
 def resolve_precision(value: str, device: torch.device | str) -> str:
     """``value`` with ``auto`` resolved for ``device``; a precision the device cannot run is one ConfigError."""
     device = torch.device(device)
@@ -93,6 +107,8 @@ def resolve_precision(value: str, device: torch.device | str) -> str:
         if _flag(PORTABLE_ENV):
             return "fp32"
         return "bf16" if native_bf16(device) else "fp32"
+    if _READING[0]:
+        return value
     if value == "fp16" and device.type != "cuda":
         raise ConfigError(f"precision=fp16 runs on CUDA only (with a gradient scaler), this run is on {device}; "
                           f"use precision=auto, bf16 or fp32")

@@ -547,7 +547,7 @@ def test_compiled_training_equals_eager_within_bf16_tolerance():
     problem = precision.compile_problem("cpu")
     if problem is not None:  # the refusal is what runs here (tested above)
         pytest.skip(f"torch cannot compile on this machine: {problem}")
-    keys = synthetic(epochs=1, precision="fp32", augment="none")
+    keys = synthetic(epochs=1, precision="bf16", augment="none")
     runs = {}
     for compiled in (False, True):
         trainer = create_trainer(make_config(**keys, compile=compiled), run_dir=None, run_id=None, store_path=None)

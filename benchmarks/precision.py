@@ -39,12 +39,12 @@ from benchmarks._report import write_section  # noqa: E402
 from benchmarks._spread import NOTE, fmt, machine_note  # noqa: E402
 from resprout.config import make_config  # noqa: E402
 from resprout.engine import precision as prec  # noqa: E402
-from resprout.engine.optim import OPTIM_KEYS, set_lr  # noqa: E402
+from resprout.engine.optim import OPTIM_KEYS  # noqa: E402
 from resprout.run import create_trainer  # noqa: E402
 
 IMAGES32 = dict(data="synthetic", data_options={"num_classes": 10, "n_train": 640, "n_test": 64, "image_size": 32,
                                                 "channels": 3})
-WORKLOADS = {
+WORKLOADS = {  # the CNN's steps are short: it runs STEPS_CNN times as many
     "cnn (digits 8x8)": dict(data="digits", model="cnn"),
     "resnet20 (32x32x3)": dict(IMAGES32, model="resnet20"),
     "vgg11 (32x32x3)": dict(IMAGES32, model="vgg11"),
@@ -53,6 +53,7 @@ WORKLOADS = {
 SETTINGS = {"fp32": ("fp32", False), "fp32 + channels-last": ("fp32", True), "bf16": ("bf16", False),
             "bf16 + channels-last": ("bf16", True)}
 BATCH = 64
+STEPS_CNN = 10
 PARITY = dict(data="fashion-mnist", per_class=100, model="resnet20", epochs=30, batch_size=64)
 PARITY_SEEDS = (0, 1, 2)
 PARITY_DIR = ROOT / "benchmarks" / "runs" / "precision-parity"
@@ -94,8 +95,8 @@ def hand_speed(keys: dict, precision: str, channels_last: bool, steps: int, *, b
     # the trainer only for its initial model (in the setting's layout and device) and its batches
     trainer = _trainer(keys, precision, channels_last, batch, device)
     model = copy.deepcopy(trainer.members["model"].model)
-    n = trainer.train_loader.steps(0, 0)
-    batches = [trainer.train_loader.batch(0, 0, s % n) for s in range(steps + 1)]
+    loader = trainer.train_loader  # the same in-memory batches (gather and normalize) the trainer takes
+    n = loader.steps(0, 0)
     spec = {k: getattr(trainer.config, k) for k in OPTIM_KEYS}
     opt = torch.optim.SGD(model.parameters(), lr=spec["lr"], momentum=spec["momentum"],
                           weight_decay=spec["weight_decay"])
@@ -107,13 +108,15 @@ def hand_speed(keys: dict, precision: str, channels_last: bool, steps: int, *, b
     del trainer
     model.train()
     t0 = 0.0
-    for s, (x, y) in enumerate(batches):
+    for s in range(steps + 1):
         if s == 1:  # after the warm-up step
             t0 = _clock(dev)
+        x, y = loader.batch(0, 0, s % n)
         with cast():
             loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
-        set_lr(opt, schedule.factor(s / n, 1 / n))
+        for group in opt.param_groups:  # the run's schedule
+            group["lr"] = spec["lr"] * schedule.factor(s / n, 1 / n)
         if scaler is None:
             loss.backward()
             opt.step()
@@ -147,10 +150,11 @@ def speed(args) -> None:
         keys = WORKLOADS[name]
         hand = {s: [] for s in SETTINGS}
         ours = {s: [] for s in SETTINGS}
+        steps = args.steps * (STEPS_CNN if name.startswith("cnn") else 1)
         for _ in range(args.reps):
             for setting, (precision, channels_last) in SETTINGS.items():
-                hand[setting].append(hand_speed(keys, precision, channels_last, args.steps))
-                ours[setting].append(trainer_speed(keys, precision, channels_last, args.steps))
+                hand[setting].append(hand_speed(keys, precision, channels_last, steps))
+                ours[setting].append(trainer_speed(keys, precision, channels_last, steps))
                 print(f"{name} {setting}: hand {hand[setting][-1]:.1f} img/s, trainer {ours[setting][-1]:.1f}",
                       flush=True)
         def over_fp32(setting: str) -> str:
@@ -181,7 +185,7 @@ def speed(args) -> None:
         "",
         f"`python -m benchmarks.precision --reps {args.reps} --steps {args.steps}` (torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d')}, 1 thread, batch {BATCH}, {args.reps} interleaved repetitions of "
-        f"{args.steps} timed steps after one warm-up step, {minutes:.0f} min, {machine_note()}). {note}.",
+        f"{args.steps} timed steps ({STEPS_CNN * args.steps} for the CNN) after one warm-up step, {minutes:.0f} min, {machine_note()}). {note}.",
         "",
         "Training images per second (medians) of a plain hand loop and of the trainer on the same steps, batches "
         "and initial weights; the ratios are computed per repetition. " + NOTE,

@@ -7,7 +7,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 
-.PHONY: venv demo test bench reproduce clean
+.PHONY: venv demo test bench bench-precision gpu-check reproduce clean
 
 # torch goes in first, pinned: anything that depends on torch would otherwise pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -40,6 +40,15 @@ bench: venv
 	$(BIN)/python -m benchmarks.grafting
 	$(BIN)/python -m benchmarks.rejuvenation
 	$(BIN)/python -m benchmarks.ke_table2
+	$(BIN)/python -m benchmarks.precision
+
+# trainer vs hand loop in fp32 / bf16 / channels-last (BENCHMARKS.md "precision"); --parity: bf16 accuracy (hours)
+bench-precision: venv
+	$(BIN)/python -m benchmarks.precision
+
+# on a CUDA machine: every method in fp32/bf16/fp16, trainer vs hand loop, DDP; without CUDA: what it would run
+gpu-check: venv
+	$(BIN)/python -m benchmarks.gpu
 
 # the reproduction campaign (docs/reproduction.md): trains what results/ lacks, two runs at a time, then rebuilds
 # the page; `python -m benchmarks.reproduce --from-results` rebuilds it without training

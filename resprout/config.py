@@ -32,7 +32,10 @@ from resprout.options import base_type, check_range, coerce, fill_options, optio
 
 
 # Keys that may differ between a run and its resumption (where it runs, not what it computes).
-RUNTIME_KEYS = ("device", "threads", "progress", "loggers")
+RUNTIME_KEYS = ("device", "threads", "progress", "loggers", "compile")
+# Keys whose ``auto`` resolves on the machine that starts the run (resprout.engine.precision); the run stores the
+# resolved value.
+AUTO_KEYS = ("precision", "channels_last")
 
 
 @dataclass
@@ -95,7 +98,16 @@ class Config:
     # -- runtime ------------------------------------------------------------------------------------------------
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     threads: int | None = option(None, "CPU threads (default: torch's choice)", min=1)
-    channels_last: bool = option(False, "channels-last memory format (faster convolutions on CPU and GPU)")
+    precision: str = option("auto", "what forwards and losses compute in: fp32; bf16 or fp16 (autocast: weights, "
+                            "optimizer state and checkpoints stay fp32; fp16 on CUDA only, with a gradient scaler); "
+                            "auto: bf16 where the device computes it natively (CUDA with bf16, a CPU with AVX-512 "
+                            "BF16 or AMX), else fp32. The run stores what it resolved to",
+                            choices=("auto", "fp32", "bf16", "fp16"))
+    channels_last: Any = option("auto", "channels-last memory format: true, false, or auto (on for resprout's and "
+                                "tv:/timm: models, faster or equal on every model measured; off for a module of "
+                                "your own, which may reshape with .view). The run stores what it resolved to")
+    compile: bool = option(False, "compile the trainable members' forward with torch.compile (slower on a 2-core "
+                           "CPU, and tens of seconds to compile)")
     checkpoint_every: int = option(1, "write a checkpoint every N epochs (and at the end of every generation)", min=1)
     checkpoint_minutes: float = option(10.0, "also checkpoint inside an epoch after this many minutes (0 = never)", min=0.0)
     progress: str = option("auto", "how progress is shown: auto (a live bar on a terminal, plain lines otherwise), "
@@ -108,8 +120,15 @@ class Config:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict:
-        """The keys that decide what a run computes: everything but where and how it is shown."""
+        """The keys that decide what a run computes: everything but where and how it is shown. An ``auto`` key
+        counts as what it resolves to on this machine (a run stores the resolved value)."""
         ident = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+        if any(ident[k] == "auto" for k in AUTO_KEYS):
+            from resprout.hardware import resolve_auto  # imports torch: only for unresolved configs
+
+            ident.update(resolve_auto(self))
+        if ident["precision"] == "fp32":  # keeps the fingerprints of runs made before the key existed (all fp32)
+            del ident["precision"]
         if not ident["member_options"]:  # keeps the fingerprints of runs made before the key existed
             del ident["member_options"]
         if not ident["teacher"]:  # likewise
@@ -301,6 +320,9 @@ def make_config(values: dict | None = None, **kwargs: Any) -> Config:
     typed: dict = {}
     for key, value in raw.items():
         f = FIELDS[key]
+        if key == "channels_last":
+            typed[key] = _auto_or_bool(key, value)
+            continue
         tp, allow_none = _base_type(_HINTS[key])
         v = coerce(key, value, tp, allow_none=allow_none)
         if tp is list:
@@ -312,6 +334,16 @@ def make_config(values: dict | None = None, **kwargs: Any) -> Config:
     cfg = Config(**typed)
     _check_consistency(cfg)
     return cfg
+
+
+def _auto_or_bool(key: str, value: Any) -> str | bool:
+    """``auto``, or a bool (``true``/``false`` and their spellings)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return coerce(key, value, bool)
+    except ConfigError:
+        raise ConfigError(f"bad value for {key}: {value!r} (allowed: auto, true, false)") from None
 
 
 # what a member may set for itself: the optimizer and schedule keys (as in resprout.engine.optim.MEMBER_KEYS)
@@ -358,9 +390,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return make_config(merge(file_values, parse_overrides(overrides or [])))
 
 
+# what a key a saved configuration lacks was in the runs made before the key existed
+_SAVED_BEFORE = {"precision": "fp32"}
+
+
 def config_from_dict(d: dict) -> Config:
     """Rebuild a config saved with :meth:`Config.to_dict` (run directories, checkpoints)."""
     known = {k: v for k, v in d.items() if k in FIELDS}
+    known.update({k: v for k, v in _SAVED_BEFORE.items() if k not in known})
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise ConfigError(f"saved configuration has unknown keys {unknown}: written by another resprout version?")

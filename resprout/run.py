@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from resprout import __version__
-from resprout.config import Config, config_from_dict, make_config
+from resprout.config import RUNTIME_KEYS, Config, config_from_dict, make_config
 from resprout.data import Dataset, channel_stats, load_source, prepare
 from resprout.data.augment import default_augment
 from resprout.data.loader import EvalLoader, Normalizer, TrainLoader
@@ -49,6 +49,8 @@ from resprout.engine.distributed import (
     shutdown,
 )
 from resprout.engine.loggers import parse_logger_names, split_loggers
+from resprout.engine.precision import (check_compile, cpu_capability, native_bf16, reading, resolve_channels_last,
+                                       resolved_keys)
 from resprout.engine.progress import Progress, make_progress
 from resprout.engine.rundir import RUN_FILE, RunLock, read_run_file, write_run_file
 from resprout.engine.store import Store, default_store_path
@@ -105,7 +107,8 @@ def environment(device: torch.device, dist: DistInfo) -> dict:
             "torch": torch.__version__, "numpy": np.__version__, "platform": platform.platform(),
             "machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
             "device": str(device), "cuda": torch.version.cuda, "world_size": dist.world_size,
-            "hostname": socket.gethostname()}
+            "hostname": socket.gethostname(), "cpu_capability": cpu_capability(),
+            "native_bf16": native_bf16(device)}
 
 
 # -- building the pieces ------------------------------------------------------------------------------------------------
@@ -133,7 +136,8 @@ def build_loaders(cfg: Config, ds, methods, device: torch.device, dist: DistInfo
     sampler = make_sampler(wanted[0].sampler, **wanted[0].sampler_options) if wanted else None
     train = TrainLoader(ds.train.images, ds.train.labels, batch_size=cfg.batch_size, normalizer=norm, seed=cfg.seed,
                         augment=augment, crop_padding=padding, sampler=sampler, device=device,
-                        channels_last=cfg.channels_last, rank=dist.rank, world_size=dist.world_size)
+                        channels_last=resolve_channels_last(cfg.channels_last, cfg.model), rank=dist.rank,
+                        world_size=dist.world_size)
     return train, build_eval_loaders(cfg, ds, norm, device, dist)
 
 
@@ -144,7 +148,8 @@ def build_eval_loaders(cfg: Config, ds, norm: Normalizer, device: torch.device, 
         split = getattr(ds, split_name)
         if split is not None:
             evals[split_name] = EvalLoader(split.images, split.labels, batch_size=cfg.eval_batch_size,
-                                           normalizer=norm, device=device, channels_last=cfg.channels_last,
+                                           normalizer=norm, device=device,
+                                           channels_last=resolve_channels_last(cfg.channels_last, cfg.model),
                                            rank=dist.rank, world_size=dist.world_size)
     return evals
 
@@ -179,10 +184,17 @@ def _module_name(module) -> str:
 
 def _resolve(cfg: Config, module: nn.Module | None, methods: Sequence = ()) -> tuple[Config, list]:
     """Validate methods (``methods``: the Method objects of ``train(methods=[...])``) and loggers, and fill the
-    methods' default options into the config (so the stored config is complete)."""
+    methods' default options into the config (so the stored config is complete); resolve ``precision`` and
+    ``channels_last`` for this machine, refusing what its device cannot run."""
     parse_logger_names(cfg.loggers)
     if module is not None and not cfg.model.startswith("custom:"):
         cfg = make_config({**cfg.to_dict(), "model": f"custom:{_module_name(module)}"})
+    device = resolve_device(cfg.device)
+    resolved = resolved_keys(cfg, device)
+    if any(getattr(cfg, k) != v for k, v in resolved.items()):
+        cfg = make_config({**cfg.to_dict(), **resolved})
+    if cfg.compile:
+        check_compile(device)
     methods = build_methods(cfg, methods)
     cfg = make_config({**cfg.to_dict(), "method_options": resolved_options(methods),
                        "teacher": teacher_entries(cfg, methods)})
@@ -488,7 +500,6 @@ def _fit_and_finish(trainer: Trainer, dist: DistInfo) -> dict:
     return result
 
 
-RUNTIME_KEYS = ("device", "threads", "progress", "loggers")
 RESUME_KEYS = ("lr", "momentum", "weight_decay", "optimizer", "schedule", "warmup_epochs", "gamma", "nesterov",
                "betas")
 
@@ -586,12 +597,14 @@ def open_run(run_dir: str | Path, *, module: nn.Module | ModelFactory | str | No
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} does not exist")
     info = read_run_file(run_dir)
-    cfg = config_from_dict({**info["config"], **({"device": device} if device else {}), "progress": "none"})
+    cfg = config_from_dict({**info["config"], **({"device": device} if device else {}), "progress": "none",
+                            "compile": False})  # a runtime key: reading needs no compiler
     path = run_dir / CHECKPOINT_NAME
     if not path.exists():
         raise CheckpointError(f"{run_dir} has no checkpoint yet")
     module, data, objects = _reopen_inputs(run_dir, info, cfg, module, train, val, test, methods)
-    trainer = create_trainer(cfg, run_dir=None, run_id=info["run_id"], store_path=None, module=module,
-                             dist=DistInfo(), data=data, methods=objects)
+    with reading():  # a bf16 run is read in bf16 even where the device only emulates it
+        trainer = create_trainer(cfg, run_dir=None, run_id=info["run_id"], store_path=None, module=module,
+                                 dist=DistInfo(), data=data, methods=objects)
     trainer.load_checkpoint(path)
     return trainer

@@ -6,6 +6,9 @@ generations, around the re-initialization of the reset hypothesis.
 Real processes, real signals: the training command runs in a subprocess that is killed at arbitrary moments,
 including inside epochs (the run checkpoints every few steps here, so kills land between, during and right after
 checkpoint writes).
+
+Both tests run in fp32 and in bf16 (autocast; emulated and slow on a CPU without native bf16, hence the shorter
+bf16 run): a resume is bit-identical within a precision.
 """
 
 from __future__ import annotations
@@ -23,8 +26,14 @@ from resprout.engine.checkpoint import load_file
 from tests.conftest import PYTHON, cli_env
 from tests.test_trainer import assert_same_weights, metric_rows
 
-KEYS = ["data=digits", "model=cnn", "width=0.5", "method=ke+ls", "generations=2", "epochs=3", "batch_size=32",
-        "seed=3", "threads=1", "checkpoint_minutes=0.003", "augment=crop"]
+KEYS = ["data=digits", "model=cnn", "width=0.5", "method=ke+ls", "generations=2", "batch_size=32", "seed=3",
+        "threads=1", "checkpoint_minutes=0.003", "augment=crop"]
+PRECISIONS = {"fp32": ["precision=fp32", "epochs=3"], "bf16": ["precision=bf16", "epochs=2"]}
+
+
+@pytest.fixture(scope="module", params=sorted(PRECISIONS))
+def keys(request) -> list[str]:
+    return KEYS + PRECISIONS[request.param]
 
 
 def start(args: list[str], tmp_path: Path) -> subprocess.Popen:
@@ -41,19 +50,19 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, keys):
     tmp = tmp_path_factory.mktemp("reference")
-    proc = start(["train", *KEYS, "--out", str(tmp / "run"), "--quiet"], tmp)
+    proc = start(["train", *keys, "--out", str(tmp / "run"), "--quiet"], tmp)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     return tmp / "run"
 
 
-def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_path, reference):
+def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_path, keys, reference):
     run = tmp_path / "run"
     rng = random.Random(0)
     kills = 0
-    proc = start(["train", *KEYS, "--out", str(run), "--quiet"], tmp_path)
+    proc = start(["train", *keys, "--out", str(run), "--quiet"], tmp_path)
     for _ in range(3):
         wait_for(run / "checkpoint.pt", proc)
         time.sleep(rng.uniform(0.05, 0.6))
@@ -72,9 +81,9 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_
     assert not list(run.glob(".*.tmp-*"))  # no temporary files left behind
 
 
-def test_ctrl_c_checkpoints_exits_130_and_resume_matches(tmp_path, reference):
+def test_ctrl_c_checkpoints_exits_130_and_resume_matches(tmp_path, keys, reference):
     run = tmp_path / "run"
-    proc = start(["train", *KEYS, "--out", str(run)], tmp_path)
+    proc = start(["train", *keys, "--out", str(run)], tmp_path)
     wait_for(run / "checkpoint.pt", proc)
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)

@@ -42,9 +42,11 @@ def export_slim(trainer, out: str | Path, *, bn: str = "reestimate", source: str
         raise ConfigError(f"{source} is not a Knowledge Evolution run (method={trainer.config.method})")
     member = trainer.members[ke.options.member].model
     shape = trainer.input_shape
+    # always fp32, whatever the run's precision: the weights are fp32 (autocast never stores in bf16), BN is
+    # re-estimated by fp32 forwards, and the accuracies written beside the file are the fp32 program's own
     slim = ke.slim_network(trainer, reestimate_bn=bn == "reestimate").eval()
-    dense_metrics = trainer.evaluate(member, "test")
-    slim_metrics = trainer.evaluate(slim, "test")
+    dense_metrics = trainer.evaluate(member, "test", autocast=False)
+    slim_metrics = trainer.evaluate(slim, "test", autocast=False)
     ds = trainer.dataset
     mean, std = channel_stats(ds.train)
     wrapped = Normalized(slim, mean, std).eval()

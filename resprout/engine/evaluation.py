@@ -2,7 +2,8 @@
 epoch line, the store rows (and their copies in the dashboard logs) and the best weights.
 
 Evaluation runs under ``torch.inference_mode`` on batches of ``eval_batch_size`` in the run's memory layout (the
-eval loader converts to channels-last when the run trains so). Its cadence is ``eval_every``; by default
+eval loader converts to channels-last when the run trains so) and under the run's autocast (bf16/fp16; metrics
+are computed in fp32). Its cadence is ``eval_every``; by default
 (``eval_every`` unset) a run evaluates every ``ceil(evaluated images / training images per epoch)`` epochs, so that
 a test split much larger than a small training set (Fashion-MNIST's 10,000 test images against 1,000 training
 images) is not evaluated after every epoch; see :func:`auto_eval_every`. The last epoch of every generation is
@@ -20,6 +21,7 @@ trainer's members, loaders, store and position.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import hashlib
 import json
@@ -35,10 +37,13 @@ from torch import nn
 from resprout.data.loader import EvalLoader
 from resprout.engine.distributed import DistInfo, all_gather_object, all_reduce_sum
 from resprout.engine.events import Event
+from resprout.engine.precision import describe
 from resprout.errors import NoSpaceError
 
 if TYPE_CHECKING:
     from resprout.engine.trainer import Trainer
+
+SKIPPED = "scaler/skipped_steps"  # the epoch's count of steps fp16's gradient scaler skipped (in the epoch sums)
 
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -136,21 +141,24 @@ def format_metrics(train: dict, evals: dict[str, dict]) -> str:
 class Reporting:
     """Evaluation, train metrics and the end of an epoch (a part of the trainer)."""
 
-    def evaluate(self: Trainer, model: nn.Module, split: str = "test", correct: list | None = None
-                 ) -> dict[str, float]:
+    def evaluate(self: Trainer, model: nn.Module, split: str = "test", correct: list | None = None, *,
+                 autocast: bool = True) -> dict[str, float]:
         """Metrics of ``model`` on a split: classification by default, or the run's ``evaluator`` (a method may
         set one, e.g. retrieval metrics for an embedding network; it must return at least ``loss`` and ``top1``).
         ``correct`` receives the per-image top-1 correctness of the whole split (classification only; left empty
-        with an evaluator of a method's own).
+        with an evaluator of a method's own). The forward runs under the run's autocast unless ``autocast=False``
+        (in fp32: a network exported in fp32).
 
         In a run with per-rank members every rank evaluates its own members on the whole split."""
         if self.evaluator is not None:
             correct = None
         extra = {} if correct is None else {"correct": correct}
-        if self.per_rank:
-            return (self.evaluator or evaluate)(model, self.full_eval_loaders[split], DistInfo(), **extra)
-        metrics = (self.evaluator or evaluate)(model, self.eval_loaders[split], self.dist, **extra)
-        if correct and self.dist.enabled:  # contiguous shards in rank order: gathered, they are the split's order
+        loader, dist = (self.full_eval_loaders[split], DistInfo()) if self.per_rank else \
+            (self.eval_loaders[split], self.dist)
+        with self.autocast() if autocast else contextlib.nullcontext():
+            metrics = (self.evaluator or evaluate)(model, loader, dist, **extra)
+        if correct and not self.per_rank and self.dist.enabled:
+            # contiguous shards in rank order: gathered, they are the split's order
             parts = all_gather_object(torch.cat(correct), self.dist)
             correct[:] = [torch.cat(parts)]
         return metrics
@@ -241,6 +249,8 @@ class Reporting:
             self._eval_time += time.perf_counter() - t0
             extra = {"lr": member.optimizer.param_groups[0]["lr"], "seconds": self._epoch_time,
                      "images_per_second": images / max(self._epoch_time, 1e-9)} if member.trainable else {}
+            if member.trainable and self.scaler is not None:  # steps fp16's gradient scaler skipped (overflow)
+                extra["skipped_steps"] = float(self._accum.get(SKIPPED, 0))
             rows[name] = (train, extra, evals)
         if self.per_rank:  # rank 0 reports every rank's members
             merged: dict = {}
@@ -312,9 +322,10 @@ class Reporting:
             self.save_checkpoint()
 
     def _eval_text(self: Trainer, evaluated: bool, every: int) -> str:
-        """What the epoch evaluated and how long it took, and the run's thread count."""
+        """What the epoch evaluated and how long it took, the run's thread count and how it computes."""
         threads = torch.get_num_threads()
-        tail = f" | {threads} thread{'s' if threads > 1 else ''}"
+        tail = f" | {threads} thread{'s' if threads > 1 else ''}, " + describe(self.precision, self.channels_last,
+                                                                                self.compiled)
         if not evaluated:
             return f"not evaluated (every {every} epochs and the last){tail}"
         what = ", ".join(f"{split} {loader.total:,}" for split, loader in self.eval_loaders.items())

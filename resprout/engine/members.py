@@ -46,7 +46,8 @@ class Member:
     local: bool = True  # False for a per_rank member that lives on another rank
 
     def __call__(self, x: torch.Tensor) -> Any:
-        return (self.forward_module or self.model)(x)
+        # `is not None`, not `or`: torch.compile's wrapper has no truth value (it proxies len() to the model)
+        return (self.forward_module if self.forward_module is not None else self.model)(x)
 
     @property
     def fed(self) -> bool:

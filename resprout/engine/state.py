@@ -131,7 +131,8 @@ class RunState:
                             for name, m in self.members.items() if m.local},
                 "methods": {m.name: m.state_dict() for m in self.methods},
                 "rng": rng_state(),
-                "accum": dict(self._accum)}
+                "accum": dict(self._accum),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
 
     def state_dict(self: Trainer) -> dict:
         local = self._local_state()
@@ -148,13 +149,14 @@ class RunState:
             "methods": local["methods"],
             "rng": local["rng"],
             "accum": local["accum"],
+            "scaler": local["scaler"],
             "epoch_time": self._epoch_time,
             "results": self.results,
         }
         if self.per_rank:  # gathered to rank 0: one file holds every rank's part
             parts = all_gather_object(ckpt.snapshot(local), self.dist)
             state["members"] = {k: v for part in parts for k, v in part["members"].items()}
-            state["ranks"] = [{k: part[k] for k in ("methods", "rng", "accum")} for part in parts]
+            state["ranks"] = [{k: part[k] for k in ("methods", "rng", "accum", "scaler")} for part in parts]
         return state
 
     def save_checkpoint(self: Trainer) -> None:
@@ -205,6 +207,8 @@ class RunState:
             method.load_state_dict(part["methods"].get(method.name, {}))
         self._accum = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v)
                        for k, v in part["accum"].items()}
+        if self.scaler is not None and part.get("scaler"):  # fp16: the loss scale and its growth tracker
+            self.scaler.load_state_dict(part["scaler"])
         self._epoch_time = state["epoch_time"]
         self.results = state["results"]
         set_rng_state(part["rng"])

@@ -6,6 +6,10 @@ step in which the methods add loss terms and one backward over their sum steps e
 needs more (a discriminator trained apart from the student, say) declares its own steps with ``update_steps``.
 See :mod:`resprout.engine.events` for the loop and its hook points.
 
+Precision (:mod:`resprout.engine.precision`): the members' forwards and the update steps' loss terms are computed
+under the run's autocast (``trainer.autocast()``, nothing in fp32); every term is summed in fp32, backward runs
+outside autocast, and with fp16 the loss is scaled and the gradients unscaled before ``on_after_backward``.
+
 The trainer is split by concern: this file holds the loop and its members; :mod:`resprout.engine.state` surgery
 and checkpoints; :mod:`resprout.engine.evaluation` evaluation and epoch reporting.
 """
@@ -26,12 +30,13 @@ from resprout.config import Config
 from resprout.data.loader import EvalLoader, TrainLoader
 from resprout.engine import checkpoint as ckpt
 from resprout.engine.distributed import DistInfo, all_reduce_sum
-from resprout.engine.evaluation import Reporting, classification_metrics, evaluate  # noqa: F401  (re-exported)
+from resprout.engine.evaluation import SKIPPED, Reporting, classification_metrics, evaluate  # noqa: F401  (re-exported)
 from resprout.engine.events import Event
 from resprout.engine.loggers import Loggers
 from resprout.engine.members import PLACEMENTS, Member, UpdateStep
 from resprout.engine.method import Method, handlers
 from resprout.engine.optim import MEMBER_KEYS, OPTIM_KEYS, Schedule, build_optimizer, set_lr
+from resprout.engine.precision import autocast, grad_scaler, resolve_channels_last, resolve_precision
 from resprout.engine.progress import Progress
 from resprout.engine.state import CHECKPOINT_NAME, RunState  # noqa: F401  (re-exported)
 from resprout.engine.store import Store
@@ -39,6 +44,10 @@ from resprout.engine.taps import FeatureTaps
 from resprout.errors import ConfigError, Interrupted, TrainingDiverged
 
 __all__ = ["CHECKPOINT_NAME", "Member", "Trainer", "UpdateStep", "classification_metrics", "evaluate"]
+
+
+def _has_grads(optimizer: torch.optim.Optimizer) -> bool:
+    return any(p.grad is not None for group in optimizer.param_groups for p in group["params"])
 
 
 class Trainer(RunState, Reporting):
@@ -57,6 +66,11 @@ class Trainer(RunState, Reporting):
         self.config = config
         self.model_factory = model_factory
         self.device = torch.device(device)
+        # resolved by resprout.run already; a trainer built by hand resolves (and checks) them here
+        self.precision = resolve_precision(getattr(config, "precision", "fp32"), self.device)
+        self.channels_last = resolve_channels_last(config.channels_last, config.model)
+        self.compiled = bool(getattr(config, "compile", False))
+        self.scaler = grad_scaler(self.precision, self.device)  # fp16 only
         self.train_loader = train
         self.eval_loaders = evals
         self.full_eval_loaders = full_evals or evals
@@ -184,9 +198,15 @@ class Trainer(RunState, Reporting):
 
     def _place(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
-        if self.config.channels_last:
+        if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
+
+    def autocast(self):
+        """The context of the run's precision (``torch.autocast`` for bf16/fp16, nothing for fp32): the trainer
+        computes every member's forward and every loss term in it; a method running a forward of its own (a
+        second forward, a pre-training loop) wraps it in this too, and leaves backward outside."""
+        return autocast(self.precision, self.device)
 
     @staticmethod
     def _freeze(model: nn.Module) -> None:
@@ -201,6 +221,8 @@ class Trainer(RunState, Reporting):
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             member.forward_module = DDP(member.model, device_ids=ids)
+        if self.compiled and member.trainable:
+            member.forward_module = torch.compile(member.forward_module)
 
     def _configure_members(self) -> None:
         """After every method's setup: config overrides per member, placement, data streams. Refuses up front."""
@@ -256,6 +278,8 @@ class Trainer(RunState, Reporting):
             step = self.update_step.name if self.update_step else "default"
             raise ConfigError(f"loss term {name!r} of member {member!r} added in update step {step!r}, which "
                               f"does not train it (check trainer.updates(member))")
+        if value.dtype in (torch.bfloat16, torch.float16):  # terms are summed (and reported) in fp32
+            value = value.float()
         self._terms.append((member, name, value))
 
     def inputs_of(self, name: str) -> torch.Tensor:
@@ -271,7 +295,7 @@ class Trainer(RunState, Reporting):
         if name in self.outputs:
             return self.outputs[name]
         if name not in self._frozen_outputs:
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast():
                 self._frozen_outputs[name] = self.members[name].model(self.inputs)
         return self._frozen_outputs[name]
 
@@ -393,9 +417,10 @@ class Trainer(RunState, Reporting):
             self.taps.clear()
         for h in self._handlers[Event.BATCH_START]:
             h(self)
-        for m in self.members.values():
-            if m.fed:
-                self.outputs[m.name] = m(self.inputs_of(m.name))
+        with self.autocast():
+            for m in self.members.values():
+                if m.fed:
+                    self.outputs[m.name] = m(self.inputs_of(m.name))
         steps = self._update_steps()
         if steps is None:
             self._default_step(t, dt)
@@ -450,25 +475,47 @@ class Trainer(RunState, Reporting):
 
     def _default_step(self, t: float, dt: float) -> None:
         """Today's rule: the sum of every term, one backward, every local trainable optimizer steps."""
-        for h in self._handlers[Event.LOSS]:
-            h(self)
+        with self.autocast():
+            for h in self._handlers[Event.LOSS]:
+                h(self)
         if not self._terms:
             raise ConfigError("no method added a loss term; add a task loss such as method=ce")
         total = self._terms[0][2] if len(self._terms) == 1 else torch.stack([v for _, _, v in self._terms]).sum()
         value = self._check_loss(total.item())
-        self._optimize([m for m in self.trainable if m.local], total.backward, t, dt)
+        self._optimize([m for m in self.trainable if m.local], lambda: self._scaled(total).backward(), t, dt)
         self.progress.step(value)
 
+    def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to backpropagate: scaled by fp16's gradient scaler, as it is otherwise."""
+        return loss if self.scaler is None else self.scaler.scale(loss)
+
     def _optimize(self, members: list[Member], backward, t: float, dt: float) -> None:
-        """Zero the members' gradients, ``backward()``, then step their optimizers at the schedule's rate."""
+        """Zero the members' gradients, ``backward()``, then step their optimizers at the schedule's rate.
+
+        With fp16's gradient scaler the gradients are unscaled before ``on_after_backward`` (methods see true
+        gradients), and a step whose gradients overflowed is skipped by the scaler and counted (``skipped_steps``
+        in the epoch's train metrics): the scale is lowered, the run goes on, nothing is called divergence."""
         for m in members:
             m.optimizer.zero_grad(set_to_none=True)
         backward()
+        scaler = self.scaler
+        if scaler is not None:
+            members = [m for m in members if _has_grads(m.optimizer)]  # the scaler steps only what it unscaled
+            for m in members:
+                scaler.unscale_(m.optimizer)
         for h in self._handlers[Event.AFTER_BACKWARD]:
             h(self)
         for m in members:
             set_lr(m.optimizer, m.schedule.factor(t, dt))
-            m.optimizer.step()
+            if scaler is None:
+                m.optimizer.step()
+            else:
+                scaler.step(m.optimizer)
+        if scaler is not None and members:
+            before = scaler.get_scale()
+            scaler.update()
+            if scaler.get_scale() < before:  # inf or NaN in the gradients: this step was skipped
+                self._accum[SKIPPED] = self._accum.get(SKIPPED, 0) + 1
         for h in self._handlers[Event.AFTER_STEP]:
             h(self)
         # manual members are not forwarded by the trainer: count their samples for their train metrics
@@ -481,8 +528,9 @@ class Trainer(RunState, Reporting):
         self.update_step = step
         try:
             start = len(self._terms)
-            for h in self._handlers[Event.LOSS]:
-                h(self)
+            with self.autocast():
+                for h in self._handlers[Event.LOSS]:
+                    h(self)
             terms = self._terms[start:]
             chosen = [v for _, name, v in terms if step.terms is None or name in step.terms]
             if len(chosen) != len(terms):
@@ -496,8 +544,8 @@ class Trainer(RunState, Reporting):
             members = [self.members[n] for n in step.members if self.members[n].local]
             params = [p for m in members for p in m.model.parameters() if p.requires_grad]
             # inputs=: gradients reach only this step's members; retain the graph for the steps after it
-            self._optimize(members, lambda: torch.autograd.backward(total, inputs=params, retain_graph=not last),
-                           t, dt)
+            self._optimize(members, lambda: torch.autograd.backward(self._scaled(total), inputs=params,
+                                                                    retain_graph=not last), t, dt)
             if last:
                 self.progress.step(value)
         finally:

@@ -58,8 +58,9 @@ Choices where the paper is open (each an option):
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, ContextManager, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -136,16 +137,20 @@ def adversarial_loss(d_student: torch.Tensor, mode: str = "capped") -> torch.Ten
 def pretrain_regressor(teacher_features: Callable[[torch.Tensor], torch.Tensor], regressor: nn.Module,
                        head: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                        optimizer: torch.optim.Optimizer,
-                       reduce_grads: Callable[[list[torch.Tensor]], None] | None = None) -> list[float]:
+                       reduce_grads: Callable[[list[torch.Tensor]], None] | None = None,
+                       autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> list[float]:
     """Algorithm 1: for each batch, update ``regressor`` (and ``head``) by ``CE(y, head(R(G(x))))`` with the
     teacher part ``G`` frozen (``teacher_features`` is called without gradient). ``reduce_grads`` (data
-    parallel) averages the gradients over processes before each step. Returns the losses."""
+    parallel) averages the gradients over processes before each step. ``autocast`` gives the context the
+    forwards and the loss are computed in (the run's precision, ``trainer.autocast``); backward runs outside it.
+    Returns the losses."""
     params = [p for m in (regressor, head) for p in m.parameters()]
     losses = []
     for x, y in batches:
-        with torch.no_grad():
-            m_t = teacher_features(x)
-        loss = F.cross_entropy(head(regressor(m_t)), y)
+        with autocast():
+            with torch.no_grad():
+                m_t = teacher_features(x)
+            loss = F.cross_entropy(head(regressor(m_t)), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if reduce_grads is not None:
@@ -279,7 +284,7 @@ class DLN(Method):
             params = list(regressor.parameters()) + list(head.parameters())
             opt = torch.optim.SGD(params, lr=o.regressor_lr, momentum=0.9, weight_decay=1e-4)
             try:
-                losses = pretrain_regressor(features, regressor, head, batches(), opt, reduce)
+                losses = pretrain_regressor(features, regressor, head, batches(), opt, reduce, trainer.autocast)
             finally:
                 for p in regressor.parameters():
                     p.requires_grad_(False)
@@ -434,7 +439,8 @@ class KTAN(DLN):
         # module, with C's gradients averaged by hand under data parallelism (DDP would wait for S's too).
         member = trainer.members["model"]
         c = self._classifier_params(trainer)
-        ce = F.cross_entropy(member.model(trainer.inputs), trainer.targets)
+        with trainer.autocast():
+            ce = F.cross_entropy(member.model(trainer.inputs), trainer.targets)
         member.optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(ce, inputs=c)
         if trainer.dist.enabled:

@@ -196,7 +196,7 @@ class MutualLearning(Method):
             return
         name = trainer.update_step.name
         if name != self.names[-1]:  # the paper recomputes the updated peer's predictions for the next ones
-            with torch.no_grad():
+            with torch.no_grad(), trainer.autocast():
                 self._fresh[name] = trainer.members[name].model(trainer.inputs_of(name))
 
     def on_generation_end(self, trainer) -> None:

@@ -10,6 +10,11 @@ Reason, Method, and Cultivation", Sec. 3.2).
 The official edge case (``edge="official"``): the bins are half-open ``[lo + i*s, lo + (i+1)*s)``, so the
 maximum value(s) fall into no bin and the probabilities sum to slightly less than one. ``edge="inclusive"``
 closes the last bin so every value is counted. A constant layer has entropy 0 either way.
+
+Every criterion is computed in at least fp32: a bf16 or fp16 tensor is widened first (bf16 keeps 8 bits of
+mantissa, too few for bin edges ``lo + i * step`` or for summing a layer's l1 norm). The trainer's weights are fp32
+whatever the run's precision (autocast computes in bf16, it does not store in it), so this only matters for a
+tensor given in low precision.
 """
 
 from __future__ import annotations
@@ -19,21 +24,27 @@ import torch
 EDGES = ("official", "inclusive")
 
 
+def _values(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` detached, widened to fp32 when it is stored in a lower precision."""
+    w = weight.detach()
+    return w.float() if w.dtype in (torch.bfloat16, torch.float16) else w
+
+
 def filter_l1(weight: torch.Tensor) -> torch.Tensor:
     """``||W_j||_1`` of every output filter ``j`` (dim 0) of a conv or linear weight (Eq. 3)."""
-    return weight.detach().abs().reshape(weight.shape[0], -1).sum(dim=1)
+    return _values(weight).abs().reshape(weight.shape[0], -1).sum(dim=1)
 
 
 def layer_l1(weight: torch.Tensor) -> float:
     """The l1 norm of the whole layer."""
-    return float(weight.detach().abs().sum())
+    return float(_values(weight).abs().sum())
 
 
 def bin_counts(weight: torch.Tensor, bins: int = 10, edge: str = "official") -> tuple[torch.Tensor, int]:
     """(counts of the ``bins`` equal-width bins over the tensor's own range, number of values)."""
     if edge not in EDGES:
         raise ValueError(f"edge must be one of {EDGES}, not {edge!r}")
-    x = weight.detach().reshape(-1)
+    x = _values(weight).reshape(-1)
     n = x.numel()
     if n == 0:
         return torch.zeros(bins, dtype=torch.long), n

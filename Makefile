@@ -1,13 +1,14 @@
 # Two commands on a fresh machine:
 #   make demo   set everything up, then compare CE, KE and grafting on the embedded digits data (two seeds)
 #   make test   set everything up, then run the test suite
+#   make test-fast   the in-process tests only (not marked slow), for the edit loop
 #   make reproduce   the reproduction campaign (hours: see docs/reproduction.md)
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 
-.PHONY: venv demo test bench reproduce clean
+.PHONY: venv demo test test-fast bench reproduce clean
 
 # torch goes in first, pinned: anything that depends on torch would otherwise pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -27,6 +28,9 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: venv
 	$(BIN)/python -m benchmarks.foundation

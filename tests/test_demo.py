@@ -19,6 +19,7 @@ def _section(text: str) -> str:
     return text.split(start)[1].split(end)[0]
 
 
+@pytest.mark.slow
 def test_make_demo_runs_the_demo_comparison():
     """What `make` itself would run (a dry run, -n) is `resprout compare` with the DEMO keys the script reads."""
     if shutil.which("make") is None:

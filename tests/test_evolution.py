@@ -223,6 +223,7 @@ def test_ke_option_errors():
 
 
 # -- the command-line contract ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ke_train_and_slim_commands(tmp_path):
     proc = subprocess.run([PYTHON, "-m", "resprout", "train", "method=ke", "ke.split=kels", "ke.split_rate=0.5",
                            "generations=3", "epochs=2", "data=digits", "model=resnet20", "--json"],

@@ -464,6 +464,7 @@ def run_cli(tmp_path, *args):
                           env=cli_env(tmp_path), cwd=tmp_path, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_reports_the_rejuvenation_in_json(tmp_path):
     out = run_cli(tmp_path, "method=nr", "nr.every=0.125", "nr.l1=proximal", "nr.sparsity=fixed", "nr.lam=2",
                   "nr.threshold=0.999", "data=digits", "model=cnn", "model.width=0.25", "epochs=1", "threads=1",

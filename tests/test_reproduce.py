@@ -217,6 +217,7 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_results_hold_the_stores_numbers_and_the_bits_agree(tiny):
     rows = read_csv(tiny / "results" / f"{TINY.stem}.csv")
     bits = {(b["label"], b["seed"], b["generation"]): b

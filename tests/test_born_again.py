@@ -143,6 +143,7 @@ def test_refusals():
         train(**keys, module=build_model("cnn", in_channels=1, num_classes=4), save=False)
 
 
+@pytest.mark.slow
 def test_cli_contract(tmp_path, capsys):
     from resprout.cli import main
 

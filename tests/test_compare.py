@@ -57,6 +57,7 @@ def text(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
+@pytest.mark.slow
 def test_table_is_mean_and_std_of_the_stored_results(reference):
     out, result = reference
     groups = stored(out)
@@ -78,6 +79,7 @@ def test_table_is_mean_and_std_of_the_stored_results(reference):
     assert (out / "comparison.md").read_text().startswith(result["table"].split("\n")[0])
 
 
+@pytest.mark.slow
 def test_a_second_invocation_trains_nothing(reference, capsys):
     out, result = reference
     files = sorted((out / "runs").glob("*/checkpoint.pt"))
@@ -188,6 +190,7 @@ def test_refusals_exit_2_with_one_line_and_write_nothing(args, says, tmp_path, c
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_changed_configuration_in_the_same_directory_is_refused(reference, capsys):
     out, _ = reference
     stamp = (out / "compare.json").stat().st_mtime_ns

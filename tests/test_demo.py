@@ -44,6 +44,7 @@ def test_the_readme_shows_the_demo_of_the_makefile():
     assert (ROOT / image).resolve() == demo.IMAGE and demo.IMAGE.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_the_script_writes_what_the_comparison_printed(tmp_path, monkeypatch):
     """benchmarks.demo on a tiny DEMO: the README section holds comparison.md's text, and the image is its plot."""
     makefile = tmp_path / "Makefile"

@@ -199,6 +199,7 @@ def test_ke_composes_with_label_smoothing_and_cskd_and_wels_has_no_slim():
     assert result["final"]["model"]["top1"] > 0.3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opts", [{"reinit": "zeros", "reset_bn": True}, {"reinit": "initial"},
                                   {"handover": "best"}])
 def test_ke_options_run_and_resume_exactly(tmp_path, opts):
@@ -260,6 +261,7 @@ def test_slim_refuses_runs_without_kels(tmp_path, capsys):
     assert "is not a Knowledge Evolution run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_profile_reproduces_table_5_of_the_paper_and_reports_true_costs(capsys):
     from resprout.cli import main
 

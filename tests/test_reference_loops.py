@@ -75,7 +75,7 @@ class Snapshot(Method):
             k: v.detach().clone() for k, v in trainer.members["model"].model.state_dict().items()}
 
 
-# -- Knowledge Evolution ------------------------------------------------------------------------------------------------
+# -- Knowledge Evolution -----------------------------------------------------------------------------------------------
 def test_knowledge_evolution_equals_a_hand_loop_over_two_generations():
     """Taha et al. Algorithm 1 with the reset hypothesis re-initialized to zeros: generation 1 is plain CE;
     generation 2 keeps the fit hypothesis, zeroes the reset one, and trains with a fresh optimizer and the
@@ -99,7 +99,7 @@ def test_knowledge_evolution_equals_a_hand_loop_over_two_generations():
     assert_equal_weights(trainer.members["model"].model, model)
 
 
-# -- Filter Grafting -----------------------------------------------------------------------------------------------------
+# -- Filter Grafting ---------------------------------------------------------------------------------------------------
 def cnn_layer_groups(state: dict) -> list[tuple[str, list[str]]]:
     """The CNN's layers and what each one's alpha mixes: a conv with its batch norm, the classifier with its bias."""
     groups = [(f"conv{i}.weight", [k for k in state if k.startswith((f"conv{i}.", f"bn{i}."))]) for i in (1, 2, 3)]
@@ -151,7 +151,7 @@ def test_filter_grafting_equals_a_hand_loop_of_two_peers():
         assert_equal_weights(trainer.members[f"peer_{k}"].model, p, atol=1e-5)
 
 
-# -- Network Slimming ----------------------------------------------------------------------------------------------------
+# -- Network Slimming --------------------------------------------------------------------------------------------------
 def test_network_slimmings_sparsity_training_equals_a_hand_loop():
     """Liu et al. Eq. 1 by its subgradient: after every backward, lambda * sign(gamma) is added to the gradient of
     every BN scale; the weights at the end of epoch 1 (before the pruning that follows it) equal the hand loop's."""
@@ -168,15 +168,14 @@ def test_network_slimmings_sparsity_training_equals_a_hand_loop():
                 bn.weight.grad += lam * torch.sign(bn.weight)
 
     ce_epoch(model, by_hand.sgd(model), trainer.train_loader, 0, 0, 2, after_backward=l1_subgradient)
-    pruned = {k: v for k, v in Snapshot.states[(0, 0)].items()}
-    expected = model.state_dict()
-    assert pruned.keys() == expected.keys()
+    before_pruning, expected = Snapshot.states[(0, 0)], model.state_dict()
+    assert before_pruning.keys() == expected.keys()
     for k in expected:
-        assert torch.equal(pruned[k], expected[k]), k
+        assert torch.equal(before_pruning[k], expected[k]), k
     assert trainer.results["slimming"]["epoch"] == 1  # and it was pruned right after
 
 
-# -- Dense-Sparse-Dense --------------------------------------------------------------------------------------------------
+# -- Dense-Sparse-Dense ------------------------------------------------------------------------------------------------
 def test_dense_sparse_dense_equals_a_hand_loop():
     """Han et al. Algorithm 1, one epoch per phase: dense; sparse (the 30% smallest |W| of every conv and linear
     weight pruned, held at zero: weights, gradients and momentum masked); re-dense from zero at a tenth of the

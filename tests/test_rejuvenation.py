@@ -443,6 +443,7 @@ def test_fs_reinitializes_every_weight_of_the_found_architecture():
                              w_old[:n, :min(w_old.shape[1], w_new.shape[1])]).any()
 
 
+@pytest.mark.slow
 def test_kill_and_resume_after_a_rejuvenation_is_bit_identical(tmp_path):
     keys = synthetic(method="test_nr_kill+nr+test_crash", epochs=3,
                      method_options={"nr": {**NR_FAST, "scheme": "ca", "rescale": True}})

@@ -46,7 +46,8 @@ def test_default_run_dirs_are_never_shared(tmp_path):
 def test_a_locked_run_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys):
     out = tmp_path / "r"
     resprout.train(**synthetic(epochs=1), out=out)
-    holder = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(60)"])
+    # a live process until the test ends it (it waits for its stdin to close): no clock decides how long it lives
+    holder = subprocess.Popen([PYTHON, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
         (out / LOCK_FILE).write_text(json.dumps({"pid": holder.pid}))
         before = snapshot(out)
@@ -56,7 +57,7 @@ def test_a_locked_run_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys):
         assert str(holder.pid) in err
         assert snapshot(out) == before
     finally:
-        holder.kill()
+        holder.stdin.close()
         holder.wait()
     # the holder is gone: its lock is stale and taken over; released at the end
     assert main(["resume", str(out), "--quiet"]) == 0

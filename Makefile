@@ -8,7 +8,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 
-.PHONY: venv demo test test-fast bench reproduce clean
+.PHONY: venv demo test bench reproduce clean
 
 # torch goes in first, pinned: anything that depends on torch would otherwise pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -29,6 +29,7 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
+.PHONY: test-fast
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 

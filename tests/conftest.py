@@ -10,12 +10,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+os.environ.pop("RESPROUT_FAULT", None)  # a fault is chosen per command by the test that starts it (cli_env)
 
 # Tests measure mechanics and learning, not speed: one thread each, in this process and in the commands they start
 # (on a busy 2-core machine two threads per process can be many times slower than one).
 torch.set_num_threads(1)
 os.environ["OMP_NUM_THREADS"] = "1"
-os.environ.pop("RESPROUT_FAULT", None)  # a fault is chosen per command by the test that starts it (cli_env)
 
 
 @pytest.fixture(autouse=True)

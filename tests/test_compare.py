@@ -3,10 +3,10 @@ jobs=2 against jobs=1, and refusals that write nothing."""
 
 import json
 import os
+import select
 import signal
 import sqlite3
 import statistics
-import select
 import subprocess
 from pathlib import Path
 

@@ -41,6 +41,10 @@ def run(args: list[str], tmp_path: Path, fault: str | None = None) -> tuple[int,
     return proc.returncode, err
 
 
+def epochs_of(keys: list[str]) -> int:
+    return int(next(k for k in keys if k.startswith("epochs="))[len("epochs="):])
+
+
 def position(run_dir: Path) -> tuple:
     pos = load_file(run_dir / "checkpoint.pt")["position"]
     return pos["generation"], pos["epoch"], pos["step"], pos["started"], pos["finished"]
@@ -76,9 +80,10 @@ def test_sigkill_at_chosen_points_then_resume_matches_an_uninterrupted_run(tmp_p
     # mid-epoch again, ten steps on, with no checkpoint since: the resume goes back to step 20
     assert run(["resume", str(out), "--quiet"], tmp_path, "kill-after-step:10")[0] == kill
     assert position(out) == (0, 1, 20, True, False)
-    # between the generations: the second checkpoint from here is the one written after generation 1 ends, before
-    # generation 2 starts (and re-initializes the reset hypothesis)
-    assert run(["resume", str(out), "--quiet"], tmp_path, "kill-after-checkpoint:2")[0] == kill
+    # between the generations: from epoch 2, the (epochs - 1)-th checkpoint is the one written after generation 1
+    # ends, before generation 2 starts (and re-initializes the reset hypothesis)
+    between = epochs_of(KEYS) - 1
+    assert run(["resume", str(out), "--quiet"], tmp_path, f"kill-after-checkpoint:{between}")[0] == kill
     assert position(out) == (1, 0, 0, False, False)
     code, err = run(["resume", str(out), "--quiet"], tmp_path)
     assert code == 0, err

@@ -91,12 +91,23 @@ def channel_stats(split: Split) -> tuple[list[float], list[float]]:
     n, c, h, w = split.images.shape
     if n == 0:
         raise DataError("cannot compute channel statistics of an empty split")
+    return stats_of_histograms([torch.bincount(split.images[:, i].reshape(-1), minlength=256) for i in range(c)])
+
+
+def level_histograms(image: torch.Tensor) -> torch.Tensor:
+    """(C, 256) int64 counts of the gray levels of each channel of a uint8 (C, H, W) image."""
+    return torch.stack([torch.bincount(ch.reshape(-1), minlength=256) for ch in image])
+
+
+def stats_of_histograms(hists: list[torch.Tensor] | torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) standard deviation of ``x / 255`` from per-channel histograms of the 256
+    gray levels, exactly (integer sums)."""
     values = torch.arange(256, dtype=torch.int64).tolist()
-    count = n * h * w
     means, stds = [], []
-    for i in range(c):
+    for hist in hists:
         # A histogram of the 256 gray levels gives exact integer sums; var * count^2 = count*sum(x^2) - sum(x)^2.
-        hist = torch.bincount(split.images[:, i].reshape(-1), minlength=256).tolist()
+        hist = hist.tolist()
+        count = sum(hist)
         total = sum(v * m for v, m in zip(values, hist))
         total_sq = sum(v * v * m for v, m in zip(values, hist))
         means.append(total / count / 255.0)

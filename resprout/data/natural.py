@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from functools import partial
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,7 +271,7 @@ def _decode_range(files: ImageFiles, r: range) -> list[torch.Tensor]:
 
 def _load(files: ImageFiles, workers: int) -> list[torch.Tensor]:
     out: list[torch.Tensor] = []
-    for part in ordered_map(_Bound(_decode_range, files), _chunks(len(files), _CHUNK), workers):
+    for part in ordered_map(partial(_decode_range, files), _chunks(len(files), _CHUNK), workers):
         out.extend(part)
     return out
 
@@ -280,17 +281,7 @@ def _crop_range(files: ImageFiles, size: int, r: range) -> torch.Tensor:
 
 
 def _eval_crops(files: ImageFiles, size: int, workers: int) -> torch.Tensor:
-    return torch.cat(list(ordered_map(_Bound(_crop_range, files, size), _chunks(len(files), _CHUNK), workers)))
-
-
-class _Bound:
-    """``fn(*args, item)``: a picklable partial for worker tasks."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.fn, self.args = fn, args
-
-    def __call__(self, item: Any) -> Any:
-        return self.fn(*self.args, item)
+    return torch.cat(list(ordered_map(partial(_crop_range, files, size), _chunks(len(files), _CHUNK), workers)))
 
 
 def stats_sample(n: int) -> list[int]:
@@ -312,7 +303,7 @@ def sample_stats(images: Images, workers: int = 0) -> tuple[list[float], list[fl
         raise DataError("cannot compute channel statistics of an empty split")
     parts = [idx[i:i + _CHUNK] for i in range(0, len(idx), _CHUNK)]
     run_in = workers if isinstance(images, ImageFiles) else 0  # in memory, counting is faster than a fork
-    hists = sum(ordered_map(_Bound(_histograms, images), parts, run_in))
+    hists = sum(ordered_map(partial(_histograms, images), parts, run_in))
     return stats_of_histograms(list(hists))
 
 

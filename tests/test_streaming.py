@@ -86,9 +86,9 @@ def test_streaming_yields_the_in_memory_batches(cub):
 
 def test_normalization_uses_the_statistics_of_the_stored_training_images(cub):
     nd = prepare_natural(files(cub), size=24, data_mode="memory", workers=0)
-    pixels = torch.cat([t.reshape(t.shape[0], -1) for t in nd.train_images.images], dim=1).double() / 255
-    assert np.allclose(nd.mean, pixels.mean(1).numpy(), rtol=0, atol=1e-12)
-    assert np.allclose(nd.std, pixels.std(1, unbiased=False).numpy(), rtol=0, atol=1e-12)
+    pixels = torch.cat([t.reshape(-1, t.shape[2]) for t in nd.train_images.images]).double() / 255  # (N*H*W, C)
+    assert np.allclose(nd.mean, pixels.mean(0).numpy(), rtol=0, atol=1e-12)
+    assert np.allclose(nd.std, pixels.std(0, unbiased=False).numpy(), rtol=0, atol=1e-12)
 
 
 def test_the_memory_mode_states_its_size_and_refuses_a_set_above_the_budget(cub, monkeypatch):

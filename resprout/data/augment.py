@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -61,7 +62,8 @@ def default_augment(source: str) -> str:
 # -- natural images (augment=imagenet) ---------------------------------------------------------------------------
 # The recipe of ImageNet training that the Knowledge Evolution code uses for its five datasets (its
 # data/custom_dataset.py): RandomResizedCrop(224) + horizontal flip for training, Resize(256) + CenterCrop(224) for
-# evaluation. Images keep their aspect ratio, so these work one image at a time (a batch of 32 is 32 small calls);
+# evaluation. Images keep their aspect ratio, so these work one image at a time (a batch of 32 is 32 small calls),
+# on stored (H, W, C) uint8 images, cropped and resized by Pillow as torchvision does on PIL images;
 # each image draws from its own generator, seeded by (seed, generation, epoch, step, position in the global
 # batch), so a crop does not depend on the other images of the batch, on the number of processes, or on whether
 # it is computed in the training process or in a DataLoader worker.
@@ -126,19 +128,37 @@ def center_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
     return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
 
 
+def _pil(image: torch.Tensor):
+    """A stored (H, W, C) uint8 image as a Pillow image (mode L or RGB)."""
+    from PIL import Image
+
+    arr = image.numpy()
+    return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+
+
+def _chw(im) -> torch.Tensor:
+    """A Pillow image as a uint8 (C, H, W) tensor."""
+    arr = np.asarray(im)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.array(arr, order="C"))  # a writable copy (Pillow's array is read-only)
+
+
 def resized_crop(image: torch.Tensor, top: int, left: int, height: int, width: int,
                  size: tuple[int, int]) -> torch.Tensor:
-    """The box of a uint8 (C, H, W) image resized to ``size`` (bilinear, antialiased), rounded back to uint8."""
-    box = image[None, :, top:top + height, left:left + width].to(torch.float32)
-    if (height, width) != tuple(size):
-        box = F.interpolate(box, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return box[0].round_().clamp_(0, 255).to(torch.uint8)
+    """The box of a stored (H, W, C) uint8 image resized to ``size`` (height, width) as a uint8 (C, H, W) tensor:
+    crop, then Pillow's bilinear (antialiased) resize, as torchvision's ``resized_crop`` does on PIL images."""
+    from PIL import Image
+
+    im = _pil(image).crop((left, top, left + width, top + height))
+    if im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return _chw(im)
 
 
 def train_view(image: torch.Tensor, size: int, g: torch.Generator, flip: bool = True) -> torch.Tensor:
-    """A training view of one stored image: a random resized crop to ``size`` x ``size``, then a left-right mirror
-    with probability 1/2 (one more float64 uniform from ``g``, below 0.5 mirrors)."""
-    _, h, w = image.shape
+    """A training view of one stored (H, W, C) image, as uint8 (C, size, size): a random resized crop, then a
+    left-right mirror with probability 1/2 (one more float64 uniform from ``g``, below 0.5 mirrors)."""
+    h, w, _ = image.shape
     top, left, ch, cw = random_resized_crop_box(h, w, g)
     out = resized_crop(image, top, left, ch, cw, (size, size))
     if flip and float(torch.rand(1, generator=g, dtype=torch.float64)) < 0.5:
@@ -147,12 +167,15 @@ def train_view(image: torch.Tensor, size: int, g: torch.Generator, flip: bool = 
 
 
 def eval_view(image: torch.Tensor, size: int) -> torch.Tensor:
-    """The evaluation view of one stored image: the short side resized to ``stored_short_side(size)`` (when it is
-    not already), then the central ``size`` x ``size`` box."""
-    _, h, w = image.shape
+    """The evaluation view of one stored (H, W, C) image, as uint8 (C, size, size): the short side resized to
+    ``stored_short_side(size)`` (when it is not already), then the central ``size`` x ``size`` box."""
+    from PIL import Image
+
+    h, w, _ = image.shape
     short = stored_short_side(size)
     if min(h, w) != short:
         h, w = short_side_size(h, w, short)
-        image = resized_crop(image, 0, 0, image.shape[1], image.shape[2], (h, w))
+        image = torch.from_numpy(np.asarray(_pil(image).resize((w, h), Image.Resampling.BILINEAR)).copy())
+        image = image[:, :, None] if image.dim() == 2 else image
     top, left = center_crop_box(h, w, size)
-    return image[:, top:top + size, left:left + size].contiguous()
+    return image[top:top + size, left:left + size].permute(2, 0, 1).contiguous()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from resprout.data import readers
-from resprout.data.dataset import Dataset, Split, make_split
+from resprout.data.dataset import Dataset, Split, SplitsAndClasses, make_split
 from resprout.errors import ConfigError, DataError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -57,7 +57,7 @@ class FileSplit:
 
 
 @dataclass(repr=False, eq=False)
-class FileDataset:
+class FileDataset(SplitsAndClasses):
     """The splits of a source of image files (``val`` None when it has none) and its class names. ``channels`` (3 or
     1) and ``image_size`` (None: the images' own, equal sizes) say how :func:`decode` reads the files."""
 
@@ -70,30 +70,12 @@ class FileDataset:
     image_size: int | None = None
 
     def __post_init__(self) -> None:
-        self.classes = [str(c) for c in self.classes]
-        if not self.classes:
-            raise DataError(f"data source {self.name!r} has no classes")
-        for split_name, split in self.splits().items():
-            if len(split) and (int(split.labels.min()) < 0 or int(split.labels.max()) >= len(self.classes)):
-                raise DataError(f"data source {self.name!r}: {split_name} labels must be 0..{len(self.classes) - 1}, "
-                                f"found {int(split.labels.min())}..{int(split.labels.max())}")
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+        self._check_classes()
 
     @property
     def mode(self) -> str:
         """The Pillow mode the files are decoded in."""
         return "L" if self.channels == 1 else "RGB"
-
-    def splits(self) -> dict[str, FileSplit]:
-        """The splits that exist, by name: train, (val,) test."""
-        out = {"train": self.train}
-        if self.val is not None:
-            out["val"] = self.val
-        out["test"] = self.test
-        return out
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.splits().values())

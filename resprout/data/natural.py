@@ -37,7 +37,7 @@ import torch
 
 from resprout.data import readers
 from resprout.data.augment import DEFAULT_CROP, eval_view, short_side_size, stored_short_side, train_view
-from resprout.data.dataset import level_histograms, stats_of_histograms
+from resprout.data.dataset import stats_of_histograms
 from resprout.data.files import FileDataset, FileSplit, check_budget, describe_bytes, image_sizes
 from resprout.data.loader import _AUGMENT, EvalLoader, Normalizer, TrainLoader, _shard
 from resprout.data.samplers import Sampler, make_sampler
@@ -58,9 +58,10 @@ def default_workers() -> int:
 
 
 def read_stored(file: Path, mode: str, short: int) -> torch.Tensor:
-    """One image file as it is stored: uint8 (C, H, W), short side ``short``, aspect ratio kept."""
+    """One image file as it is stored: uint8 (H, W, C) (Pillow's layout: crops and resizes need no transpose),
+    short side ``short``, aspect ratio kept."""
     arr = readers.read_image(file, mode, short_side=short)
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
     return torch.from_numpy(np.array(arr, order="C"))  # a writable copy (Pillow's array is read-only)
 
 
@@ -79,7 +80,7 @@ class ImageFiles:
 
 
 class StoredImages:
-    """Stored images held in memory: one uint8 (C, H, W) tensor per image (sizes differ)."""
+    """Stored images held in memory: one uint8 (H, W, C) tensor per image (sizes differ)."""
 
     def __init__(self, images: list[torch.Tensor]) -> None:
         self.images = images
@@ -292,6 +293,11 @@ def stats_sample(n: int) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, STATS_IMAGES).round().astype(int).tolist()))
 
 
+def level_histograms(image: torch.Tensor) -> torch.Tensor:
+    """(C, 256) int64 counts of the gray levels of each channel of a stored uint8 (H, W, C) image."""
+    return torch.stack([torch.bincount(image[:, :, c].reshape(-1), minlength=256) for c in range(image.shape[2])])
+
+
 def _histograms(images: Images, idx: list[int]) -> torch.Tensor:
     return sum(level_histograms(images[i]) for i in idx)
 
@@ -335,7 +341,7 @@ class NaturalTrainLoader(TrainLoader):
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        c = int(self.source[0].shape[0]) if isinstance(self.source, StoredImages) else \
+        c = int(self.source[0].shape[2]) if isinstance(self.source, StoredImages) else \
             (1 if self.source.mode == "L" else 3)
         return c, self.size, self.size
 

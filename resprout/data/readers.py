@@ -303,6 +303,22 @@ def check_regular_file(path: Path) -> None:
         raise DataError(f"{path} is {_kind(st.st_mode)}, not a regular file; remove it from the image folder")
 
 
+def listed_file(folder: Path, rel: str, where: str) -> Path:
+    """``folder / rel`` for a path a list file names (``where``: the list and line, prefixed to errors): relative,
+    inside ``folder``, existing, a regular file."""
+    p = Path(rel.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts:
+        raise DataError(f"{where}: {rel!r} is not a path inside {folder}")
+    file = folder / p
+    if not file.exists():
+        raise DataError(f"{where}: {file} does not exist")
+    try:
+        check_regular_file(file)
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
+    return file
+
+
 def _unreadable(e: OSError) -> None:
     raise DataError(f"{e.filename} cannot be read: {one_line(e.strerror or e)}") from None
 

@@ -134,21 +134,6 @@ def mat_strings(arr: Any, file: Path, key: str) -> list[str]:
     return out
 
 
-def image_file(folder: Path, rel: str, where: str) -> Path:
-    """``folder / rel``, a regular image file inside ``folder`` (``where`` names the list and line)."""
-    p = Path(rel.replace("\\", "/"))
-    if p.is_absolute() or ".." in p.parts:
-        raise DataError(f"{where}: {rel!r} is not a path inside {folder}")
-    file = folder / p
-    if not file.exists():
-        raise DataError(f"{where}: {file} does not exist")
-    try:
-        readers.check_regular_file(file)
-    except DataError as e:
-        raise DataError(f"{where}: {e}") from None
-    return file
-
-
 def check_labels(labels: np.ndarray, k: int, file: Path, key: str) -> None:
     """1-based class ids in 1..k."""
     if labels.size and (int(labels.min()) < 1 or int(labels.max()) > k):

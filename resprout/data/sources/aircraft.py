@@ -13,8 +13,9 @@ import os
 import numpy as np
 
 from resprout.data.files import FileDataset, FileSplit
+from resprout.data.readers import listed_file
 from resprout.data.sources import register_source
-from resprout.data.sources._official import (DECODE_OPTIONS, find_root, image_file, read_lines, read_table,
+from resprout.data.sources._official import (DECODE_OPTIONS, find_root, read_lines, read_table,
                                              required)
 from resprout.errors import DataError
 from resprout.options import Spec
@@ -48,7 +49,7 @@ def _fgvc_aircraft(path: str | os.PathLike | None = None, *, labels: str = "vari
             if image_id in owner:
                 raise DataError(f"image {image_id} is in both {owner[image_id]} and {lst}")
             owner[image_id] = str(lst)
-            files.append(image_file(folder, f"{image_id}.jpg", f"{lst} image {image_id}"))
+            files.append(listed_file(folder, f"{image_id}.jpg", f"{lst} image {image_id}"))
             cls.append(index[name])
         splits[split] = FileSplit(files, np.array(cls, dtype=np.int64))
     return FileDataset("fgvc-aircraft", train=splits["train"], test=splits["test"], val=splits["val"],

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from resprout.data.files import FileDataset, FileSplit
+from resprout.data.readers import listed_file
 from resprout.data.sources import register_source
-from resprout.data.sources._official import DECODE_OPTIONS, as_int, find_root, image_file, read_table, required
+from resprout.data.sources._official import DECODE_OPTIONS, as_int, find_root, read_table, required
 from resprout.errors import DataError
 
 LISTS = ("images.txt", "image_class_labels.txt", "train_test_split.txt")
@@ -43,7 +44,7 @@ def _cub200(path: str | os.PathLike | None = None, *, image_size: int | None = N
         raise DataError(f"{files[2]}: image {bad} has is_training_image {is_train[bad]!r}, expected 1 or 0")
     classes = _class_names(root, ids, images, cls)
     folder = root / "images"
-    paths = [image_file(folder, images[i], f"{files[0]} image {i}") for i in ids]
+    paths = [listed_file(folder, images[i], f"{files[0]} image {i}") for i in ids]
     train = np.array([f == "1" for f in flags])
     if not train.any() or train.all():
         raise DataError(f"{files[2]} puts every image in {'train' if train.all() else 'test'}")

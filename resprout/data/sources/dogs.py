@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 
 from resprout.data.files import FileDataset, FileSplit
+from resprout.data.readers import listed_file
 from resprout.data.sources import register_source
-from resprout.data.sources._official import (DECODE_OPTIONS, check_labels, find_root, image_file, load_mat,
+from resprout.data.sources._official import (DECODE_OPTIONS, check_labels, find_root, load_mat,
                                              mat_integers, mat_strings, required)
 from resprout.errors import DataError
 
@@ -52,7 +53,7 @@ def _stanford_dogs(path: str | os.PathLike | None = None, *, image_size: int | N
                 raise DataError(f"{where}: {rel!r} is not <breed folder>/<file>")
             if names.setdefault(c, parts[0]) != parts[0]:
                 raise DataError(f"{where}: class {c} is in folder {parts[0]!r} but also in {names[c]!r}")
-            paths.append(image_file(folder, rel, where))
+            paths.append(listed_file(folder, rel, where))
         splits[split] = FileSplit(paths, labels - 1)
     missing = next((c for c in range(1, k + 1) if c not in names), None)
     if missing is not None:

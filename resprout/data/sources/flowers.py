@@ -12,8 +12,9 @@ import os
 
 
 from resprout.data.files import FileDataset, FileSplit
+from resprout.data.readers import listed_file
 from resprout.data.sources import register_source
-from resprout.data.sources._official import (DECODE_OPTIONS, find_root, image_file, load_mat, mat_integers,
+from resprout.data.sources._official import (DECODE_OPTIONS, find_root, load_mat, mat_integers,
                                              required)
 from resprout.errors import DataError
 
@@ -47,7 +48,7 @@ def _flower102(path: str | os.PathLike | None = None, *, image_size: int | None 
             if i in owner:
                 raise DataError(f"{setid_file}: image {i} is in both {owner[i]!r} and {key!r}")
             owner[i] = key
-        files = [image_file(folder, f"image_{i:05d}.jpg", f"{setid_file} {key!r} image {i}") for i in ids.tolist()]
+        files = [listed_file(folder, f"image_{i:05d}.jpg", f"{setid_file} {key!r} image {i}") for i in ids.tolist()]
         splits[split] = FileSplit(files, labels[ids - 1] - 1)
     return FileDataset("flower102", train=splits["train"], test=splits["test"], val=splits["val"],
                        classes=[str(c) for c in range(1, k + 1)], channels=channels, image_size=image_size)

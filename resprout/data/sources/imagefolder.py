@@ -92,13 +92,7 @@ def _read_split_list(root: Path, list_file: Path) -> list[tuple[Path, str]]:
         where = f"{list_file} line {lineno}"
         if rel.is_absolute() or ".." in rel.parts or len(rel.parts) < 2:
             raise DataError(f"{where}: {entry!r} is not a relative path <class>/<image> inside {root}")
-        file = root / rel
-        if not file.exists():
-            raise DataError(f"{where}: {file} does not exist")
-        try:
-            readers.check_regular_file(file)
-        except DataError as e:
-            raise DataError(f"{where}: {e}") from None
+        file = readers.listed_file(root, entry, where)
         if not readers.is_image_file(file.name):
             raise DataError(f"{where}: {file} is not an image file "
                             f"(allowed: {' '.join(readers.IMAGE_EXTENSIONS)})")

@@ -11,8 +11,9 @@ import os
 from pathlib import Path
 
 from resprout.data.files import FileDataset, FileSplit
+from resprout.data.readers import listed_file
 from resprout.data.sources import register_source
-from resprout.data.sources._official import DECODE_OPTIONS, find_root, image_file, read_lines, required
+from resprout.data.sources._official import DECODE_OPTIONS, find_root, read_lines, required
 from resprout.errors import DataError
 
 LISTS = (("train", "TrainImages.txt"), ("test", "TestImages.txt"))
@@ -39,7 +40,7 @@ def _mit67(path: str | os.PathLike | None = None, *, image_size: int | None = No
             if line in owner:
                 raise DataError(f"{lst} line {n}: {line} is already listed in {owner[line]}")
             owner[line] = name
-            out.append((image_file(folder, line, f"{lst} line {n}"), rel.parts[0]))
+            out.append((listed_file(folder, line, f"{lst} line {n}"), rel.parts[0]))
         if not out:
             raise DataError(f"{lst} lists no images")
         entries[split] = out

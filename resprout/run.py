@@ -34,11 +34,12 @@ from torch import nn
 
 from resprout import __version__
 from resprout.config import RUNTIME_KEYS, Config, config_from_dict, make_config
-from resprout.data import Dataset, channel_stats, prepare
+from resprout.data import Dataset, prepare
 from resprout.data.augment import resolve_augment
 from resprout.data.files import FileDataset, decode, memory_budget
 from resprout.data.loader import EvalLoader, Normalizer, TrainLoader
-from resprout.data.natural import NaturalData, NaturalTrainLoader, check_natural_keys, prepare_natural
+from resprout.data.natural import (NaturalData, NaturalTrainLoader, check_natural_keys, normalization_stats,
+                                   prepare_natural)
 from resprout.data.natural import eval_loaders as natural_eval_loaders
 from resprout.data.preparation import prepare_files
 from resprout.data.sources import open_source
@@ -134,14 +135,13 @@ def build_loaders(cfg: Config, ds, methods, device: torch.device, dist: DistInfo
     wanted = [m for m in methods if m.sampler]
     sampler = make_sampler(wanted[0].sampler, **wanted[0].sampler_options) if wanted else None
     if isinstance(ds, NaturalData):
-        norm = Normalizer.from_stats(ds.mean, ds.std, device)
+        norm = Normalizer.from_stats(*normalization_stats(ds), device)
         train = NaturalTrainLoader(ds.train_images, ds.train.labels, size=ds.size, batch_size=cfg.batch_size,
                                    normalizer=norm, seed=cfg.seed, sampler=sampler, device=device,
                                    channels_last=cfg.channels_last, rank=dist.rank, world_size=dist.world_size,
                                    workers=ds.workers)
         return train, build_eval_loaders(cfg, ds, norm, device, dist)
-    mean, std = channel_stats(ds.train)
-    norm = Normalizer.from_stats(mean, std, device)
+    norm = Normalizer.from_stats(*normalization_stats(ds), device)
     augment = resolve_augment(cfg.augment, cfg.data)
     size = ds.input_shape[1]
     padding = cfg.crop_padding if cfg.crop_padding is not None else max(1, size // 8)

@@ -162,6 +162,23 @@ def test_keys_that_do_not_fit_natural_images_are_refused_in_one_line(keys, fragm
     assert not (tmp_path / "run").exists()
 
 
+def test_an_image_folder_of_mixed_sizes_trains_with_augment_imagenet(tmp_path):
+    """imagefolder refuses images of different sizes at one fixed size; with augment=imagenet they keep their
+    own (ImageNet's layout: train/<class>/*, val/<class>/*), here streamed."""
+    from resprout import train
+
+    for split, n in (("train", 4), ("val", 2)):
+        for c in range(2):
+            for k in range(n):
+                miniatures.write_image(tmp_path / "imgs" / split / f"class{c}" / f"{k}.jpg", c, k + 10 * c)
+    (tmp_path / "imgs" / "test").symlink_to(tmp_path / "imgs" / "val")
+    keys = dict(data="imagefolder", data_path=str(tmp_path / "imgs"), model="cnn", epochs=1, batch_size=4,
+                threads=1, progress="none", save=False)
+    raises_one_line(DataError, "images differ in size", match_call=lambda: train(**keys))
+    result = train(**keys, augment="imagenet", image_size=24, data_mode="stream", data_workers=1)
+    assert set(result["final"]["model"]) >= {"top1", "loss"}
+
+
 RUN = ["data=cub200", "image_size=24", "model=cnn", "width=0.5", "batch_size=2", "epochs=6", "seed=5", "threads=1",
        "checkpoint_minutes=0.002"]
 
@@ -253,3 +270,18 @@ def test_the_documented_cub200_command_runs_one_epoch_on_a_miniature(cub, tmp_pa
     assert (saved["lr"], saved["weight_decay"], saved["momentum"]) == (0.256, 1e-4, 0.9)
     assert saved["method_options"]["ke"]["split_rate"] == 0.8 and saved["method_options"]["ls"]["smoothing"] == 0.1
     assert load_file(tmp_path / "run" / "checkpoint.pt")["position"]["finished"]
+
+
+@pytest.mark.slow
+def test_the_slim_network_of_a_ke_run_on_photographs_carries_their_normalization(cub, tmp_path, capsys):
+    """``resprout slim`` of a Knowledge Evolution run on image files: the exported network takes (3, 24, 24) crops
+    in [0, 1] and normalizes them with the run's statistics (those of the stored training images)."""
+    run = tmp_path / "run"
+    assert main(["train", "data=cub200", f"data_path={cub}", "image_size=24", "model=cnn", "method=ke", "epochs=1",
+                 "batch_size=4", "data_workers=0", "threads=1", "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["slim", str(run), "--out", str(tmp_path / "slim.pt2"), "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    nd = prepare_natural(files(cub), size=24, data_mode="memory", workers=0)
+    assert meta["input_shape"] == [3, 24, 24] and meta["classes"] == nd.classes
+    assert (meta["mean"], meta["std"]) == (nd.mean, nd.std)

@@ -37,7 +37,7 @@ import torch
 
 from resprout.data import readers
 from resprout.data.augment import DEFAULT_CROP, eval_view, short_side_size, stored_short_side, train_view
-from resprout.data.dataset import stats_of_histograms
+from resprout.data.dataset import channel_stats, stats_of_histograms
 from resprout.data.files import FileDataset, FileSplit, check_budget, describe_bytes, image_sizes
 from resprout.data.loader import _AUGMENT, EvalLoader, Normalizer, TrainLoader, _shard
 from resprout.data.samplers import Sampler, make_sampler
@@ -190,6 +190,14 @@ class NaturalData:
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits().items())
         return (f"NaturalData({self.name!r}, {sizes}, {self.size}px crops of images stored at short side "
                 f"{stored_short_side(self.size)}, {self.data_mode})")
+
+
+def normalization_stats(ds: Any) -> tuple[list[float], list[float]]:
+    """The per-channel mean and std a run normalizes with: those of :class:`NaturalData`'s sample of stored training
+    images, or the exact ones of a dataset in memory's training split."""
+    if isinstance(ds, NaturalData):
+        return ds.mean, ds.std
+    return channel_stats(ds.train)
 
 
 def estimate_bytes(fds: FileDataset, size: int) -> tuple[float, str]:

@@ -16,7 +16,11 @@ from resprout.errors import DataError
 from resprout.options import Spec
 
 #: the options every source of image files takes: how :func:`resprout.data.files.decode` reads the images
-DECODE_OPTIONS = {"image_size": Spec(int, min=1, allow_none=True), "channels": Spec(int, choices=(1, 3))}
+DECODE_OPTIONS = {
+    "image_size": Spec(int, min=1, allow_none=True, help="resize every image to S x S while reading (the fixed-size "
+                       "path of augment=crop+flip and the like; augment=imagenet keeps the aspect ratio instead)"),
+    "channels": Spec(int, choices=(1, 3), help="read images as 3-channel RGB or 1-channel grayscale"),
+}
 
 
 def find_root(source: str, path: str | os.PathLike | None, marker: str, layouts: tuple[str, ...], how: str) -> Path:

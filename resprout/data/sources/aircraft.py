@@ -23,7 +23,8 @@ from resprout.options import Spec
 NAMES = {"variant": "variants.txt", "family": "families.txt", "manufacturer": "manufacturers.txt"}
 
 
-@register_source("fgvc-aircraft", options={**DECODE_OPTIONS, "labels": Spec(str, choices=tuple(NAMES))})
+@register_source("fgvc-aircraft", options={**DECODE_OPTIONS, "labels": Spec(str, choices=tuple(NAMES), help=(
+    "which labels to train on: variant (100 classes), family (70) or manufacturer (30)"))})
 def _fgvc_aircraft(path: str | os.PathLike | None = None, *, labels: str = "variant", image_size: int | None = None,
                    channels: int = 3) -> FileDataset:
     """FGVC-Aircraft (``path``: the ``data`` folder, ``fgvc-aircraft-2013b`` or its parent): the official

@@ -97,10 +97,11 @@ def model_rows() -> list[Row]:
 
 def data_rows() -> list[Row]:
     """``data.<option>``: the options of every registered data source."""
-    from resprout.data.sources import _SOURCES
+    from resprout.data.sources import SOURCES
 
     rows = []
-    for source, entry in sorted(_SOURCES.items()):
+    for source in SOURCES.names():
+        entry = SOURCES.get(source)
         params = inspect.signature(entry.fn).parameters
         for opt, p in params.items():
             if opt == "path" or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):

@@ -101,6 +101,18 @@ def environment(device: torch.device, dist: DistInfo) -> dict:
 
 
 # -- building the pieces ------------------------------------------------------------------------------------------------
+def _say(progress: Progress | str | None, cfg: Config, dist: DistInfo) -> Callable[[str], None] | None:
+    """Where the run states what it does before training (the data's size in memory): the progress output of
+    the main process, if any."""
+    if not dist.is_main:
+        return None
+    if isinstance(progress, Progress):
+        return progress.message
+    if (progress or cfg.progress) == "none":
+        return None
+    return lambda line: print(line, file=sys.stderr, flush=True)
+
+
 def build_dataset(cfg: Config, data: Dataset | None = None, say: Callable[[str], None] | None = None):
     """The dataset a run trains on: from the source ``cfg.data``, or from ``data`` (the user's own splits, see
     :mod:`resprout.data.user`) when ``cfg.data`` is ``user``. Image files with ``augment=imagenet`` give a
@@ -336,18 +348,6 @@ def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, sto
         elif store is not None:  # killed before the first checkpoint: start again, dropping what it logged
             store.forget_after(run_id, 0, 0)
     return trainer
-
-
-def _say(progress: Progress | str | None, cfg: Config, dist: DistInfo) -> Callable[[str], None] | None:
-    """Where the run states what it does before training (the data's size in memory): the progress output of
-    the main process, if any."""
-    if not dist.is_main:
-        return None
-    if isinstance(progress, Progress):
-        return progress.message
-    if (progress or cfg.progress) == "none":
-        return None
-    return lambda line: print(line, file=sys.stderr, flush=True)
 
 
 def _load_with_overrides(trainer: Trainer, path: Path, load_config: Config | None) -> None:

@@ -22,6 +22,16 @@ def one_thread():
 
 
 @pytest.fixture(autouse=True)
+def scoped_sources():
+    """A data source a test registers is forgotten after it. (Branch data only: main's ``scoped_registries``
+    does this for every registry; drop this fixture when merging.)"""
+    from resprout.data.sources.registry import SOURCES
+
+    with SOURCES.scoped():
+        yield
+
+
+@pytest.fixture(autouse=True)
 def isolated_store(tmp_path, monkeypatch):
     """Every test writes its results store and run directories under its own tmp_path."""
     monkeypatch.setenv("RESPROUT_STORE", str(tmp_path / "runs" / "resprout.db"))

@@ -595,7 +595,7 @@ def test_prepare_does_not_mutate_or_share_the_input():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_registry_and_option_checks(monkeypatch):
+def test_registry_and_option_checks():
     assert available_sources() == sorted(["digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder",
                                           "synthetic", "cub200", "flower102", "fgvc-aircraft", "mit67",
                                           "stanford-dogs"])
@@ -603,8 +603,6 @@ def test_registry_and_option_checks(monkeypatch):
     raises_one_line(ConfigError, "'n_trian'", "n_train", match_call=lambda: load_source("synthetic", n_trian=5))
     raises_one_line(ConfigError, "'digits'", "data_path", match_call=lambda: load_source("digits", "/tmp"))
     raises_one_line(ConfigError, "n_test", match_call=lambda: load_source("synthetic", n_test=0))
-    monkeypatch.setattr(sources, "_SOURCES", dict(sources._SOURCES))
-
     @register_source("tiny")
     def tiny(path=None, *, k=2):
         return load_source("synthetic", num_classes=k, n_train=k, n_test=k)

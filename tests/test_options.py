@@ -157,9 +157,7 @@ def test_options_imports_only_stdlib_and_errors():
     assert outside == {"resprout.errors"}, outside
 
 
-def test_source_options_are_declared_with_specs(monkeypatch):
-    monkeypatch.setattr(sources, "_SOURCES", dict(sources._SOURCES))
-
+def test_source_options_are_declared_with_specs():
     @register_source("sized", options={"size": Spec(int, min=1), "mode": Spec(str, choices=("a", "b"))})
     def sized(*, size=4, mode="a", extra=None):
         return load_source("synthetic", num_classes=2, n_train=2, n_test=2, image_size=max(2, size))

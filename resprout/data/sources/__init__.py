@@ -7,7 +7,9 @@ on. Built-in sources (see :func:`available_sources`), one module each in this pa
 python-pickle layouts, :mod:`.cifar`), ``imagefolder`` (class-per-folder trees read with Pillow), the five fine-grained
 sets of the Knowledge Evolution paper in their official layouts (``cub200``, ``flower102``, ``fgvc-aircraft``,
 ``mit67``, ``stanford-dogs``; :mod:`.cub`, :mod:`.flowers`, :mod:`.aircraft`, :mod:`.mit67`, :mod:`.dogs`) and
-``synthetic`` (for tests). More can be added with :func:`register_source`.
+``synthetic`` (for tests). More can be added with :func:`register_source` (:mod:`.registry`). A source of image
+files may return a :class:`~resprout.data.files.FileDataset` (files and labels): :func:`load_source` decodes it,
+:func:`open_source` keeps it as files.
 
 A source's options are the keyword parameters of its function; those it declares with a
 :class:`~resprout.options.Spec` are checked by the shared option validator before the function runs.
@@ -17,17 +19,18 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, TypeVar
+from typing import Any
 
 from resprout.data.dataset import Dataset, Split, channel_stats
 from resprout.data.files import FileDataset, decode
 from resprout.data.preparation import prepare
+from resprout.data.sources.registry import KEYWORD, SOURCES, available_sources, register_source
 from resprout.errors import ConfigError
-from resprout.options import Spec, unknown_name, validate
+from resprout.options import unknown_name, validate
 
 __all__ = [
     "Dataset",
+    "SOURCES",
     "Split",
     "available_sources",
     "channel_stats",
@@ -36,60 +39,6 @@ __all__ = [
     "prepare",
     "register_source",
 ]
-
-SourceFn = Callable[..., Dataset]
-_F = TypeVar("_F", bound=SourceFn)
-
-
-class _Source(NamedTuple):
-    fn: SourceFn
-    options: dict[str, Spec]  # the declared options (a subset of the function's keyword parameters)
-
-
-_SOURCES: dict[str, _Source] = {}
-_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-
-
-def _canonical(name: str) -> str:
-    return str(name).strip().lower().replace("_", "-")
-
-
-def register_source(name: str, *, options: Mapping[str, Spec] | None = None,
-                    replace: bool = False) -> Callable[[_F], _F]:
-    """Register a data source under ``name`` (decorator).
-
-    The function returns a :class:`Dataset`, or a :class:`~resprout.data.files.FileDataset` when it lists image
-    files (decoded by :func:`load_source`, kept as files by :func:`open_source`). If it has a parameter called ``path``, it receives the data path
-    (``None`` when the user gave none); its other keyword parameters are the source's options, and
-    :func:`load_source` refuses options it does not declare (unless it takes ``**options``). ``options`` may give
-    a :class:`~resprout.options.Spec` (type, choices, range) for some of them; :func:`load_source` checks those
-    values (strictly: no parsing from strings) before calling the function::
-
-        @register_source("my-data", options={"size": Spec(int, min=1)})
-        def my_data(path, *, size=32):
-            ...
-    """
-    key = _canonical(name)
-    if not key:
-        raise ValueError("a data source needs a non-empty name")
-    specs = dict(options or {})
-
-    def deco(fn: _F) -> _F:
-        if key in _SOURCES and not replace and _SOURCES[key].fn is not fn:
-            raise ValueError(f"data source {key!r} is already registered (pass replace=True to replace it)")
-        params = inspect.signature(fn).parameters
-        for opt in specs:
-            if opt == "path" or opt not in params or params[opt].kind not in _KEYWORD:
-                raise ValueError(f"data source {key!r} declares option {opt!r}, which is not a keyword parameter")
-        _SOURCES[key] = _Source(fn, specs)
-        return fn
-
-    return deco
-
-
-def available_sources() -> list[str]:
-    """The names of the registered data sources, sorted."""
-    return sorted(_SOURCES)
 
 
 def load_source(name: str, path: str | os.PathLike | None = None, **options: Any) -> Dataset:
@@ -107,15 +56,13 @@ def load_source(name: str, path: str | os.PathLike | None = None, **options: Any
 def open_source(name: str, path: str | os.PathLike | None = None, **options: Any) -> Dataset | FileDataset:
     """Like :func:`load_source`, but a source of image files returns its :class:`FileDataset` (files and labels,
     nothing decoded yet)."""
-    key = _canonical(name)
-    source = _SOURCES.get(key)
-    if source is None:
-        raise ConfigError(f"unknown data source {name!r}; allowed: {', '.join(available_sources())}")
+    source = SOURCES.get(name)
+    key = SOURCES.canonical(name)
     where = f"data source {key!r}"
     params = inspect.signature(source.fn).parameters
     takes_path = "path" in params
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    allowed = [n for n, p in params.items() if n != "path" and p.kind in _KEYWORD]
+    allowed = [n for n, p in params.items() if n != "path" and p.kind in KEYWORD]
     if not takes_any:
         for opt in options:
             if opt not in allowed:

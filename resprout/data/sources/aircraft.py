@@ -14,7 +14,7 @@ import numpy as np
 
 from resprout.data.files import FileDataset, FileSplit
 from resprout.data.readers import listed_file
-from resprout.data.sources import register_source
+from resprout.data.sources.registry import register_source
 from resprout.data.sources._official import (DECODE_OPTIONS, find_root, read_lines, read_table,
                                              required)
 from resprout.errors import DataError

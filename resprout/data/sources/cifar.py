@@ -11,7 +11,7 @@ import numpy as np
 
 from resprout.data import readers
 from resprout.data.dataset import Dataset, make_split
-from resprout.data.sources import register_source
+from resprout.data.sources.registry import register_source
 from resprout.data.sources._paths import env_dirs, user_path
 from resprout.errors import DataError
 from resprout.options import Spec

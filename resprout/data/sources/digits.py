@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from resprout.data.dataset import Dataset, make_split
-from resprout.data.sources import register_source
+from resprout.data.sources.registry import register_source
 from resprout.data.stratify import fixed_test_split
 
 

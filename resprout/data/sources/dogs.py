@@ -13,7 +13,7 @@ from pathlib import Path
 
 from resprout.data.files import FileDataset, FileSplit
 from resprout.data.readers import listed_file
-from resprout.data.sources import register_source
+from resprout.data.sources.registry import register_source
 from resprout.data.sources._official import (DECODE_OPTIONS, check_labels, find_root, load_mat,
                                              mat_integers, mat_strings, required)
 from resprout.errors import DataError

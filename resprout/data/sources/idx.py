@@ -9,7 +9,7 @@ import numpy as np
 
 from resprout.data import readers
 from resprout.data.dataset import Dataset, make_split
-from resprout.data.sources import register_source
+from resprout.data.sources.registry import register_source
 from resprout.data.sources._paths import env_dirs, user_path
 from resprout.errors import DataError
 

@@ -10,7 +10,7 @@ import numpy as np
 from resprout.data import readers
 from resprout.data.files import SPLIT_NAMES as _SPLIT_NAMES
 from resprout.data.files import FileDataset, FileSplit
-from resprout.data.sources import register_source
+from resprout.data.sources.registry import register_source
 from resprout.data.sources._paths import user_path
 from resprout.data.stratify import fixed_test_split
 from resprout.errors import ConfigError, DataError

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from resprout.data.dataset import Dataset, Split, make_split
-from resprout.data.sources import register_source
+from resprout.data.sources.registry import register_source
 from resprout.errors import ConfigError
 from resprout.options import Spec
 

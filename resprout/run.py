@@ -163,11 +163,12 @@ def build_loaders(cfg: Config, ds, methods, device: torch.device, dist: DistInfo
                   ) -> tuple[TrainLoader, dict[str, EvalLoader]]:
     wanted = [m for m in methods if m.sampler]
     sampler = make_sampler(wanted[0].sampler, **wanted[0].sampler_options) if wanted else None
+    channels_last = resolve_channels_last(cfg.channels_last, cfg.model)
     if isinstance(ds, NaturalData):
         norm = Normalizer.from_stats(*normalization_stats(ds), device)
         train = NaturalTrainLoader(ds.train_images, ds.train.labels, size=ds.size, batch_size=cfg.batch_size,
                                    normalizer=norm, seed=cfg.seed, sampler=sampler, device=device,
-                                   channels_last=resolve_channels_last(cfg.channels_last, cfg.model), rank=dist.rank, world_size=dist.world_size,
+                                   channels_last=channels_last, rank=dist.rank, world_size=dist.world_size,
                                    workers=ds.workers)
         return train, build_eval_loaders(cfg, ds, norm, device, dist)
     norm = Normalizer.from_stats(*normalization_stats(ds), device)
@@ -176,8 +177,7 @@ def build_loaders(cfg: Config, ds, methods, device: torch.device, dist: DistInfo
     padding = cfg.crop_padding if cfg.crop_padding is not None else max(1, size // 8)
     train = TrainLoader(ds.train.images, ds.train.labels, batch_size=cfg.batch_size, normalizer=norm, seed=cfg.seed,
                         augment=augment, crop_padding=padding, sampler=sampler, device=device,
-                        channels_last=resolve_channels_last(cfg.channels_last, cfg.model), rank=dist.rank,
-                        world_size=dist.world_size)
+                        channels_last=channels_last, rank=dist.rank, world_size=dist.world_size)
     return train, build_eval_loaders(cfg, ds, norm, device, dist)
 
 
@@ -185,7 +185,8 @@ def build_eval_loaders(cfg: Config, ds, norm: Normalizer, device: torch.device, 
                        ) -> dict[str, EvalLoader]:
     if isinstance(ds, NaturalData):
         return natural_eval_loaders(ds, norm, batch_size=cfg.eval_batch_size, device=device,
-                                    channels_last=resolve_channels_last(cfg.channels_last, cfg.model), rank=dist.rank, world_size=dist.world_size)
+                                    channels_last=resolve_channels_last(cfg.channels_last, cfg.model),
+                                    rank=dist.rank, world_size=dist.world_size)
     evals = {}
     for split_name in ("val", "test"):
         split = getattr(ds, split_name)

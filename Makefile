@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:
 #   make demo   set everything up, then compare CE, KE and grafting on the embedded digits data (two seeds)
 #   make test   set everything up, then run the test suite
+#   make test-fast   the in-process tests only (not marked slow), for the edit loop
 #   make reproduce   the reproduction campaign (hours: see docs/reproduction.md)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -27,6 +28,10 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+.PHONY: test-fast
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: venv
 	$(BIN)/python -m benchmarks.foundation

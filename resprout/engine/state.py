@@ -9,10 +9,16 @@ metrics of a run that was never stopped (same device, same thread count).
 
 In a run with per-rank members, every rank's members, RNG state and epoch sums are **gathered to rank 0**, which
 writes one checkpoint file; on resume every rank reads that file and takes its own part.
+
+A test hook, :class:`Fault`, stops the process at an exact point (``RESPROUT_FAULT``), so that kill-and-resume
+tests choose where a run dies instead of racing its clock.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +29,7 @@ from torch import nn
 from resprout.engine import checkpoint as ckpt
 from resprout.engine.distributed import all_gather_object
 from resprout.engine.events import Event
-from resprout.errors import CheckpointError
+from resprout.errors import CheckpointError, ConfigError
 from resprout.seeding import rng_state, set_rng_state
 from resprout.surgery.registry import IndexMaps, SurgeryResult, get_surgery
 
@@ -31,6 +37,42 @@ if TYPE_CHECKING:
     from resprout.engine.trainer import Trainer
 
 CHECKPOINT_NAME = "checkpoint.pt"
+FAULT_ENV = "RESPROUT_FAULT"
+
+
+class Fault:
+    """A deterministic fault for tests: ``RESPROUT_FAULT=<action>-after-<moment>:N``.
+
+    The process sends itself a signal right after the N-th ``checkpoint`` it writes is on disk (the writer is
+    waited for), or right after the N-th training ``step`` it takes; both counted from the start of this process's
+    run, so a resumed process counts afresh. Actions: ``kill`` (SIGKILL: dies on the spot), ``interrupt`` (SIGINT:
+    the trainer's Ctrl-C path, a checkpoint at that step and exit 130), ``pause`` (SIGSTOP: stopped, holding the
+    run's lock, until SIGCONT). Read once, when the trainer is built; a malformed value is refused.
+    """
+
+    SIGNALS = {"kill": signal.SIGKILL, "interrupt": signal.SIGINT, "pause": signal.SIGSTOP}
+    MOMENTS = ("checkpoint", "step")
+
+    def __init__(self, spec: str) -> None:
+        m = re.fullmatch(r"([a-z]+)-after-([a-z]+):([0-9]+)", spec.strip())
+        if not m or m[1] not in self.SIGNALS or m[2] not in self.MOMENTS or int(m[3]) < 1:
+            raise ConfigError(f"{FAULT_ENV}={spec!r} is not a fault; expected <action>-after-<moment>:N with action "
+                              f"{'/'.join(self.SIGNALS)}, moment {'/'.join(self.MOMENTS)} and N >= 1 "
+                              f"(e.g. kill-after-checkpoint:2), or unset")
+        self.signal, self.moment, self.n = self.SIGNALS[m[1]], m[2], int(m[3])
+        self.count = 0
+
+    @classmethod
+    def from_env(cls) -> Fault | None:
+        spec = os.environ.get(FAULT_ENV)
+        return cls(spec) if spec else None
+
+    def reached(self, moment: str) -> bool:
+        """Count one ``moment``; True exactly at the N-th."""
+        if moment != self.moment:
+            return False
+        self.count += 1
+        return self.count == self.n
 
 
 def carry_tensor(old: torch.Tensor, maps: dict[int, list[int]], shape: torch.Size) -> torch.Tensor:
@@ -167,7 +209,16 @@ class RunState:
         state = self.state_dict()
         if self._writer is not None:
             self._writer.save(state, self.run_dir / CHECKPOINT_NAME)
+            self.fault_point("checkpoint")
         self._last_checkpoint = time.monotonic()
+
+    def fault_point(self: Trainer, moment: str) -> None:
+        """Where a :class:`Fault` may strike (a checkpoint written, a step taken); nothing without one."""
+        if self._fault is None or not self._fault.reached(moment):
+            return
+        if self._writer is not None:  # what was queued is on disk before the signal
+            self._writer.wait()
+        os.kill(os.getpid(), self._fault.signal)
 
     def load_checkpoint(self: Trainer, path: str | Path) -> None:
         """Continue from a checkpoint written by a run with the same configuration."""

@@ -38,7 +38,7 @@ from resprout.engine.method import Method, handlers
 from resprout.engine.optim import MEMBER_KEYS, OPTIM_KEYS, Schedule, build_optimizer, set_lr
 from resprout.engine.precision import autocast, grad_scaler, resolve_channels_last, resolve_precision
 from resprout.engine.progress import Progress
-from resprout.engine.state import CHECKPOINT_NAME, RunState  # noqa: F401  (re-exported)
+from resprout.engine.state import CHECKPOINT_NAME, Fault, RunState  # noqa: F401  (re-exported)
 from resprout.engine.store import Store
 from resprout.engine.taps import FeatureTaps
 from resprout.errors import ConfigError, Interrupted, TrainingDiverged
@@ -123,6 +123,7 @@ class Trainer(RunState, Reporting):
         self._writer: ckpt.AsyncWriter | None = None
         self._best_writer: ckpt.AsyncWriter | None = None
         self._last_checkpoint = time.monotonic()
+        self._fault = Fault.from_env()  # a test hook: RESPROUT_FAULT (resprout.engine.state.Fault)
         for m in self.methods:
             m.setup(self)
         self._handlers = {e: handlers(self.methods, e) for e in Event}
@@ -398,6 +399,7 @@ class Trainer(RunState, Reporting):
                 self._member_batches[name] = stream.batch(g, e, self.step)
             self._train_step(x, y, e + self.step / steps, 1.0 / steps)
             self.step += 1
+            self.fault_point("step")
             if self._stop is not None:
                 self._epoch_time += time.perf_counter() - t0
                 self._interrupt()

@@ -32,7 +32,7 @@ from resprout.options import base_type, check_range, coerce, fill_options, optio
 
 
 # Keys that may differ between a run and its resumption (where it runs, not what it computes).
-RUNTIME_KEYS = ("device", "threads", "progress", "loggers", "compile")
+RUNTIME_KEYS = ("device", "threads", "progress", "loggers", "compile", "data_mode", "memory_budget", "data_workers")
 # Keys whose ``auto`` resolves on the machine that starts the run (resprout.engine.precision); the run stores the
 # resolved value.
 AUTO_KEYS = ("precision", "channels_last")
@@ -56,9 +56,23 @@ class Config:
                             choices=("auto", "pad", "resize"))
     channels: int | None = option(None, "convert images to 1 or 3 channels", choices=(1, 3))
     augment: str = option("auto", "random augmentation of training batches: none, crop (pad and crop back), flip "
-                          "(mirror left-right), crop+flip; auto: crop for digits and mnist, none for synthetic and "
-                          "data from Python, crop+flip otherwise", choices=("auto", "none", "crop", "flip", "crop+flip"))
+                          "(mirror left-right), crop+flip; imagenet (image files: a random resized crop of "
+                          "image_size, default 224, and a flip; evaluation on the central crop after resizing the "
+                          "short side to image_size * 256/224); auto: imagenet for cub200, flower102, fgvc-aircraft, "
+                          "mit67 and stanford-dogs, crop for digits and mnist, none for synthetic and data from "
+                          "Python, crop+flip otherwise",
+                          choices=("auto", "none", "crop", "flip", "crop+flip", "imagenet"))
     crop_padding: int | None = option(None, "padding of the random crop (default: image_size // 8)", min=0)
+    data_mode: str = option("auto", "where augment=imagenet images live: memory (decoded once), stream (read from "
+                            "disk by DataLoader workers, for data larger than memory) or auto (memory when they fit "
+                            "memory_budget); the batches are the same in every mode",
+                            choices=("auto", "memory", "stream"))
+    memory_budget: float | None = option(None, "GB the images may take in memory (default: half of this machine's "
+                                         "memory); above it data_mode=auto streams and data_mode=memory refuses",
+                                         min=0.0, min_exclusive=True)
+    data_workers: int | None = option(None, "DataLoader worker processes that decode and augment image files "
+                                      "(augment=imagenet; default: one per core, at most 4; 0: in the training "
+                                      "process)", min=0)
     data_options: dict = option({}, "options of the data source (data.<key>=...)")
     # -- model --------------------------------------------------------------------------------------------------
     model: str = option("cnn", "architecture name (see `resprout profile`), or tv:<name> / timm:<name>")

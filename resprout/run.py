@@ -35,9 +35,15 @@ from torch import nn
 
 from resprout import __version__
 from resprout.config import RUNTIME_KEYS, Config, config_from_dict, make_config
-from resprout.data import Dataset, channel_stats, load_source, prepare
-from resprout.data.augment import default_augment
+from resprout.data import Dataset, prepare
+from resprout.data.augment import resolve_augment
+from resprout.data.files import FileDataset, decode, memory_budget
 from resprout.data.loader import EvalLoader, Normalizer, TrainLoader
+from resprout.data.natural import (NaturalData, NaturalTrainLoader, check_natural_keys, normalization_stats,
+                                   prepare_natural)
+from resprout.data.natural import eval_loaders as natural_eval_loaders
+from resprout.data.preparation import prepare_files
+from resprout.data.sources import open_source
 from resprout.data.samplers import make_sampler
 from resprout.data.user import check_same_data, is_user_source, user_config_keys, user_dataset
 from resprout.engine import checkpoint as ckpt
@@ -112,37 +118,75 @@ def environment(device: torch.device, dist: DistInfo) -> dict:
 
 
 # -- building the pieces ------------------------------------------------------------------------------------------------
-def build_dataset(cfg: Config, data: Dataset | None = None):
+def _say(progress: Progress | str | None, cfg: Config, dist: DistInfo) -> Callable[[str], None] | None:
+    """Where the run states what it does before training (the data's size in memory): the progress output of
+    the main process, if any."""
+    if not dist.is_main:
+        return None
+    if isinstance(progress, Progress):
+        return progress.message
+    if (progress or cfg.progress) == "none":
+        return None
+    return lambda line: print(line, file=sys.stderr, flush=True)
+
+
+def build_dataset(cfg: Config, data: Dataset | None = None, say: Callable[[str], None] | None = None):
     """The dataset a run trains on: from the source ``cfg.data``, or from ``data`` (the user's own splits, see
-    :mod:`resprout.data.user`) when ``cfg.data`` is ``user``."""
+    :mod:`resprout.data.user`) when ``cfg.data`` is ``user``. Image files with ``augment=imagenet`` give a
+    :class:`~resprout.data.natural.NaturalData` (in memory or streamed; ``say`` hears its size)."""
     if is_user_source(cfg.data):
         check_same_data(cfg.data_options, data, "this run")
         ds = data
     else:
-        ds = load_source(cfg.data, cfg.data_path, **cfg.data_options)
-    return prepare(ds, per_class=cfg.per_class, val_split=cfg.val_split, data_seed=cfg.data_seed,
-                   image_size=cfg.image_size, channels=cfg.channels, fit=cfg.image_fit,
-                   test_per_class=cfg.test_per_class)
+        ds = open_source(cfg.data, cfg.data_path, **cfg.data_options)
+    choice = dict(per_class=cfg.per_class, val_split=cfg.val_split, data_seed=cfg.data_seed,
+                  test_per_class=cfg.test_per_class)
+    augment = resolve_augment(cfg.augment, cfg.data)
+    if isinstance(ds, FileDataset):
+        files = prepare_files(ds, **choice)
+        if augment == "imagenet":
+            check_natural_keys(image_fit=cfg.image_fit, crop_padding=cfg.crop_padding, files=files)
+            return prepare_natural(files, size=cfg.image_size, channels=cfg.channels, data_mode=cfg.data_mode,
+                                   budget=memory_budget(cfg.memory_budget), workers=cfg.data_workers, say=say)
+        if cfg.data_mode == "stream":
+            raise ConfigError(f"data_mode=stream streams augment=imagenet data; augment={augment} reads {cfg.data} "
+                              f"into memory at one size")
+        ds, choice = decode(files, budget=memory_budget(cfg.memory_budget), say=say), {}
+    elif augment == "imagenet" or cfg.data_mode == "stream":
+        key = "augment=imagenet" if augment == "imagenet" else "data_mode=stream"
+        raise ConfigError(f"{key} needs a source of image files (imagefolder, cub200, ...); data={cfg.data} holds "
+                          f"images of one size in memory: use augment=crop+flip")
+    return prepare(ds, **choice, image_size=cfg.image_size, channels=cfg.channels, fit=cfg.image_fit)
 
 
 def build_loaders(cfg: Config, ds, methods, device: torch.device, dist: DistInfo
                   ) -> tuple[TrainLoader, dict[str, EvalLoader]]:
-    mean, std = channel_stats(ds.train)
-    norm = Normalizer.from_stats(mean, std, device)
-    augment = default_augment(cfg.data) if cfg.augment == "auto" else cfg.augment
-    size = ds.input_shape[1]
-    padding = cfg.crop_padding if cfg.crop_padding is not None else max(1, size // 8)
     wanted = [m for m in methods if m.sampler]
     sampler = make_sampler(wanted[0].sampler, **wanted[0].sampler_options) if wanted else None
+    channels_last = resolve_channels_last(cfg.channels_last, cfg.model)
+    if isinstance(ds, NaturalData):
+        norm = Normalizer.from_stats(*normalization_stats(ds), device)
+        train = NaturalTrainLoader(ds.train_images, ds.train.labels, size=ds.size, batch_size=cfg.batch_size,
+                                   normalizer=norm, seed=cfg.seed, sampler=sampler, device=device,
+                                   channels_last=channels_last, rank=dist.rank, world_size=dist.world_size,
+                                   workers=ds.workers)
+        return train, build_eval_loaders(cfg, ds, norm, device, dist)
+    norm = Normalizer.from_stats(*normalization_stats(ds), device)
+    augment = resolve_augment(cfg.augment, cfg.data)
+    size = ds.input_shape[1]
+    padding = cfg.crop_padding if cfg.crop_padding is not None else max(1, size // 8)
     train = TrainLoader(ds.train.images, ds.train.labels, batch_size=cfg.batch_size, normalizer=norm, seed=cfg.seed,
                         augment=augment, crop_padding=padding, sampler=sampler, device=device,
-                        channels_last=resolve_channels_last(cfg.channels_last, cfg.model), rank=dist.rank,
-                        world_size=dist.world_size)
+                        channels_last=channels_last, rank=dist.rank, world_size=dist.world_size)
     return train, build_eval_loaders(cfg, ds, norm, device, dist)
 
 
 def build_eval_loaders(cfg: Config, ds, norm: Normalizer, device: torch.device, dist: DistInfo
                        ) -> dict[str, EvalLoader]:
+    if isinstance(ds, NaturalData):
+        return natural_eval_loaders(ds, norm, batch_size=cfg.eval_batch_size, device=device,
+                                    channels_last=resolve_channels_last(cfg.channels_last, cfg.model),
+                                    rank=dist.rank, world_size=dist.world_size)
     evals = {}
     for split_name in ("val", "test"):
         split = getattr(ds, split_name)
@@ -300,7 +344,7 @@ def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, sto
         torch.set_num_threads(cfg.threads)
     objects = methods  # as given; from here on `methods` are the built ones
     cfg, methods = _resolve(cfg, module, objects)
-    ds = build_dataset(cfg, data)
+    ds = build_dataset(cfg, data, say=_say(progress, cfg, dist))
     seed_everything(cfg.seed)
     model, factory = _make_model(module, cfg, ds)
     if module is not None:  # a user's network built for other data: one line naming both numbers, now

@@ -2,12 +2,19 @@
 #   make demo   set everything up, then train the small CNN on the embedded digits data
 #   make test   set everything up, then run the test suite
 #   make reproduce   the reproduction campaign (hours: see docs/reproduction.md)
+#   make vision / make test-vision   the second environment for detection, re-identification, tv: and timm:
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
+# torchvision does not import beside the CPU torch 2.13.0 (its operators need CUDA libraries): the vision venv takes
+# PyPI's torch 2.14.1 (a CUDA build that runs on the CPU, about 5.5 GB) with the torchvision and timm made for it,
+# in one command so that nothing can pull another torch (README, "The vision environment").
+VISION_VENV  ?= .venv-vision
+VISION_TORCH ?= torch==2.14.1 torchvision==0.29.1 timm==1.0.31
+VBIN         := $(VISION_VENV)/bin
 
-.PHONY: venv demo test bench reproduce clean
+.PHONY: venv demo test bench reproduce clean vision test-vision
 
 # torch goes in first, pinned: anything that depends on torch would otherwise pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -22,7 +29,19 @@ demo: venv
 	$(BIN)/resprout train data=digits model=cnn epochs=3 seed=0
 
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not vision"
+
+$(VISION_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VISION_VENV)
+	$(VBIN)/pip install --quiet $(VISION_TORCH)
+	$(VBIN)/pip install --quiet -e '.[test,vision]'
+	touch $@
+
+vision: $(VISION_VENV)/.installed
+
+# the tests marked `vision`; RESPROUT_REQUIRE_VISION makes a torchvision that fails to import an error, not a skip
+test-vision: vision
+	RESPROUT_REQUIRE_VISION=1 $(VBIN)/python -m pytest -q -m vision
 
 bench: venv
 	$(BIN)/python -m benchmarks.foundation
@@ -43,4 +62,4 @@ reproduce: venv
 	$(BIN)/python -m benchmarks.reproduce --jobs 2
 
 clean:
-	rm -rf $(VENV) runs report .pytest_cache
+	rm -rf $(VENV) $(VISION_VENV) runs report .pytest_cache

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from resprout.data import readers
-from resprout.data.detection.dataset import DetectionDataset
+from resprout.data.detection.dataset import DetectionDataset, chw_tensor, hwc_array
 from resprout.errors import DataError
 
 __all__ = ["coco_dict", "read_coco", "write_coco"]
@@ -141,8 +141,7 @@ def read_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike, 
         array = readers.read_image(image_file, mode)
         if array.shape[:2] != (height, width):
             raise DataError(f"{image_file} is {array.shape[1]}x{array.shape[0]} but {path} says {width}x{height}")
-        image = torch.from_numpy(np.ascontiguousarray(array))
-        images.append(image[None] if image.dim() == 2 else image.permute(2, 0, 1).contiguous())
+        images.append(chw_tensor(array))
         found = objects[iid]
         boxes.append(torch.tensor([b for b, _, _ in found], dtype=torch.float32).reshape(-1, 4))
         labels.append(torch.tensor([lab for _, lab, _ in found], dtype=torch.int64))
@@ -175,9 +174,7 @@ def write_coco(ds: DetectionDataset, annotation_file: str | os.PathLike, image_d
     image_dir.mkdir(parents=True, exist_ok=True)
     names = []
     for i, image_id in enumerate(ds.ids):
-        image = ds.images[i]
-        array = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
-        Image.fromarray(np.ascontiguousarray(array)).save(image_dir / f"{image_id}.png")
+        Image.fromarray(hwc_array(ds.images[i])).save(image_dir / f"{image_id}.png")
         names.append(f"{image_id}.png")
     path = Path(annotation_file)
     path.write_text(json.dumps(coco_dict(ds, names)), encoding="utf-8")

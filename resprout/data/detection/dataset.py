@@ -16,9 +16,21 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-__all__ = ["DetectionDataset"]
+__all__ = ["DetectionDataset", "chw_tensor", "hwc_array"]
+
+
+def chw_tensor(array: np.ndarray) -> torch.Tensor:
+    """A uint8 (H, W) or (H, W, C) array (Pillow's layout) as a new uint8 tensor (C, H, W)."""
+    image = torch.from_numpy(np.array(array, dtype=np.uint8))  # a copy: Pillow's arrays are read-only
+    return image[None] if image.dim() == 2 else image.permute(2, 0, 1).contiguous()
+
+
+def hwc_array(image: torch.Tensor) -> np.ndarray:
+    """A uint8 (C, H, W) tensor as Pillow takes it: (H, W) for one channel, (H, W, C) otherwise."""
+    return np.ascontiguousarray(image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy())
 
 
 @dataclass(repr=False, eq=False)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from resprout.data import readers
-from resprout.data.detection.dataset import DetectionDataset
+from resprout.data.detection.dataset import DetectionDataset, chw_tensor, hwc_array
 from resprout.errors import DataError
 
 __all__ = ["VOC_CLASSES", "read_voc", "voc_classes", "write_voc"]
@@ -162,8 +162,8 @@ def read_voc(root: str | os.PathLike, split: str = "trainval", *, classes: Seque
             raise DataError(f"{root / sub} is missing (a VOC folder has Annotations/, JPEGImages/, ImageSets/Main/)")
     if mode not in ("RGB", "L"):
         raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
-    names = list(classes) if classes is not None else voc_classes(root, split)
     ids = _read_ids(_main_dir(root) / f"{split}.txt")
+    names = list(classes) if classes is not None else voc_classes(root, split)
     images, boxes, labels, crowd = [], [], [], []
     for image_id in ids:
         xml_file = root / "Annotations" / f"{image_id}.xml"
@@ -177,8 +177,7 @@ def read_voc(root: str | os.PathLike, split: str = "trainval", *, classes: Seque
         if array.shape[:2] != (height, width):
             raise DataError(f"{image_file} is {array.shape[1]}x{array.shape[0]} but {xml_file} says "
                             f"{width}x{height}")
-        image = torch.from_numpy(np.ascontiguousarray(array))
-        images.append(image[None] if image.dim() == 2 else image.permute(2, 0, 1).contiguous())
+        images.append(chw_tensor(array))
         boxes.append(torch.tensor(b, dtype=torch.float32).reshape(-1, 4))
         labels.append(torch.tensor(lab, dtype=torch.int64))
         crowd.append(torch.tensor(diff, dtype=torch.bool))
@@ -227,10 +226,8 @@ def write_voc(ds: DetectionDataset, root: str | os.PathLike, split: str, *, imag
         (root / sub).mkdir(parents=True, exist_ok=True)
     for i, image_id in enumerate(ds.ids):
         filename = f"{image_id}.{image_format}"
-        image = ds.images[i]
-        array = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
-        pil = Image.fromarray(np.ascontiguousarray(array), mode="L" if image.shape[0] == 1 else "RGB")
-        pil.save(root / "JPEGImages" / filename, **({"quality": 95} if image_format == "jpg" else {}))
+        Image.fromarray(hwc_array(ds.images[i])).save(root / "JPEGImages" / filename,
+                                                      **({"quality": 95} if image_format == "jpg" else {}))
         (root / "Annotations" / f"{image_id}.xml").write_bytes(_annotation_xml(ds, i, filename, root.name))
     main = _main_dir(root)
     (main / f"{split}.txt").write_text("".join(f"{i}\n" for i in ds.ids), encoding="utf-8")

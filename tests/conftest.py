@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.vision_env import pytest_collection_modifyitems  # noqa: F401  (the `vision` marker's skip rule)
+
 ROOT = Path(__file__).resolve().parents[1]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -52,26 +54,3 @@ PYTHON = sys.executable
 needs_fashion = pytest.mark.skipif(not FASHION_DIR.is_dir(),
                                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 
-
-def _vision_missing() -> str | None:
-    """Why the vision environment is not here (torchvision, timm or pycocotools fails to import), or None."""
-    import importlib
-
-    for module in ("torchvision", "timm", "pycocotools.cocoeval"):
-        try:
-            importlib.import_module(module)
-        except Exception as e:  # noqa: BLE001  (a torchvision built for another torch raises RuntimeError)
-            return f"{module} does not import ({type(e).__name__}): run it in the vision environment (make test-vision)"
-    return None
-
-
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``vision`` skip, in one line, where the vision environment is missing, except under
-    RESPROUT_REQUIRE_VISION=1 (``make test-vision``), where they must run. ``make test`` deselects them."""
-    marked = [item for item in items if item.get_closest_marker("vision")]
-    if not marked or os.environ.get("RESPROUT_REQUIRE_VISION") == "1":
-        return
-    reason = _vision_missing()
-    if reason:
-        for item in marked:
-            item.add_marker(pytest.mark.skip(reason=reason))

@@ -53,4 +53,3 @@ def cli_env(tmp_path):
 PYTHON = sys.executable
 needs_fashion = pytest.mark.skipif(not FASHION_DIR.is_dir(),
                                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-

@@ -31,11 +31,15 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q -m "not vision"
 
+# pip's output goes to a log: a failed install (no network, say) is one line naming pip's first error and the log.
+VISION_LOG := $(VISION_VENV)/install.log
 $(VISION_VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VISION_VENV)
-	$(VBIN)/pip install --quiet $(VISION_TORCH)
-	$(VBIN)/pip install --quiet -e '.[test,vision]'
-	touch $@
+	@$(PYTHON) -m venv $(VISION_VENV)
+	@echo "make vision: $(VISION_TORCH), then -e '.[test,vision]', into $(VISION_VENV) (about 5.5 GB; log: $(VISION_LOG))"
+	@{ $(VBIN)/pip install $(VISION_TORCH) && $(VBIN)/pip install -e '.[test,vision]'; } >$(VISION_LOG) 2>&1 || { \
+	  echo "make vision: pip failed: $$(grep -m1 '^ERROR' $(VISION_LOG) || tail -n1 $(VISION_LOG)) (log: $(VISION_LOG))" >&2; \
+	  exit 1; }
+	@touch $@
 
 vision: $(VISION_VENV)/.installed
 

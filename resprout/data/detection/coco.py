@@ -23,20 +23,14 @@ import numpy as np
 import torch
 
 from resprout.data import readers
-from resprout.data.detection.dataset import DetectionDataset, chw_tensor, hwc_array
+from resprout.data.detection.dataset import DetectionDataset, chw_tensor, hwc_array, read_annotation_file
 from resprout.errors import DataError
 
 __all__ = ["coco_dict", "read_coco", "write_coco"]
 
 
 def _load_json(path: Path) -> Any:
-    readers.check_regular_file(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path} cannot be read: {readers.one_line(e.strerror or e)}") from None
-    if not data.strip():
-        raise DataError(f"{path} is empty (a COCO file holds images, annotations and categories)")
+    data = read_annotation_file(path, "a COCO file holds images, annotations and categories")
     try:
         return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -15,11 +15,28 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["DetectionDataset", "chw_tensor", "hwc_array"]
+from resprout.data import readers
+from resprout.errors import DataError
+
+__all__ = ["DetectionDataset", "chw_tensor", "hwc_array", "read_annotation_file"]
+
+
+def read_annotation_file(path: Path, holds: str) -> bytes:
+    """The bytes of an annotation file (VOC XML, COCO JSON); one :class:`DataError` line if it is not a regular
+    file, cannot be read, or is empty (``holds`` says what it should hold)."""
+    readers.check_regular_file(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path} cannot be read: {readers.one_line(e.strerror or e)}") from None
+    if not data.strip():
+        raise DataError(f"{path} is empty ({holds})")
+    return data
 
 
 def chw_tensor(array: np.ndarray) -> torch.Tensor:

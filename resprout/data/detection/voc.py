@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from resprout.data import readers
-from resprout.data.detection.dataset import DetectionDataset, chw_tensor, hwc_array
+from resprout.data.detection.dataset import DetectionDataset, chw_tensor, hwc_array, read_annotation_file
 from resprout.errors import DataError
 
 __all__ = ["VOC_CLASSES", "read_voc", "voc_classes", "write_voc"]
@@ -97,13 +97,7 @@ def _number(parent: ET.Element, tag: str, where: str) -> float:
 
 def _parse_annotation(xml_file: Path, classes: Sequence[str]) -> tuple[str | None, int, int, list, list, list]:
     """(file name or None, width, height, boxes, labels, difficult) of one annotation file."""
-    readers.check_regular_file(xml_file)
-    try:
-        data = xml_file.read_bytes()
-    except OSError as e:
-        raise DataError(f"{xml_file} cannot be read: {readers.one_line(e.strerror or e)}") from None
-    if not data.strip():
-        raise DataError(f"{xml_file} is empty (an annotation needs <annotation> with <size> and its <object>s)")
+    data = read_annotation_file(xml_file, "an annotation needs <annotation> with <size> and its <object>s")
     try:
         root = ET.fromstring(data)
     except ET.ParseError as e:

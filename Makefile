@@ -9,12 +9,13 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 # torchvision does not import beside the CPU torch 2.13.0 (its operators need CUDA libraries): the vision venv takes
 # PyPI's torch 2.14.1 (a CUDA build that runs on the CPU, about 5.5 GB) with the torchvision and timm made for it,
-# in one command so that nothing can pull another torch (README, "The vision environment").
+# in one command so that nothing can pull another torch (docs/vision.md).
 VISION_VENV  ?= .venv-vision
 VISION_TORCH ?= torch==2.14.1 torchvision==0.29.1 timm==1.0.31
 VBIN         := $(VISION_VENV)/bin
 
-.PHONY: venv demo test bench reproduce clean vision test-vision
+.PHONY: venv demo test bench reproduce clean
+.PHONY: vision test-vision
 
 # torch goes in first, pinned: anything that depends on torch would otherwise pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml

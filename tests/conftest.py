@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.vision_env import pytest_collection_modifyitems  # noqa: F401  (the `vision` marker's skip rule)
+from tests.vision_env import pytest_collection_modifyitems, pytest_configure  # noqa: F401  (the `vision` marker)
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -9,6 +9,11 @@ import os
 import pytest
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "vision: needs torchvision, timm and pycocotools; runs in the vision environment (make test-vision)")
+
+
 def _vision_missing() -> str | None:
     """Why the vision environment is not here (torchvision, timm or pycocotools fails to import), or None."""
     for module in ("torchvision", "timm", "pycocotools.cocoeval"):

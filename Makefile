@@ -15,7 +15,6 @@ VISION_TORCH ?= torch==2.14.1 torchvision==0.29.1 timm==1.0.31
 VBIN         := $(VISION_VENV)/bin
 
 .PHONY: venv demo test bench reproduce clean
-.PHONY: vision test-vision
 
 # torch goes in first, pinned: anything that depends on torch would otherwise pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -42,6 +41,7 @@ $(VISION_VENV)/.installed: pyproject.toml
 	  exit 1; }
 	@touch $@
 
+.PHONY: vision test-vision
 vision: $(VISION_VENV)/.installed
 
 # the tests marked `vision`; RESPROUT_REQUIRE_VISION makes a torchvision that fails to import an error, not a skip

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.vision_env import pytest_collection_modifyitems, pytest_configure  # noqa: F401  (the `vision` marker)
+
 ROOT = Path(__file__).resolve().parents[1]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 os.environ.pop("RESPROUT_FAULT", None)  # a fault is chosen per command by the test that starts it (cli_env)

@@ -145,13 +145,11 @@ def test_slim_network_equals_the_dense_network_with_the_reset_hypothesis_zeroed(
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.vision  # runs in the vision environment (make test-vision), skips elsewhere
 def test_torchvision_resnet18_slims_when_torchvision_is_present():
     from resprout.models.external import import_package
 
-    try:  # skips on any import failure (a torchvision built for another torch raises RuntimeError, not ImportError)
-        tv = import_package("tv")
-    except ConfigError as e:
-        pytest.skip(str(e))
+    tv = import_package("tv")
     dense = randomize_bn(tv.models.resnet18(num_classes=10))
     slim = fit_hypothesis(dense, (3, 32, 32), 0.5)
     zeroed = copy.deepcopy(dense)

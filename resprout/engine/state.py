@@ -30,7 +30,7 @@ from resprout.surgery.registry import IndexMaps, SurgeryResult, get_surgery
 if TYPE_CHECKING:
     from resprout.engine.trainer import Trainer
 
-CHECKPOINT_NAME = "checkpoint.pt"
+from resprout.engine.rundir import CHECKPOINT_NAME  # noqa: E402,F401  (one name for the file: SavedRun reads it)
 
 
 def carry_tensor(old: torch.Tensor, maps: dict[int, list[int]], shape: torch.Size) -> torch.Tensor:

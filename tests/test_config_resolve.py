@@ -86,3 +86,16 @@ def test_a_config_built_by_hand_is_validated_before_a_run_uses_it():
     bad = dataclasses.replace(make_config(**synthetic()), lr=-1.0)
     with pytest.raises(ConfigError, match="bad value for lr: -1.0"):
         resprout.train(bad, save=False)
+
+
+def test_resume_and_open_run_read_the_stored_config_without_resolving_it_again(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    resprout.train(**synthetic(epochs=1, method="ls"), out=out, store=tmp_path / "s.db")
+    calls = _count_builds(monkeypatch)
+    resprout.resume(out)  # finished: the checkpoint is checked and the run ends at once
+    # the config with the runtime keys given, the stored one, the one the checkpoint was written with; the stored
+    # config is resolved already, so the trainer resolves nothing
+    assert len(calls) == 3
+    calls.clear()
+    trainer = resprout.open_run(out)
+    assert len(calls) == 1 and trainer.config.method_options == {"ls": {"smoothing": 0.1}}

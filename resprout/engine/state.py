@@ -36,7 +36,7 @@ from resprout.surgery.registry import IndexMaps, SurgeryResult, get_surgery
 if TYPE_CHECKING:
     from resprout.engine.trainer import Trainer
 
-CHECKPOINT_NAME = "checkpoint.pt"
+from resprout.engine.rundir import CHECKPOINT_NAME  # noqa: E402,F401  (one name for the file: SavedRun reads it)
 FAULT_ENV = "RESPROUT_FAULT"
 
 

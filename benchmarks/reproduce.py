@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{t.spec.name}: " + ", ".join(f"{v} {k}" for k, v in c.items()))
         return code
     except Interrupted as e:
-        print(f"reproduce: {e}; run the same command again to continue", file=sys.stderr)
+        # the comparison's own message already says how to continue
+        print(f"reproduce: {e}", file=sys.stderr)
         return 130
     except ResproutError as e:
         print(f"reproduce: error: {e}", file=sys.stderr)

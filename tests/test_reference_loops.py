@@ -154,13 +154,15 @@ def test_filter_grafting_equals_a_hand_loop_of_two_peers():
 # -- Network Slimming --------------------------------------------------------------------------------------------------
 def test_network_slimmings_sparsity_training_equals_a_hand_loop():
     """Liu et al. Eq. 1 by its subgradient: after every backward, lambda * sign(gamma) is added to the gradient of
-    every BN scale; the weights at the end of epoch 1 (before the pruning that follows it) equal the hand loop's."""
-    lam = 0.01
+    every BN scale; the weights at the end of epoch 1 (before the pruning that follows it) equal the hand loop's.
+    ``slimming.lam`` is given per epoch (the default unit): each iteration applies lam / (iterations per epoch)."""
+    lam_per_epoch = 0.08
     trainer = trainer_for([Snapshot], method="test_snapshot+slimming", epochs=2,
-                          method_options={"slimming": {"lam": lam, "prune_at": 0.5}})
+                          method_options={"slimming": {"lam": lam_per_epoch, "prune_at": 0.5}})
     model = copy.deepcopy(trainer.members["model"].model)
     trainer.fit()
     bns = [model.bn1, model.bn2, model.bn3]
+    lam = lam_per_epoch / trainer.train_loader.steps(0, 0)
 
     def l1_subgradient():
         with torch.no_grad():

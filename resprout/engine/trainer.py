@@ -35,9 +35,10 @@ from resprout.engine.events import Event
 from resprout.engine.loggers import Loggers
 from resprout.engine.members import PLACEMENTS, Member, UpdateStep
 from resprout.engine.method import Method, handlers
-from resprout.engine.optim import MEMBER_KEYS, OPTIM_KEYS, Schedule, build_optimizer, set_lr
+from resprout.engine.optim import MEMBER_KEYS, OPTIM_KEYS, Schedule, build_optimizer
 from resprout.engine.precision import autocast, grad_scaler, resolve_channels_last, resolve_precision
 from resprout.engine.progress import Progress
+from resprout.engine.rates import LearningRates, Position
 from resprout.engine.state import CHECKPOINT_NAME, RunState  # noqa: F401  (re-exported)
 from resprout.engine.store import Store
 from resprout.engine.taps import FeatureTaps
@@ -81,6 +82,7 @@ class Trainer(RunState, Reporting):
         self.progress = progress or Progress()
         self.dist = dist = dist or DistInfo()
         self.schedule = Schedule.from_config(config)
+        self.rates = LearningRates(lambda member: self.optim_spec(member)["lr"])  # the one writer of rates
         self.taps = FeatureTaps()
         self.members: dict[str, Member] = {}
         self.per_rank = False
@@ -263,6 +265,7 @@ class Trainer(RunState, Reporting):
             member.optimizer = None
             return
         spec = self.optim_spec(member)
+        spec["lr"] = self.rates.base(member, self.position())
         member.optimizer = build_optimizer(member.model, {k: spec[k] for k in OPTIM_KEYS})
         member.schedule = self.schedule if not (set(member.optim) - set(OPTIM_KEYS)) else \
             Schedule.from_spec(spec, self.config.epochs)
@@ -313,6 +316,12 @@ class Trainer(RunState, Reporting):
             return self.model_factory()
         finally:
             torch.set_rng_state(state)
+
+    def position(self, t: float | None = None, dt: float = 0.0) -> Position:
+        """Where the run is (``t``: the fractional epoch of the generation; by default at the current step)."""
+        if t is None:
+            t = self.epoch + self.step / max(self.train_loader.steps(0, 0), 1)
+        return Position(self.generation, self.epoch, self.step, t, dt)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -505,8 +514,9 @@ class Trainer(RunState, Reporting):
                 scaler.unscale_(m.optimizer)
         for h in self._handlers[Event.AFTER_BACKWARD]:
             h(self)
+        position = self.position(t, dt)
         for m in members:
-            set_lr(m.optimizer, m.schedule.factor(t, dt))
+            self.rates.apply(m, position)
             if scaler is None:
                 m.optimizer.step()
             else:

@@ -34,7 +34,8 @@ class Task:
     keeps_correct: ClassVar[bool] = False
 
     def targets(self, labels):
-        """The training targets of a batch's labels (both kinds today train on the labels as they are)."""
+        """The training targets of a batch's labels; the loop asks this of every batch (both kinds today train on
+        the labels as they are; detection would return its boxes here)."""
         return labels
 
     def evaluate(self, model: nn.Module, loader, dist=None, correct: list | None = None) -> dict[str, float]:

@@ -458,7 +458,8 @@ class Trainer:
         while self.step < steps:
             x, y = self.train_loader.batch(g, e, self.step)
             for name, stream in self._streams.items():
-                self._member_batches[name] = stream.batch(g, e, self.step)
+                xs, ys = stream.batch(g, e, self.step)
+                self._member_batches[name] = (xs, self.task.targets(ys))
             self._train_step(x, y, e + self.step / steps, 1.0 / steps)
             self.step += 1
             self.fault_point("step")
@@ -474,7 +475,7 @@ class Trainer:
         self._epoch_time += time.perf_counter() - t0
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, t: float, dt: float) -> None:
-        self.inputs, self.targets = x, y
+        self.inputs, self.targets = x, self.task.targets(y)  # the task owns what a batch's labels become
         self.outputs, self._frozen_outputs, self._terms, self.scratch = {}, {}, [], {}
         self._manual_terms = set()
         if self.taps.active:

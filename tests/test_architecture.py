@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,10 @@ EXAMPLE = ROOT / "examples" / "confidence_penalty.py"
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("confidence_penalty", EXAMPLE)
+    """The example file as a module (registered, as a dataclass module must be while it is being defined)."""
+    spec = importlib.util.spec_from_file_location("resprout_example_confidence_penalty", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -39,7 +42,7 @@ class Probe(Method):
             ce += z - row[y]
             ent -= sum(math.exp(v - z) * (v - z) for v in row)
         expected = (ce - 0.3 * ent) / len(targets)
-        got = [float(v) for m, name, v in ctx.terms if (m, name) == ("model", "confidence")]
+        got = [float(v.detach()) for m, name, v in ctx.terms if (m, name) == ("model", "confidence")]
         Probe.log["terms"].append((got, expected))
 
     def on_after_step(self, ctx):

@@ -234,12 +234,12 @@ def free_port() -> int:
 
 def epoch_seconds(run_dir: Path) -> float:
     """The median training seconds of an epoch after the first (the slowest rank's, with one peer per rank)."""
-    from resprout.engine.rundir import read_run_file
+    from resprout.engine.rundir import SavedRun
     from resprout.engine.store import Store
 
-    info = read_run_file(run_dir)
-    with Store(info["store"]) as s:
-        rows = [r for r in s.epoch_metrics(info["run_id"]) if r[3] == "train" and r[4] == "seconds"]
+    saved = SavedRun.open(run_dir)
+    with Store(saved.store) as s:
+        rows = [r for r in s.epoch_metrics(saved.run_id) if r[3] == "train" and r[4] == "seconds"]
     by_epoch: dict[int, float] = {}
     for r in rows:  # (member, generation, epoch, split, metric, value)
         by_epoch[r[2]] = max(by_epoch.get(r[2], 0.0), r[-1])

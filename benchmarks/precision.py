@@ -200,12 +200,12 @@ def speed(args) -> None:
         "CNNs fed image batches) and off for a module of your own; the fp32 rows above are what the rule rests on.",
     ])
     bf16 = "native" if native else "emulated by torch on this CPU, hence slower"
-    write_section("precision-readme", [
+    write_section("precision-summary", [
         f"Measured by `python -m benchmarks.precision` ({time.strftime('%Y-%m-%d')}, CPU capability "
         f"{prec.cpu_capability()}, bf16 {bf16}, 1 thread, batch {BATCH}; BENCHMARKS.md, \"Precision and memory "
         f"layout\"), speed over fp32 NCHW, median (min-max) of {args.reps} repetitions: " + "; ".join(summary)
         + f". The trainer ran at {min(ratios):.2f}-{max(ratios):.2f} of a hand loop's speed in these settings.",
-    ], ROOT / "README.md")
+    ], ROOT / "docs" / "precision.md")
 
 
 # -- accuracy parity ---------------------------------------------------------------------------------------------------

@@ -155,28 +155,27 @@ def run_table(spec: Spec, jobs: int, threads: int | None, work: Path, folder: Pa
 def set_aside(cells: list, runs_dir: Path, stream) -> None:
     """Rename the run directories that hold a run of another configuration (the reproduction file changed since)
     to ``<name>.old-<fingerprint>``, so that the comparison can train the new one; nothing is deleted."""
-    from resprout.config import config_from_dict
-    from resprout.engine.rundir import RUN_FILE, read_run_file
+    from resprout.engine.rundir import SavedRun
 
     for c in cells:
         d = runs_dir / c.key
-        if not (d / RUN_FILE).exists():
+        if not SavedRun.exists(d):
             continue
-        old = config_from_dict(read_run_file(d)["config"]).fingerprint()
+        old = SavedRun.open(d).config.fingerprint()
         if old != c.config.fingerprint():
             d.rename(d.with_name(f"{d.name}.old-{old}"))
             stream.write(f"reproduce: {d} held a run of another configuration; moved to {d.name}.old-{old}\n")
 
 
 def _finished(out: Path, key: str) -> bool:
-    from resprout.engine.rundir import RUN_FILE, read_run_file
+    from resprout.engine.rundir import SavedRun
     from resprout.engine.store import Store
 
     d = out / "runs" / key
-    if not (d / RUN_FILE).exists() or not (out / "resprout.db").exists():
+    if not SavedRun.exists(d) or not (out / "resprout.db").exists():
         return False
     with Store(out / "resprout.db") as store:
-        rec = store.run(read_run_file(d)["run_id"])
+        rec = store.run(SavedRun.open(d).run_id)
     return rec is not None and rec.status == "finished"
 
 

@@ -192,11 +192,11 @@ def cmd_slim(ns: argparse.Namespace) -> int:
     from resprout.analysis.slim import export_slim
     from resprout.run import open_run
 
+    from resprout.engine.rundir import is_own_file
+
     out = Path(ns.out)
-    own = {"checkpoint.pt", "run.json", "train.log", ".lock"}
     run_dir = Path(ns.run_dir)
-    if run_dir.is_dir() and out.parent.resolve() == run_dir.resolve() and \
-            (out.name in own or (out.name.startswith("best-") and out.name.endswith(".pt"))):
+    if run_dir.is_dir() and out.parent.resolve() == run_dir.resolve() and is_own_file(out.name):
         raise ConfigError(f"slim --out {out} is one of the run's own files; it is never overwritten: choose "
                           f"another --out")
     if out.exists() and (out.is_dir() or not ns.force):

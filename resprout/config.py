@@ -31,16 +31,15 @@ from resprout.errors import ConfigError
 from resprout.options import base_type, check_range, coerce, fill_options, option, parse_scalar  # noqa: F401
 
 
-# Keys that may differ between a run and its resumption (where it runs, not what it computes).
-RUNTIME_KEYS = ("device", "threads", "progress", "loggers", "compile")
-# Keys whose ``auto`` resolves on the machine that starts the run (resprout.engine.precision); the run stores the
-# resolved value.
-AUTO_KEYS = ("precision", "channels_last")
-
-
-@dataclass
+@dataclass(frozen=True)
 class Config:
-    """Everything a run needs. Defaults train the small CNN on digits."""
+    """Everything a run needs. Defaults train the small CNN on digits.
+
+    Frozen: a run resolves its configuration once (:func:`resprout.run.resolve`) and everything downstream reads
+    that one object. A key's ``scope`` (:data:`resprout.options.SCOPES`) says whether it is part of the run's
+    identity, whether a resume may change it and whether one member may set it for itself; the key lists
+    (:data:`RUNTIME_KEYS`, :data:`RESUME_KEYS`, :data:`MEMBER_KEYS`, ...) are read from the fields.
+    """
 
     # -- data ---------------------------------------------------------------------------------------------------
     data: str = option("digits", "data source: digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder, "
@@ -56,9 +55,23 @@ class Config:
                             choices=("auto", "pad", "resize"))
     channels: int | None = option(None, "convert images to 1 or 3 channels", choices=(1, 3))
     augment: str = option("auto", "random augmentation of training batches: none, crop (pad and crop back), flip "
-                          "(mirror left-right), crop+flip; auto: crop for digits and mnist, none for synthetic and "
-                          "data from Python, crop+flip otherwise", choices=("auto", "none", "crop", "flip", "crop+flip"))
+                          "(mirror left-right), crop+flip; imagenet (image files: a random resized crop of "
+                          "image_size, default 224, and a flip; evaluation on the central crop after resizing the "
+                          "short side to image_size * 256/224); auto: imagenet for cub200, flower102, fgvc-aircraft, "
+                          "mit67 and stanford-dogs, crop for digits and mnist, none for synthetic and data from "
+                          "Python, crop+flip otherwise",
+                          choices=("auto", "none", "crop", "flip", "crop+flip", "imagenet"))
     crop_padding: int | None = option(None, "padding of the random crop (default: image_size // 8)", min=0)
+    data_mode: str = option("auto", "where augment=imagenet images live: memory (decoded once), stream (read from "
+                            "disk by DataLoader workers, for data larger than memory) or auto (memory when they fit "
+                            "memory_budget); the batches are the same in every mode",
+                            choices=("auto", "memory", "stream"), scope="runtime")
+    memory_budget: float | None = option(None, "GB the images may take in memory (default: half of this machine's "
+                                         "memory); above it data_mode=auto streams and data_mode=memory refuses",
+                                         min=0.0, min_exclusive=True, scope="runtime")
+    data_workers: int | None = option(None, "DataLoader worker processes that decode and augment image files "
+                                      "(augment=imagenet; default: one per core, at most 4; 0: in the training "
+                                      "process)", min=0, scope="runtime")
     data_options: dict = option({}, "options of the data source (data.<key>=...)")
     # -- model --------------------------------------------------------------------------------------------------
     model: str = option("cnn", "architecture name (see `resprout profile`), or tv:<name> / timm:<name>")
@@ -80,40 +93,44 @@ class Config:
     batch_size: int = option(64, "training batch size (global, over all processes)", min=1)
     eval_batch_size: int = option(512, "images per evaluation batch (changes speed and memory, not the results)", min=1)
     optimizer: str = option("sgd", "optimizer of every trainable member: sgd (with momentum) or adam",
-                            choices=("sgd", "adam"))
-    lr: float = option(0.1, "peak learning rate", min=0.0, min_exclusive=True)
-    momentum: float = option(0.9, "momentum factor of SGD (adam ignores it)", min=0.0, max=1.0)
-    nesterov: bool = option(False, "use Nesterov's form of momentum in SGD")
-    betas: list = option([0.9, 0.999], "Adam's decay rates of its first and second moment estimates")
-    weight_decay: float = option(5e-4, "L2 penalty coefficient the optimizer adds to the gradients", min=0.0)
-    decay_bn_bias: bool = option(True, "apply weight decay to BN parameters and biases too")
+                            choices=("sgd", "adam"), scope=("optimizer", "resumable"))
+    lr: float = option(0.1, "peak learning rate", min=0.0, min_exclusive=True, scope=("optimizer", "resumable"))
+    momentum: float = option(0.9, "momentum factor of SGD (adam ignores it)", min=0.0, max=1.0, scope=("optimizer", "resumable"))
+    nesterov: bool = option(False, "use Nesterov's form of momentum in SGD", scope=("optimizer", "resumable"))
+    betas: list = option([0.9, 0.999], "Adam's decay rates of its first and second moment estimates", scope=("optimizer", "resumable"))
+    weight_decay: float = option(5e-4, "L2 penalty coefficient the optimizer adds to the gradients", min=0.0, scope=("optimizer", "resumable"))
+    decay_bn_bias: bool = option(True, "apply weight decay to BN parameters and biases too", scope="optimizer")
     schedule: str = option("cosine", "how the learning rate changes over each generation: cosine (down to zero), "
-                           "step (times gamma at milestones), constant", choices=("cosine", "step", "constant"))
-    warmup_epochs: float = option(0.0, "linear warmup at the start of every generation, in epochs", min=0.0)
-    milestones: list = option([], "epochs at which the step schedule multiplies the rate by gamma (default: 50%, 75%)")
-    gamma: float = option(0.1, "step-schedule factor", min=0.0, min_exclusive=True)
+                           "step (times gamma at milestones), constant", choices=("cosine", "step", "constant"),
+                           scope=("schedule", "resumable"))
+    warmup_epochs: float = option(0.0, "linear warmup at the start of every generation, in epochs", min=0.0,
+                                  scope=("schedule", "resumable"))
+    milestones: list = option([], "epochs at which the step schedule multiplies the rate by gamma (default: 50%, 75%)",
+                              scope="schedule")
+    gamma: float = option(0.1, "step-schedule factor", min=0.0, min_exclusive=True, scope=("schedule", "resumable"))
     eval_every: int | None = option(None, "evaluate every N epochs, and always at the last epoch of a generation "
                                     "(default: every ceil(evaluated images / training images) epochs, e.g. every "
                                     "epoch on digits, every 10th on Fashion-MNIST at per_class=100)", min=1)
     # -- runtime ------------------------------------------------------------------------------------------------
-    device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    threads: int | None = option(None, "CPU threads (default: torch's choice)", min=1)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N", scope="runtime")
+    threads: int | None = option(None, "CPU threads (default: torch's choice)", min=1, scope="runtime")
     precision: str = option("auto", "what forwards and losses compute in: fp32; bf16 or fp16 (autocast: weights, "
                             "optimizer state and checkpoints stay fp32; fp16 on CUDA only, with a gradient scaler); "
                             "auto: bf16 where the device computes it natively (CUDA with bf16, a CPU with AVX-512 "
                             "BF16 or AMX), else fp32. The run stores what it resolved to",
-                            choices=("auto", "fp32", "bf16", "fp16"))
+                            choices=("auto", "fp32", "bf16", "fp16"), scope="auto")
     channels_last: Any = option("auto", "channels-last memory format: true, false, or auto (on for resprout's and "
                                 "tv:/timm: models, faster or equal on every model measured; off for a module of "
-                                "your own, which may reshape with .view). The run stores what it resolved to")
+                                "your own, which may reshape with .view). The run stores what it resolved to",
+                                scope="auto")
     compile: bool = option(False, "compile the trainable members' forward with torch.compile (slower on a 2-core "
-                           "CPU, and tens of seconds to compile)")
+                           "CPU, and tens of seconds to compile)", scope="runtime")
     checkpoint_every: int = option(1, "write a checkpoint every N epochs (and at the end of every generation)", min=1)
     checkpoint_minutes: float = option(10.0, "also checkpoint inside an epoch after this many minutes (0 = never)", min=0.0)
     progress: str = option("auto", "how progress is shown: auto (a live bar on a terminal, plain lines otherwise), "
-                           "bar, plain, none", choices=("auto", "bar", "plain", "none"))
+                           "bar, plain, none", choices=("auto", "bar", "plain", "none"), scope="runtime")
     loggers: str = option("csv", "dashboard logs in the run directory, comma-separated: csv (metrics.csv), "
-                          "tensorboard (event files; pip install 'resprout[tensorboard]'), or none")
+                          "tensorboard (event files; pip install 'resprout[tensorboard]'), or none", scope="runtime")
 
     # ---------------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -155,6 +172,25 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def keys_in(scope: str) -> tuple[str, ...]:
+    """The config keys whose ``scope`` includes ``scope`` (one of :data:`resprout.options.SCOPES`), in field
+    order."""
+    return tuple(k for k, f in FIELDS.items() if scope in f.metadata.get("scope", ()))
+
+
+#: keys that may differ between a run and its resumption (where it runs, not what it computes)
+RUNTIME_KEYS = keys_in("runtime")
+#: optimizer keys a resume may change (``lr`` after a divergence, say); recorded in ``config_history``
+RESUME_KEYS = keys_in("resumable")
+#: keys whose ``auto`` resolves on the machine that starts the run (resprout.engine.precision); the run stores the
+#: resolved value, so they are part of its identity
+AUTO_KEYS = keys_in("auto")
+#: the optimizer and the schedule keys: what one member may set for itself (``member.<name>.<key>``)
+OPTIM_KEYS = keys_in("optimizer")
+SCHEDULE_KEYS = keys_in("schedule")
+MEMBER_KEYS = OPTIM_KEYS + SCHEDULE_KEYS
 _HINTS = typing.get_type_hints(Config)
 # Keys that only a file or a prefixed key can fill.
 _OPEN_FIELDS = {"data_options": "data", "model_options": "model", "method_options": None, "member_options": "member"}
@@ -333,7 +369,14 @@ def make_config(values: dict | None = None, **kwargs: Any) -> Config:
         typed["member_options"] = _typed_member_options(typed["member_options"])
     cfg = Config(**typed)
     _check_consistency(cfg)
+    object.__setattr__(cfg, "_validated", True)  # not a field: equality, to_dict and replace ignore it
     return cfg
+
+
+def is_validated(cfg: Config) -> bool:
+    """Whether ``cfg`` came out of :func:`make_config` (a ``Config(...)`` built by hand, or a
+    ``dataclasses.replace`` of one, is validated again before a run uses it)."""
+    return getattr(cfg, "_validated", False)
 
 
 def _auto_or_bool(key: str, value: Any) -> str | bool:
@@ -344,11 +387,6 @@ def _auto_or_bool(key: str, value: Any) -> str | bool:
         return coerce(key, value, bool)
     except ConfigError:
         raise ConfigError(f"bad value for {key}: {value!r} (allowed: auto, true, false)") from None
-
-
-# what a member may set for itself: the optimizer and schedule keys (as in resprout.engine.optim.MEMBER_KEYS)
-MEMBER_KEYS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "betas", "decay_bn_bias", "schedule",
-               "warmup_epochs", "milestones", "gamma")
 
 
 def _typed_member_options(raw: dict) -> dict:

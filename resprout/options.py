@@ -36,6 +36,7 @@ from typing import Any
 from resprout.errors import ConfigError
 
 __all__ = [
+    "SCOPES",
     "Spec",
     "base_type",
     "check_options",
@@ -85,10 +86,25 @@ class Spec:
                 "min_exclusive": self.min_exclusive, "max_exclusive": self.max_exclusive}
 
 
+#: What an option's ``scope`` may say about it (a run-config key may carry several):
+#: ``runtime``: where and how a run is shown, not what it computes (outside its identity; a resume may change it);
+#: ``resumable``: a resume may change it (recorded in ``run.json``'s ``config_history``);
+#: ``optimizer`` / ``schedule``: an optimizer or learning-rate-schedule key, which one member may set for itself
+#: (``member.<name>.<key>``);
+#: ``auto``: its ``auto`` resolves on the machine that starts the run, which stores the resolved value.
+SCOPES = ("runtime", "resumable", "optimizer", "schedule", "auto")
+
+
 def option(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
-           max: float | None = None, min_exclusive: bool = False) -> Any:
-    """A dataclass field carrying the metadata :func:`check_range` reads (for the config and options dataclasses)."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive}
+           max: float | None = None, min_exclusive: bool = False, scope: str | tuple[str, ...] = ()) -> Any:
+    """A dataclass field carrying the metadata :func:`check_range` reads (for the config and options dataclasses),
+    and its ``scope`` (one or several of :data:`SCOPES`)."""
+    scopes = (scope,) if isinstance(scope, str) else tuple(scope)
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:  # a programming error in a dataclass definition, caught at import
+        raise ValueError(f"unknown option scope {unknown[0]!r}; allowed: {', '.join(SCOPES)}")
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive,
+            "scope": scopes}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)

@@ -16,6 +16,7 @@ A run directory holds ``run.json`` (the run's id, its resolved configuration and
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import secrets
@@ -34,13 +35,19 @@ import torch
 from torch import nn
 
 from resprout import __version__
-from resprout.config import RUNTIME_KEYS, Config, config_from_dict, make_config
-from resprout.data import Dataset, channel_stats, load_source, prepare
-from resprout.data.augment import default_augment
+from resprout.config import (RESUME_KEYS, RUNTIME_KEYS, Config, config_from_dict, is_validated, make_config,
+                             read_config_file)
+from resprout.data import Dataset, prepare
+from resprout.data.augment import resolve_augment
+from resprout.data.files import FileDataset, decode, memory_budget
 from resprout.data.loader import EvalLoader, Normalizer, TrainLoader
+from resprout.data.natural import (NaturalData, NaturalTrainLoader, check_natural_keys, normalization_stats,
+                                   prepare_natural)
+from resprout.data.natural import eval_loaders as natural_eval_loaders
+from resprout.data.preparation import prepare_files
+from resprout.data.sources import open_source
 from resprout.data.samplers import make_sampler
 from resprout.data.user import check_same_data, is_user_source, user_config_keys, user_dataset
-from resprout.engine import checkpoint as ckpt
 from resprout.engine.checkpoint import remove_stale_temporaries
 from resprout.engine.distributed import (
     DistInfo,
@@ -52,7 +59,7 @@ from resprout.engine.loggers import parse_logger_names, split_loggers
 from resprout.engine.precision import (check_compile, cpu_capability, native_bf16, reading, resolve_channels_last,
                                        resolved_keys)
 from resprout.engine.progress import Progress, make_progress
-from resprout.engine.rundir import RUN_FILE, RunLock, read_run_file, write_run_file
+from resprout.engine.rundir import RUN_FILE, RunLock, SavedRun, read_run_file, write_run_file  # noqa: F401
 from resprout.engine.store import Store, default_store_path
 from resprout.engine.trainer import CHECKPOINT_NAME, Trainer
 from resprout.errors import (
@@ -112,37 +119,75 @@ def environment(device: torch.device, dist: DistInfo) -> dict:
 
 
 # -- building the pieces ------------------------------------------------------------------------------------------------
-def build_dataset(cfg: Config, data: Dataset | None = None):
+def _say(progress: Progress | str | None, cfg: Config, dist: DistInfo) -> Callable[[str], None] | None:
+    """Where the run states what it does before training (the data's size in memory): the progress output of
+    the main process, if any."""
+    if not dist.is_main:
+        return None
+    if isinstance(progress, Progress):
+        return progress.message
+    if (progress or cfg.progress) == "none":
+        return None
+    return lambda line: print(line, file=sys.stderr, flush=True)
+
+
+def build_dataset(cfg: Config, data: Dataset | None = None, say: Callable[[str], None] | None = None):
     """The dataset a run trains on: from the source ``cfg.data``, or from ``data`` (the user's own splits, see
-    :mod:`resprout.data.user`) when ``cfg.data`` is ``user``."""
+    :mod:`resprout.data.user`) when ``cfg.data`` is ``user``. Image files with ``augment=imagenet`` give a
+    :class:`~resprout.data.natural.NaturalData` (in memory or streamed; ``say`` hears its size)."""
     if is_user_source(cfg.data):
         check_same_data(cfg.data_options, data, "this run")
         ds = data
     else:
-        ds = load_source(cfg.data, cfg.data_path, **cfg.data_options)
-    return prepare(ds, per_class=cfg.per_class, val_split=cfg.val_split, data_seed=cfg.data_seed,
-                   image_size=cfg.image_size, channels=cfg.channels, fit=cfg.image_fit,
-                   test_per_class=cfg.test_per_class)
+        ds = open_source(cfg.data, cfg.data_path, **cfg.data_options)
+    choice = dict(per_class=cfg.per_class, val_split=cfg.val_split, data_seed=cfg.data_seed,
+                  test_per_class=cfg.test_per_class)
+    augment = resolve_augment(cfg.augment, cfg.data)
+    if isinstance(ds, FileDataset):
+        files = prepare_files(ds, **choice)
+        if augment == "imagenet":
+            check_natural_keys(image_fit=cfg.image_fit, crop_padding=cfg.crop_padding, files=files)
+            return prepare_natural(files, size=cfg.image_size, channels=cfg.channels, data_mode=cfg.data_mode,
+                                   budget=memory_budget(cfg.memory_budget), workers=cfg.data_workers, say=say)
+        if cfg.data_mode == "stream":
+            raise ConfigError(f"data_mode=stream streams augment=imagenet data; augment={augment} reads {cfg.data} "
+                              f"into memory at one size")
+        ds, choice = decode(files, budget=memory_budget(cfg.memory_budget), say=say), {}
+    elif augment == "imagenet" or cfg.data_mode == "stream":
+        key = "augment=imagenet" if augment == "imagenet" else "data_mode=stream"
+        raise ConfigError(f"{key} needs a source of image files (imagefolder, cub200, ...); data={cfg.data} holds "
+                          f"images of one size in memory: use augment=crop+flip")
+    return prepare(ds, **choice, image_size=cfg.image_size, channels=cfg.channels, fit=cfg.image_fit)
 
 
 def build_loaders(cfg: Config, ds, methods, device: torch.device, dist: DistInfo
                   ) -> tuple[TrainLoader, dict[str, EvalLoader]]:
-    mean, std = channel_stats(ds.train)
-    norm = Normalizer.from_stats(mean, std, device)
-    augment = default_augment(cfg.data) if cfg.augment == "auto" else cfg.augment
-    size = ds.input_shape[1]
-    padding = cfg.crop_padding if cfg.crop_padding is not None else max(1, size // 8)
     wanted = [m for m in methods if m.sampler]
     sampler = make_sampler(wanted[0].sampler, **wanted[0].sampler_options) if wanted else None
+    channels_last = resolve_channels_last(cfg.channels_last, cfg.model)
+    if isinstance(ds, NaturalData):
+        norm = Normalizer.from_stats(*normalization_stats(ds), device)
+        train = NaturalTrainLoader(ds.train_images, ds.train.labels, size=ds.size, batch_size=cfg.batch_size,
+                                   normalizer=norm, seed=cfg.seed, sampler=sampler, device=device,
+                                   channels_last=channels_last, rank=dist.rank, world_size=dist.world_size,
+                                   workers=ds.workers)
+        return train, build_eval_loaders(cfg, ds, norm, device, dist)
+    norm = Normalizer.from_stats(*normalization_stats(ds), device)
+    augment = resolve_augment(cfg.augment, cfg.data)
+    size = ds.input_shape[1]
+    padding = cfg.crop_padding if cfg.crop_padding is not None else max(1, size // 8)
     train = TrainLoader(ds.train.images, ds.train.labels, batch_size=cfg.batch_size, normalizer=norm, seed=cfg.seed,
                         augment=augment, crop_padding=padding, sampler=sampler, device=device,
-                        channels_last=resolve_channels_last(cfg.channels_last, cfg.model), rank=dist.rank,
-                        world_size=dist.world_size)
+                        channels_last=channels_last, rank=dist.rank, world_size=dist.world_size)
     return train, build_eval_loaders(cfg, ds, norm, device, dist)
 
 
 def build_eval_loaders(cfg: Config, ds, norm: Normalizer, device: torch.device, dist: DistInfo
                        ) -> dict[str, EvalLoader]:
+    if isinstance(ds, NaturalData):
+        return natural_eval_loaders(ds, norm, batch_size=cfg.eval_batch_size, device=device,
+                                    channels_last=resolve_channels_last(cfg.channels_last, cfg.model),
+                                    rank=dist.rank, world_size=dist.world_size)
     evals = {}
     for split_name in ("val", "test"):
         split = getattr(ds, split_name)
@@ -182,22 +227,35 @@ def _module_name(module) -> str:
     return type(module).__name__ if isinstance(module, nn.Module) else getattr(module, "__name__", "factory")
 
 
-def _resolve(cfg: Config, module: nn.Module | None, methods: Sequence = ()) -> tuple[Config, list]:
-    """Validate methods (``methods``: the Method objects of ``train(methods=[...])``) and loggers, and fill the
-    methods' default options into the config (so the stored config is complete); resolve ``precision`` and
-    ``channels_last`` for this machine, refusing what its device cannot run."""
-    parse_logger_names(cfg.loggers)
+def resolve(cfg: Config, *, module: nn.Module | ModelFactory | None = None, methods: Sequence = (),
+            data: Dataset | None = None) -> tuple[Config, list]:
+    """The run's configuration resolved, in order, and its built methods: the user's data (``data=user`` and the
+    data's fingerprint, :func:`resprout.data.user.user_config_keys`), a custom model (``model=custom:<Class>``),
+    the loggers (checked), ``precision`` and ``channels_last`` for this machine (refusing what its device cannot
+    run), the methods (``methods``: the Method objects of ``train(methods=[...])``, validated) with their default
+    options filled in, and the teachers (run directories made absolute). The stored config is this one, complete.
+
+    The config is rebuilt and validated once, at the end, and only when a step changed something: resolving a
+    resolved config returns the same object."""
+    changes: dict = {}
+    if data is not None:
+        user = user_config_keys(cfg.to_dict(), data)
+        changes.update({k: user[k] for k in ("data", "data_options") if user[k] != getattr(cfg, k)})
     if module is not None and not cfg.model.startswith("custom:"):
-        cfg = make_config({**cfg.to_dict(), "model": f"custom:{_module_name(module)}"})
+        changes["model"] = f"custom:{_module_name(module)}"
+    parse_logger_names(cfg.loggers)
     device = resolve_device(cfg.device)
-    resolved = resolved_keys(cfg, device)
-    if any(getattr(cfg, k) != v for k, v in resolved.items()):
-        cfg = make_config({**cfg.to_dict(), **resolved})
+    step = dataclasses.replace(cfg, **changes)  # what the next steps read (not validated yet: make_config below)
+    changes.update({k: v for k, v in resolved_keys(step, device).items() if getattr(cfg, k) != v})
     if cfg.compile:
         check_compile(device)
-    methods = build_methods(cfg, methods)
-    cfg = make_config({**cfg.to_dict(), "method_options": resolved_options(methods),
-                       "teacher": teacher_entries(cfg, methods)})
+    step = dataclasses.replace(cfg, **changes)
+    methods = build_methods(step, methods)
+    for key, value in (("method_options", resolved_options(methods)), ("teacher", teacher_entries(step, methods))):
+        if value != getattr(cfg, key):
+            changes[key] = value
+    if changes:
+        cfg = make_config({**cfg.to_dict(), **changes})
     return cfg, methods
 
 
@@ -232,14 +290,13 @@ def _claim_run_dir(cfg: Config, out: Path | None, store_path: Path) -> tuple[Pat
         run_dir = out
         if run_dir.exists() and not run_dir.is_dir():
             raise ConfigError(f"--out {run_dir} exists and is not a directory")
-        if (run_dir / RUN_FILE).exists():
-            info = read_run_file(run_dir)
-            saved = config_from_dict(info["config"])
-            if saved.fingerprint() != cfg.fingerprint():
+        if SavedRun.exists(run_dir):
+            saved = SavedRun.open(run_dir)
+            if saved.config.fingerprint() != cfg.fingerprint():
                 raise CheckpointError(f"{run_dir} holds a run with another configuration "
-                                      f"({_config_difference(saved.identity(), cfg.identity())}); nothing was "
-                                      f"overwritten: choose another --out")
-            return run_dir, info["run_id"], True, False
+                                      f"({_config_difference(saved.config.identity(), cfg.identity())}); nothing "
+                                      f"was overwritten: choose another --out")
+            return run_dir, saved.run_id, True, False
         if run_dir.is_dir() and any(run_dir.iterdir()):
             raise CheckpointError(f"{run_dir} exists, is not empty and is not a resprout run directory; nothing "
                                   f"was overwritten: choose another --out")
@@ -299,8 +356,8 @@ def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, sto
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     objects = methods  # as given; from here on `methods` are the built ones
-    cfg, methods = _resolve(cfg, module, objects)
-    ds = build_dataset(cfg, data)
+    cfg, methods = resolve(cfg, module=module, methods=objects)  # train() resolved it already: nothing changes
+    ds = build_dataset(cfg, data, say=_say(progress, cfg, dist))
     seed_everything(cfg.seed)
     model, factory = _make_model(module, cfg, ds)
     if module is not None:  # a user's network built for other data: one line naming both numbers, now
@@ -428,25 +485,21 @@ def train(config: Config | str | Path | None = None, *, out: str | Path | None =
     stand for names in it. An instance is used as it is (it is trained: pass a fresh one per run). A resume of a run
     whose methods were classes of your own needs them again (``resume(dir, methods=[MyMethod])``).
     """
-    from resprout.config import load_config
-
     teachers: list[nn.Module] = []
     if teacher is not None:
         keys["teacher"], teachers = split_teacher_arg(teacher)
     user_loggers = _user_loggers(keys)
     objects = method_list(methods, keys)
-    if isinstance(config, (str, Path)):
-        cfg = load_config(config)
+    if isinstance(config, (str, Path)):  # the file and the keys are validated together, once
+        cfg = make_config({**read_config_file(config), **keys})
     else:
         cfg = config or Config()
-    if keys:
-        cfg = make_config({**cfg.to_dict(), **keys})
+        if keys or not is_validated(cfg):  # a config of load_config/make_config is validated already
+            cfg = make_config({**cfg.to_dict(), **keys})
     user_data = None
     if train is not None or test is not None or val is not None:  # read once, before anything is written
         user_data = user_dataset(train, test, val)
-        cfg = make_config(user_config_keys(cfg.to_dict(), user_data))
-    probe = make_config(cfg.to_dict())  # validated copy used to decide the directory
-    probe, _ = _resolve(probe, module, objects)
+    probe, _ = resolve(cfg, module=module, methods=objects, data=user_data)  # decides the directory
     device = resolve_device(probe.device)
     dist = init_from_env(device)
     if not save:
@@ -458,9 +511,9 @@ def train(config: Config | str | Path | None = None, *, out: str | Path | None =
         claim = _claim_run_dir(probe, Path(out) if out else None, store_path) if dist.is_main else None
         run_dir, run_id, continuing, created = broadcast_object(claim, dist)
         if continuing:
-            info = read_run_file(run_dir)
-            store_path = Path(info["store"])
-            check_method_objects(run_dir, info.get("method_objects", {}), probe.method_names(), objects)
+            saved = SavedRun.open(run_dir)
+            store_path = saved.store
+            check_method_objects(run_dir, saved.info.get("method_objects", {}), probe.method_names(), objects)
         lock = _lock(run_dir) if dist.is_main else None  # refused: another process owns the directory
         try:
             try:
@@ -500,15 +553,12 @@ def _fit_and_finish(trainer: Trainer, dist: DistInfo) -> dict:
     return result
 
 
-RESUME_KEYS = ("lr", "momentum", "weight_decay", "optimizer", "schedule", "warmup_epochs", "gamma", "nesterov",
-               "betas")
-
-
-def _reopen_inputs(run_dir: Path, info: dict, cfg: Config, module: Any, train: Any, val: Any, test: Any,
+def _reopen_inputs(saved: SavedRun, cfg: Config, module: Any, train: Any, val: Any, test: Any,
                    methods: Sequence | None = None) -> tuple[Any, Dataset | None, list]:
     """The model factory, the user data and the method objects a saved run needs to be rebuilt, or a one-line
     ConfigError saying how to pass them. ``module`` may be an import path (``pkg.mod:Factory``, the CLI's
     ``--module``)."""
+    run_dir, info = saved.path, saved.info
     if isinstance(module, str):
         module = import_factory(module)
     if cfg.model.startswith("custom:") and module is None:
@@ -538,27 +588,24 @@ def resume(run_dir: str | Path, *, module: nn.Module | ModelFactory | str | None
     model's factory (or ``"pkg.mod:Factory"``) when the run did not record an importable one; ``train``, ``val``,
     ``test``: the same data again for a run trained on data from Python code; ``methods``: the Method classes (or
     instances) again of a run trained with ``methods=[...]`` of your own."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir} does not exist")
-    info = read_run_file(run_dir)
-    saved = info["config"]
+    opened = SavedRun.open(run_dir)
+    run_dir, info, saved = opened.path, opened.info, opened.config_dict
     user_loggers = _user_loggers(runtime)
     bad = set(runtime) - set(RUNTIME_KEYS) - set(RESUME_KEYS)
     if bad:
         raise ConfigError(f"resume cannot change {', '.join(sorted(bad))}; it can change only "
                           f"{', '.join(RUNTIME_KEYS + RESUME_KEYS)}")
     cfg = config_from_dict({**saved, **runtime})
-    module, data, objects = _reopen_inputs(run_dir, info, cfg, module, train, val, test, methods)
-    old = config_from_dict(saved).to_dict()
+    module, data, objects = _reopen_inputs(opened, cfg, module, train, val, test, methods)
+    old = opened.config.to_dict()
     new = cfg.to_dict()
     changed = {k: new[k] for k in RESUME_KEYS if old.get(k) != new.get(k)}
     lock = _lock(run_dir)
     try:
-        path = run_dir / CHECKPOINT_NAME
+        path = opened.checkpoint_path
         load_cfg, position = None, None
         if path.exists():  # every check before anything is written: a refused resume changes nothing
-            state = ckpt.load_file(path)
+            state = opened.checkpoint()
             if state.get("run_id") != info["run_id"]:
                 raise CheckpointError(f"{path} belongs to run {state.get('run_id')}, not to run {info['run_id']} of "
                                       f"{run_dir / RUN_FILE}; nothing was changed")
@@ -593,18 +640,13 @@ def open_run(run_dir: str | Path, *, module: nn.Module | ModelFactory | str | No
              train: Any = None, val: Any = None, test: Any = None, methods: Sequence | None = None) -> Trainer:
     """The trainer of a saved run with its latest checkpoint loaded, for reading (no store, no new checkpoints).
     ``module``, ``train``, ``val``, ``test``, ``methods``: as for :func:`resume`."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir} does not exist")
-    info = read_run_file(run_dir)
-    cfg = config_from_dict({**info["config"], **({"device": device} if device else {}), "progress": "none",
+    saved = SavedRun.open(run_dir)
+    cfg = config_from_dict({**saved.config_dict, **({"device": device} if device else {}), "progress": "none",
                             "compile": False})  # a runtime key: reading needs no compiler
-    path = run_dir / CHECKPOINT_NAME
-    if not path.exists():
-        raise CheckpointError(f"{run_dir} has no checkpoint yet")
-    module, data, objects = _reopen_inputs(run_dir, info, cfg, module, train, val, test, methods)
+    path = saved.require_checkpoint()  # refused (one line) before anything is built when there is none
+    module, data, objects = _reopen_inputs(saved, cfg, module, train, val, test, methods)
     with reading():  # a bf16 run is read in bf16 even where the device only emulates it
-        trainer = create_trainer(cfg, run_dir=None, run_id=info["run_id"], store_path=None, module=module,
+        trainer = create_trainer(cfg, run_dir=None, run_id=saved.run_id, store_path=None, module=module,
                                  dist=DistInfo(), data=data, methods=objects)
     trainer.load_checkpoint(path)
     return trainer

@@ -102,6 +102,7 @@ def test_the_fit_check_changes_nothing():
 KE = synthetic(method="ke", epochs=1, ke={"split_rate": 0.5})
 
 
+@pytest.mark.slow
 def test_slim_rebuilds_an_importable_custom_module_by_itself(tmp_path, capsys, monkeypatch):
     """The factory lives in the user's own file; slim runs later, from another directory, without it on the path."""
     src = tmp_path / "src"

@@ -16,6 +16,7 @@ from resprout.errors import ConfigError
 from resprout.methods.born_again import born_again_loss, student_seed
 from resprout.models import build_model
 from resprout.run import create_trainer, resume, train
+from tests import reference as by_hand
 from tests.conftest import synthetic
 from tests.test_trainer import CRASH, Crash, assert_same_weights, metric_rows, weights
 
@@ -47,11 +48,11 @@ def test_two_generations_equal_a_hand_loop():
     model0 = copy.deepcopy(trainer.members["model"].model)
     result = trainer.fit()
 
-    loader, spec = trainer.train_loader, trainer.optim_spec(trainer.members["model"])
+    loader = trainer.train_loader
     steps = loader.steps(0, 0)
 
-    def run_generation(model, g, teacher=None):
-        opt = build_optimizer(model, {k: spec[k] for k in OPTIM_KEYS})
+    def run_generation(model, g, teacher=None):  # torch's SGD and the cosine rate written out (tests/reference.py)
+        opt = by_hand.sgd(model)
         model.train()
         for s in range(steps):
             x, y = loader.batch(g, 0, s)
@@ -63,8 +64,7 @@ def test_two_generations_equal_a_hand_loop():
                 loss = loss + 0.5 * soft_kl(logits, t_logits, 2.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            set_lr(opt, trainer.schedule.factor(s / steps, 1 / steps))
-            opt.step()
+            by_hand.step(opt, by_hand.LR * by_hand.cosine(s / steps, 1))
         return model
 
     gen1 = run_generation(model0, 0)
@@ -143,6 +143,7 @@ def test_refusals():
         train(**keys, module=build_model("cnn", in_channels=1, num_classes=4), save=False)
 
 
+@pytest.mark.slow
 def test_cli_contract(tmp_path, capsys):
     from resprout.cli import main
 

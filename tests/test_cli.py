@@ -17,6 +17,7 @@ def run_cli(args: list[str], tmp_path: Path, timeout: float = 300) -> subprocess
                           timeout=timeout, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_train_digits_json_contract(tmp_path):
     """The issue's acceptance command: real digits, 3 epochs, test top-1 above 0.8, one JSON object on stdout."""
     proc = run_cli(["train", "data=digits", "model=cnn", "epochs=3", "seed=0", "--json"], tmp_path)
@@ -37,6 +38,7 @@ def test_train_digits_json_contract(tmp_path):
     assert result["run_id"] in run_cli(["runs"], tmp_path).stdout
 
 
+@pytest.mark.slow
 def test_config_file_and_overrides(tmp_path):
     (tmp_path / "exp.toml").write_text(
         'data = "synthetic"\nmodel = "cnn"\nwidth = 0.25\nepochs = 1\nmethod = "ls"\n'
@@ -77,12 +79,14 @@ def test_user_errors_are_one_line_with_exit_code_2(args, message, capsys, tmp_pa
     assert message in err
 
 
+@pytest.mark.slow
 def test_a_bad_key_from_the_real_command_has_no_traceback(tmp_path):
     proc = run_cli(["train", "lr=fast"], tmp_path)
     assert proc.returncode == 2
     assert proc.stderr == "resprout: error: bad value for lr: 'fast' (expected a number)\n"
 
 
+@pytest.mark.slow
 def test_report_compares_seeds_and_writes_plots(tmp_path):
     dirs = []
     for method in ("ce", "ls"):
@@ -156,6 +160,7 @@ def test_keys_and_flags_in_any_order(mixed, flags_last):
     assert _namespace(mixed) == plain
 
 
+@pytest.mark.slow
 def test_the_issue_command_trains_with_every_key(tmp_path):
     """`train data=digits epochs=1 --json --out d threads=1` (a key after the flags) runs with threads=1."""
     proc = run_cli(["train", "data=digits", "epochs=1", "--json", "--out", "d", "threads=1", "progress=none"],

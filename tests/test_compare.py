@@ -3,11 +3,11 @@ jobs=2 against jobs=1, and refusals that write nothing."""
 
 import json
 import os
+import select
 import signal
 import sqlite3
 import statistics
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ from resprout.cli import main
 from resprout.compare import compare
 from resprout.compare.grid import build_grid
 from resprout.models.registry import register_model
-from tests.conftest import PYTHON, cli_env
+from tests.conftest import HANG_GUARD, PYTHON, cli_env, read_until
 
 # the contract's grid (2 methods x 2 seeds, epochs=2 generations=2 is 4 epochs a run), on a digits subset
 GRID = ["method=ce,ke", "seeds=0,1", "data=digits", "per_class=30", "model=cnn", "epochs=1", "generations=2",
@@ -57,6 +57,7 @@ def text(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
+@pytest.mark.slow
 def test_table_is_mean_and_std_of_the_stored_results(reference):
     out, result = reference
     groups = stored(out)
@@ -78,6 +79,7 @@ def test_table_is_mean_and_std_of_the_stored_results(reference):
     assert (out / "comparison.md").read_text().startswith(result["table"].split("\n")[0])
 
 
+@pytest.mark.slow
 def test_a_second_invocation_trains_nothing(reference, capsys):
     out, result = reference
     files = sorted((out / "runs").glob("*/checkpoint.pt"))
@@ -94,19 +96,9 @@ def test_a_second_invocation_trains_nothing(reference, capsys):
     assert "4 finished already (reused), 0 to run" in capsys.readouterr().err
 
 
-def _start(out: Path, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
-    log = tmp_path / f"{out.name}.log"
-    proc = subprocess.Popen([PYTHON, "-m", "resprout", "compare", *GRID, *extra, "--out", str(out)],
-                            env=cli_env(tmp_path), stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-    return proc, log
-
-
-def _wait_for(log: Path, proc: subprocess.Popen, needle: str, timeout: float = 120.0) -> None:
-    t0 = time.monotonic()
-    while needle not in (log.read_text() if log.exists() else ""):
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() - t0 < timeout, log.read_text()
-        time.sleep(0.05)
+def _start(out: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([PYTHON, "-m", "resprout", "compare", *GRID, *extra, "--out", str(out)],
+                            env=cli_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _processes_of(tmp_path: Path) -> list[int]:
@@ -123,34 +115,46 @@ def _processes_of(tmp_path: Path) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 def test_a_killed_grid_continues_to_the_same_table(reference, tmp_path):
     out = tmp_path / "killed"
-    proc, log = _start(out, tmp_path, "jobs=2")
-    _wait_for(log, proc, " ep 1/")  # mid-grid: the workers are training
+    proc = _start(out, tmp_path, "jobs=2")
+    read_until(proc, " ep 1/")  # mid-grid: the workers are training
+    workers = _processes_of(tmp_path)
+    assert workers and proc.pid in workers
     proc.kill()  # SIGKILL: the comparison itself cannot clean up; its workers stop at a checkpoint on their own
     proc.wait()
-    t0 = time.monotonic()
-    while _processes_of(tmp_path):
-        assert time.monotonic() - t0 < 60, "a worker outlived its killed comparison"
-        time.sleep(0.1)
+    proc.stderr.close()
+    for pid in workers:  # each ends (its pidfd turns readable); one that outlived its comparison would hang here
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            assert select.select([fd], [], [], HANG_GUARD)[0], f"worker {pid} outlived its killed comparison"
+        finally:
+            os.close(fd)
+    assert not _processes_of(tmp_path)
     assert not (out / "comparison.md").exists()
     result = compare(GRID, out)
     assert body(result) == body(reference[1])
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_at_a_checkpoint_and_the_same_command_continues(reference, tmp_path):
     out = tmp_path / "stopped"
-    proc, log = _start(out, tmp_path)
-    _wait_for(log, proc, "[1/4 done")  # mid-grid: one run finished, three to go
+    proc = _start(out, tmp_path)
+    err = read_until(proc, "[1/4 done")  # mid-grid: one run finished, three to go
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 130
-    err = log.read_text()
+    err += proc.communicate(timeout=HANG_GUARD)[1].decode(errors="replace")  # a hang guard only
+    assert proc.returncode == 130
     assert "run the same command again to continue" in err.splitlines()[-1]
     assert not (out / "comparison.md").exists()
     result = compare(GRID, out)
     assert body(result) == body(reference[1])
 
 
+@pytest.mark.slow
 def test_two_jobs_give_the_same_table_as_one(reference, tmp_path, capsys):
     result = compare(GRID + ["jobs=2"], tmp_path / "two")
     assert body(result) == body(reference[1])
@@ -186,6 +190,7 @@ def test_refusals_exit_2_with_one_line_and_write_nothing(args, says, tmp_path, c
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_changed_configuration_in_the_same_directory_is_refused(reference, capsys):
     out, _ = reference
     stamp = (out / "compare.json").stat().st_mtime_ns
@@ -209,6 +214,7 @@ def test_budgets():
     assert build_grid(["method=ce,ke", "jobs=2", "threads=4"]).threads == 2
 
 
+@pytest.mark.slow
 def test_runs_in_two_processes_share_one_store_without_losing_rows(tmp_path):
     """The workers of jobs=N share OUT/resprout.db. Opening a second Store in a process that holds a live one (a
     leaked trainer store, a report) must not drop that process's SQLite locks: if it did, another process closing

@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
+
+import pytest
 
 from resprout.engine.checkpoint import load_file
 from resprout.engine.store import Store
-from tests.conftest import PYTHON, cli_env
+from tests.conftest import HANG_GUARD, PYTHON, cli_env, stopped
 from tests.test_run_safety import cli_keys
 
+pytestmark = pytest.mark.slow  # every test starts processes
 
-def start(args, tmp_path):
-    return subprocess.Popen([PYTHON, "-m", "resprout", *args, "--quiet"], env=cli_env(tmp_path),
+
+def start(args, tmp_path, fault=None):
+    return subprocess.Popen([PYTHON, "-m", "resprout", *args, "--quiet"], env=cli_env(tmp_path, fault),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -41,29 +44,32 @@ def test_parallel_runs_with_the_same_settings_each_get_their_own_consistent_dire
 
 
 def test_two_resumes_of_one_directory_one_trains_the_other_is_refused(tmp_path):
+    """Both resumes start at once; whichever takes the lock stops itself after one step (RESPROUT_FAULT
+    pause-after-step:1), still holding it, so the other meets a live owner whenever it looks, and is refused.
+    Then the owner is continued and finishes the run."""
     out2 = tmp_path / "run2"
-    keys = cli_keys(epochs=40, data_options={"num_classes": 4, "n_train": 1024, "n_test": 48, "image_size": 8})
-    proc = start(["train", *keys, "--out", str(out2)], tmp_path)
-    t0 = time.monotonic()
-    while not (out2 / "checkpoint.pt").exists():
-        assert proc.poll() is None and time.monotonic() - t0 < 300
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=120)
-    assert proc.returncode == 130
-    a, b = start(["resume", str(out2)], tmp_path), start(["resume", str(out2)], tmp_path)
-    results = [p.communicate(timeout=300) + (p.returncode,) for p in (a, b)]
+    keys = cli_keys(epochs=2)
+    first = start(["train", *keys, "--out", str(out2)], tmp_path, "interrupt-after-step:3")
+    first.communicate(timeout=HANG_GUARD)
+    assert first.returncode == 130
+    a, b = (start(["resume", str(out2)], tmp_path, "pause-after-step:1") for _ in range(2))
+    owner, other = (a, b) if stopped(a) else (b, a)
+    assert not stopped(other) and stopped(owner)  # the other ended: refused, without training a step
+    refused = other.communicate(timeout=HANG_GUARD)
+    owner.send_signal(signal.SIGCONT)
+    done = owner.communicate(timeout=HANG_GUARD)
+    results = [done + (owner.returncode,), refused + (other.returncode,)]
     codes = sorted(r[2] for r in results)
     assert codes == [0, 2], results
-    refused = next(r for r in results if r[2] == 2)
     assert "in use by process" in refused[1] and refused[1].count("\n") == 1 and "Traceback" not in refused[1]
+    assert f"process {owner.pid}" in refused[1]
     assert load_file(out2 / "checkpoint.pt")["position"]["finished"]
 
 
 def _open_store_and_register(path: str, start, results) -> None:
     import os
 
-    start.wait()
+    start.wait()  # a barrier: all three go on together
     try:
         with Store(path) as store:
             store.register_run(str(os.getpid()), "d", {"seed": 0}, "h", "g", {})
@@ -80,14 +86,13 @@ def test_processes_that_create_one_new_store_at_once_all_succeed(tmp_path):
     ctx = mp.get_context("fork")  # the children open their own connections
     for i in range(20):
         path = str(tmp_path / f"s{i}.db")
-        start, results = ctx.Event(), ctx.Queue()
+        start, results = ctx.Barrier(3), ctx.Queue()
         procs = [ctx.Process(target=_open_store_and_register, args=(path, start, results)) for _ in range(3)]
         for p in procs:
             p.start()
-        time.sleep(0.05)
-        start.set()
+        answers = [results.get(timeout=HANG_GUARD) for _ in procs]  # a hang guard only
         for p in procs:
-            p.join(timeout=120)
-        assert [results.get(timeout=5) for _ in procs] == ["ok"] * 3
+            p.join()
+        assert answers == ["ok"] * 3
         with Store(path) as store:
             assert len(store.runs()) == 3

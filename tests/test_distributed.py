@@ -13,6 +13,8 @@ import torch
 from resprout.engine.store import Store
 from tests.conftest import PYTHON, cli_env
 
+pytestmark = pytest.mark.slow  # every test starts torchrun
+
 
 def free_port() -> int:
     with socket.socket() as s:

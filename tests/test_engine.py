@@ -8,7 +8,6 @@ import copy
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -20,7 +19,8 @@ from resprout.engine.optim import build_optimizer, set_lr
 from resprout.errors import ConfigError
 from resprout.run import create_trainer, resume, train
 from tests import engine_methods as em
-from tests.conftest import PYTHON, ROOT, cli_env, synthetic
+from tests import reference as by_hand
+from tests.conftest import HANG_GUARD, PYTHON, ROOT, cli_env, synthetic
 from tests.test_trainer import assert_same_weights, metric_rows
 
 
@@ -88,21 +88,21 @@ def trainer_optim_keys():
 
 
 def test_the_default_step_is_unchanged_when_no_method_declares_steps():
-    """One step over all terms: a plain run equals a hand loop of CE, backward, SGD step."""
-    trainer = trainer_of(epochs=1)
+    """One step over all terms: a plain run equals a hand loop of CE, backward, SGD step (torch's SGD built here,
+    the cosine rate by its formula, over two epochs)."""
+    trainer = trainer_of(epochs=2)
     model = copy.deepcopy(trainer.members["model"].model)
     trainer.fit()
-    spec = trainer.optim_spec(trainer.members["model"])
-    opt = build_optimizer(model, {k: spec[k] for k in trainer_optim_keys()})
+    opt = by_hand.sgd(model)
     steps = trainer.train_loader.steps(0, 0)
     model.train()
-    for s in range(steps):
-        x, y = trainer.train_loader.batch(0, 0, s)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        set_lr(opt, trainer.schedule.factor(s / steps, 1 / steps))
-        opt.step()
+    for e in range(2):
+        for s in range(steps):
+            x, y = trainer.train_loader.batch(0, e, s)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            by_hand.step(opt, by_hand.LR * by_hand.cosine(e + s / steps, 2))
     for k, v in model.state_dict().items():
         assert torch.equal(trainer.members["model"].model.state_dict()[k], v), k
 
@@ -183,34 +183,33 @@ def test_surgery_carries_optimizer_state_through_the_index_map(optimizer):
     assert trainer.taps.output("model", "relu3").shape[1] == c + 2
 
 
+@pytest.mark.slow
 def test_surgery_mid_epoch_then_sigkill_then_resume_is_bit_identical(tmp_path):
-    keys = dict(synthetic(method="test_grow_mid_epoch", epochs=4, checkpoint_minutes=0.0015, seed=5))
-    keys["data_options"] = {**keys["data_options"], "n_train": 2048}  # long enough to be killed after the surgery
+    """Exact points (RESPROUT_FAULT): Ctrl-C two steps after the surgery (a mid-epoch checkpoint that holds it),
+    then, resumed from there, SIGKILL right after the next checkpoint (the epoch's end, the surgery replayed)."""
+    keys = dict(synthetic(method="test_grow_mid_epoch", epochs=4, checkpoint_minutes=0, seed=5))
     em.GrowMidEpoch.resized = []
     train(**keys, methods=[em.GrowMidEpoch], out=tmp_path / "full")
     assert em.GrowMidEpoch.resized == [("model", False)]
     script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.engine_methods import GrowMidEpoch; "
               f"import resprout; resprout.{{}}")
     run = tmp_path / "run"
-    env = cli_env(tmp_path)
     train_call = script.format(f"train(**{keys!r}, methods=[GrowMidEpoch], out={str(run)!r})")
-    proc = subprocess.Popen([PYTHON, "-c", train_call], env=env, stderr=subprocess.PIPE, text=True)
-    t0 = time.monotonic()
-    while True:  # kill right after a checkpoint that holds the surgery has been written
-        assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read()}"
-        assert time.monotonic() - t0 < 300
-        try:
-            if (run / "checkpoint.pt").exists() and load_file(run / "checkpoint.pt")["surgery"]:
-                break
-        except Exception:  # being replaced right now
-            pass
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    resume_call = script.format(f"resume({str(run)!r}, methods=[GrowMidEpoch], progress='none')")
+    steps = 8  # per epoch: 256 images in batches of 32; the surgery is at epoch 2, step 3
+    stopped = subprocess.run([PYTHON, "-c", train_call], env=cli_env(tmp_path, f"interrupt-after-step:{steps + 5}"),
+                             capture_output=True, text=True, timeout=HANG_GUARD)
+    assert "interrupted at generation 1 epoch 2 step 5" in stopped.stderr, stopped.stderr[-2000:]
+    state = load_file(run / "checkpoint.pt")
+    assert state["position"]["step"] == 5 and state["surgery"][0]["step"] == 3
+    killed = subprocess.run([PYTHON, "-c", resume_call], env=cli_env(tmp_path, "kill-after-checkpoint:1"),
+                            capture_output=True, text=True, timeout=HANG_GUARD)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     state = load_file(run / "checkpoint.pt")
     assert not state["position"]["finished"] and state["surgery"][0]["step"] == 3
-    resume_call = script.format(f"resume({str(run)!r}, methods=[GrowMidEpoch], progress='none')")
-    resumed = subprocess.run([PYTHON, "-c", resume_call], env=env, capture_output=True, text=True, timeout=300)
+    assert (state["position"]["epoch"], state["position"]["step"]) == (2, 0)
+    resumed = subprocess.run([PYTHON, "-c", resume_call], env=cli_env(tmp_path), capture_output=True, text=True,
+                             timeout=HANG_GUARD)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same_weights(load_file(tmp_path / "full" / "checkpoint.pt")["members"],
                         load_file(run / "checkpoint.pt")["members"])
@@ -250,6 +249,7 @@ def test_a_model_factory_is_seeded_and_lets_methods_draw_fresh_networks(tmp_path
               method_options={"ke": {"reinit": "initial", "split": "wels"}}, save=False)
 
 
+@pytest.mark.slow
 def test_pure_functions_load_neither_the_trainer_nor_data_nor_models_nor_every_method(tmp_path):
     code = ("import sys\n"
             "from resprout.methods.classification import smooth_cross_entropy\n"

@@ -145,13 +145,11 @@ def test_slim_network_equals_the_dense_network_with_the_reset_hypothesis_zeroed(
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.vision  # runs in the vision environment (make test-vision), skips elsewhere
 def test_torchvision_resnet18_slims_when_torchvision_is_present():
     from resprout.models.external import import_package
 
-    try:  # skips on any import failure (a torchvision built for another torch raises RuntimeError, not ImportError)
-        tv = import_package("tv")
-    except ConfigError as e:
-        pytest.skip(str(e))
+    tv = import_package("tv")
     dense = randomize_bn(tv.models.resnet18(num_classes=10))
     slim = fit_hypothesis(dense, (3, 32, 32), 0.5)
     zeroed = copy.deepcopy(dense)
@@ -199,6 +197,7 @@ def test_ke_composes_with_label_smoothing_and_cskd_and_wels_has_no_slim():
     assert result["final"]["model"]["top1"] > 0.3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opts", [{"reinit": "zeros", "reset_bn": True}, {"reinit": "initial"},
                                   {"handover": "best"}])
 def test_ke_options_run_and_resume_exactly(tmp_path, opts):
@@ -223,6 +222,7 @@ def test_ke_option_errors():
 
 
 # -- the command-line contract ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ke_train_and_slim_commands(tmp_path):
     proc = subprocess.run([PYTHON, "-m", "resprout", "train", "method=ke", "ke.split=kels", "ke.split_rate=0.5",
                            "generations=3", "epochs=2", "data=digits", "model=resnet20", "--json"],
@@ -259,6 +259,7 @@ def test_slim_refuses_runs_without_kels(tmp_path, capsys):
     assert "is not a Knowledge Evolution run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_profile_reproduces_table_5_of_the_paper_and_reports_true_costs(capsys):
     from resprout.cli import main
 

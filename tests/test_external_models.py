@@ -70,11 +70,19 @@ def test_a_missing_package_is_one_line(monkeypatch):
         build_model("timm:resnet18", in_channels=3, num_classes=10)
 
 
+@pytest.mark.vision  # runs in the vision environment (make test-vision), skips elsewhere
 def test_a_working_torchvision_builds_a_model_for_one_channel_images():
-    try:
-        import_package("tv")
-    except ConfigError as e:  # not installed, or built for another torch: skip, in one line
-        pytest.skip(str(e))
     model = build_model("tv:resnet18", in_channels=1, num_classes=7).eval()
     with torch.no_grad():
         assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 7)
+
+
+@pytest.mark.vision
+def test_a_working_timm_builds_the_same_network_as_torchvision():
+    # timm's resnet18 and torchvision's are one architecture: equal parameter shapes, counted by two libraries
+    timm_model = build_model("timm:resnet18", in_channels=1, num_classes=7).eval()
+    tv_model = build_model("tv:resnet18", in_channels=1, num_classes=7)
+    assert sorted(p.shape for p in timm_model.parameters()) == sorted(p.shape for p in tv_model.parameters())
+    assert sum(p.numel() for p in timm_model.parameters()) == 11_689_512 - 512 * 993 - 993 - 2 * 64 * 49
+    with torch.no_grad():
+        assert timm_model(torch.zeros(2, 1, 32, 32)).shape == (2, 7)

@@ -172,6 +172,7 @@ STORE_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault, command, fragment", STORE_CASES, ids=[f"{f}-{c}" for f, c, _ in STORE_CASES])
 def test_store_fault_is_one_clean_line(fault, command, fragment, made_run, tmp_path):
     area = tmp_path / "area"
@@ -320,6 +321,7 @@ def test_checkpoint_disk_full_during_a_run(tmp_path, monkeypatch, capsys):
     ckpt.load_file(out / "checkpoint.pt")  # still a complete checkpoint
 
 
+@pytest.mark.slow
 def test_checkpoint_disk_full_from_the_command_line(tmp_path):
     with full_filesystem(tmp_path / "mnt", size="48k") as mnt:
         (mnt / "filler").unlink()
@@ -351,6 +353,7 @@ def test_numbers_out_of_range_are_one_line(arg, message, tmp_path, capsys):
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_numbers_from_the_command_line_have_no_traceback(tmp_path):
     proc = run_cli(["train", *TINY, "seed=100000000000000000000000000", "--quiet"], tmp_path)
     assert proc.returncode == 2
@@ -444,6 +447,7 @@ def test_imagefolder_special_file_in_a_split_list(tmp_path):
         load_source("imagefolder", tmp_path)
 
 
+@pytest.mark.slow
 def test_imagefolder_fifo_from_the_command_line(tmp_path):
     _tree(tmp_path / "imgs")
     os.mkfifo(tmp_path / "imgs" / "train" / "dog" / "x.png")
@@ -557,6 +561,7 @@ def test_input_scalar_where_a_table_of_options_belongs(name, text, line, tmp_pat
     assert files_under(tmp_path) == before and not (tmp_path / "runs").exists()  # no store, no run directory
 
 
+@pytest.mark.slow
 def test_input_scalar_options_from_the_command_line_have_no_traceback(tmp_path):
     (tmp_path / "cfg.yaml").write_text("data: synthetic\nmethod: ke\nmethod_options: {ke: 3}\n")
     proc = run_cli(["train", "cfg.yaml", "--quiet"], tmp_path)
@@ -565,6 +570,7 @@ def test_input_scalar_options_from_the_command_line_have_no_traceback(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("existing", [True, False], ids=["existing-store", "no-store"])
 def test_input_method_refusal_at_setup_leaves_the_store_alone(existing, made_run, tmp_path):
     """``ke.member=teacher`` names no member: refused when the trainer is built, before a store row is written
@@ -628,6 +634,7 @@ def test_input_weights_mismatch_names_missing_and_extra_tensors():
         "tensor 3.weight is [4, 9] in the checkpoint, [4, 8] in the model"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["empty-file", "missing-file"])
 def test_input_runs_never_creates_a_store(kind, tmp_path):
     """Only `train` creates a store: `runs` (and `report`) on an empty or missing store file write nothing."""
@@ -656,6 +663,7 @@ def test_input_report_never_creates_a_store(made_run, tmp_path, capsys):
     assert store.read_bytes() == b"" and not list(tmp_path.glob("empty.db-*"))
 
 
+@pytest.mark.slow
 def test_input_a_finished_run_leaves_no_store_sidecars(tmp_path):
     """The store is checkpointed when a run ends: no -wal/-shm beside it, and every row is in the main file."""
     store = tmp_path / "s" / "resprout.db"

@@ -350,6 +350,7 @@ def test_noise_and_internal_scions_run_with_one_network_and_external_refuses_it(
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_bad_option_with_one_line(tmp_path):
     import subprocess
 

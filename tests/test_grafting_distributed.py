@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from resprout.engine.checkpoint import load_file
 from resprout.run import train
 from tests.test_distributed import torchrun
+
+pytestmark = pytest.mark.slow  # every test starts torchrun
 
 ARGS = ["method=graft", "graft.peers=2", "graft.ring=staggered", "graft.lr_factors=cosine", "graft.bn=reestimate",
         "graft.bn_batches=3", "graft.momentum=reset", "data=synthetic",

@@ -5,12 +5,14 @@ the same global batch."""
 
 from __future__ import annotations
 
-
+import pytest
 import torch
 from torch import nn
 
 from tests.conftest import ROOT, synthetic
 from tests.test_distributed import launch
+
+pytestmark = pytest.mark.slow  # starts torchrun
 
 # The student has no batch norm: with it, each process would normalize by its own half of the batch and the run
 # would differ from one process by design, not by a bug. The teacher's batch norm is frozen (eval mode).

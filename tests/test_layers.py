@@ -27,7 +27,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "resprout"
 LAYERS: dict[str, int] = {
     "errors": 0, "registry": 0, "options": 0, "config": 0, "hardware": 0, "seeding": 0, "lazy_dynamo": 0,
     "data": 1, "models": 1,
-    "surgery": 2,
+    "surgery": 2, "metrics": 2,
     "engine": 3,
     "methods": 4,
     "analysis": 5,

@@ -132,6 +132,7 @@ def test_refusals(capsys):
     assert len(err) == 1 and "needs 2 processes" in err[0] and "has 1" in err[0], err
 
 
+@pytest.mark.slow
 def test_cli_contract(tmp_path, capsys):
     from resprout.cli import main
 

@@ -12,6 +12,8 @@ from resprout.run import train
 from tests.conftest import synthetic
 from tests.test_distributed import torchrun
 
+pytestmark = pytest.mark.slow  # every test starts torchrun
+
 CLI_KEYS = ["data=synthetic", "data.num_classes=4", "data.n_train=256", "data.n_test=48", "data.image_size=8",
             "model=cnn", "width=0.5", "epochs=2", "batch_size=32", "eval_batch_size=64", "lr=0.05", "progress=none",
             "threads=1", "seed=0", "method=dml", "dml.update=simultaneous"]

@@ -93,7 +93,7 @@ def test_auto_is_bf16_only_on_a_cpu_that_computes_it_natively(monkeypatch, avx51
     machine(monkeypatch, avx512_bf16=avx512_bf16, amx=amx)
     assert resolve_precision("auto", "cpu") == expected
     keys = synthetic(device="cpu")
-    cfg, _ = resprout.run._resolve(make_config(**keys), None)  # what a run stores
+    cfg, _ = resprout.run.resolve(make_config(**keys))  # what a run stores
     assert cfg.precision == expected and cfg.channels_last is True
     # an unresolved config is the run it resolves to (a rerun of `train --out DIR` or of a comparison)
     resolved = make_config(**keys, precision=expected, channels_last=True)
@@ -107,7 +107,7 @@ def test_auto_is_bf16_only_on_a_cpu_that_computes_it_natively(monkeypatch, avx51
         resolve_precision("fp16", "cpu")
     monkeypatch.setenv(PORTABLE_ENV, "1")  # the suite's setting: fp32 and NCHW whatever the machine
     assert resolve_precision("auto", "cpu") == "fp32"
-    assert resprout.run._resolve(make_config(**keys), None)[0].channels_last is False
+    assert resprout.run.resolve(make_config(**keys))[0].channels_last is False
 
 
 @pytest.mark.parametrize("cuda_bf16", [False, True])

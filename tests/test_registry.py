@@ -137,6 +137,7 @@ def test_every_registry_kind_describes_its_entries_and_keys_shows_them(capsys):
     assert SURGERY.description("resize")
 
 
+@pytest.mark.slow
 def test_the_method_package_re_exports_every_name_of_its_type_checking_block_lazily(tmp_path):
     """The names come from the block, read here with ast; each is the object its module defines."""
     import importlib

@@ -646,6 +646,7 @@ def test_after_a_rebuild_lambda_grows_again_from_zero_in_a_new_window(monkeypatc
     assert rep["count"] == 1 or rep["rejuvenations"][1]["epoch"] <= 2.25
 
 
+@pytest.mark.slow
 def test_kill_and_resume_after_a_rejuvenation_is_bit_identical(tmp_path):
     keys = synthetic(method="test_nr_kill+nr+test_crash", epochs=3,
                      method_options={"nr": {**NR_FAST, "scheme": "ca", "rescale": True}})
@@ -667,6 +668,7 @@ def run_cli(tmp_path, *args):
                           env=cli_env(tmp_path), cwd=tmp_path, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_reports_the_rejuvenation_in_json(tmp_path):
     # a check every step, a fixed lambda pulling every scale by 0.1 a step: channels die within the first epoch
     out = run_cli(tmp_path, "method=nr", "nr.every=0.04", "nr.sparsity=fixed", "nr.lam_unit=iteration", "nr.lam=0.1",

@@ -217,6 +217,7 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_results_hold_the_stores_numbers_and_the_bits_agree(tiny):
     rows = read_csv(tiny / "results" / f"{TINY.stem}.csv")
     bits = {(b["label"], b["seed"], b["generation"]): b
@@ -236,6 +237,7 @@ def test_results_hold_the_stores_numbers_and_the_bits_agree(tiny):
         assert int(r["test_images"]) == 359  # the whole digits test split
 
 
+@pytest.mark.slow
 def test_a_fresh_clone_with_results_trains_nothing(tiny, tmp_path):
     clone = tmp_path / "clone"
     for part in ("repro", "results"):
@@ -248,6 +250,7 @@ def test_a_fresh_clone_with_results_trains_nothing(tiny, tmp_path):
     assert (clone / "docs" / "reproduction.md").read_text() == (tiny / "docs" / "reproduction.md").read_text()
 
 
+@pytest.mark.slow
 def test_the_page_is_rebuilt_from_results_alone_and_follows_them(tiny, tmp_path):
     clone = tmp_path / "clone"
     for part in ("repro", "results"):
@@ -279,6 +282,7 @@ def test_the_page_is_rebuilt_from_results_alone_and_follows_them(tiny, tmp_path)
     assert readme.startswith("# resprout\n\n<!-- reproduction:start -->") and "First paragraph." in readme
 
 
+@pytest.mark.slow
 def test_verdicts_in_the_page_are_the_statistics_of_the_stored_bits(tiny):
     rows, bits = res.read(TINY.stem, tiny / "results")
     ke = {(b["seed"], b["generation"]): unpack_bits(b["bits"], b["images"]) for b in bits if b["label"] == "KE"}
@@ -291,6 +295,7 @@ def test_verdicts_in_the_page_are_the_statistics_of_the_stored_bits(tiny):
     assert cells[5] == f"**{stats.verdict(p)}**"
 
 
+@pytest.mark.slow
 def test_a_changed_file_trains_again_and_keeps_the_old_runs_aside(tiny, tmp_path):
     clone = tmp_path / "clone"
     for part in ("repro", "results", "work"):
@@ -307,6 +312,7 @@ def test_a_changed_file_trains_again_and_keeps_the_old_runs_aside(tiny, tmp_path
     assert json.loads((runs / "LS-1x2-s0" / "run.json").read_text())["config"]["lr"] == 0.05
 
 
+@pytest.mark.slow
 def test_a_claim_reads_another_tables_rows(tiny):
     rows, bits = res.read(TINY.stem, tiny / "results")
     ls_rows, ls_bits = res.read(CROSS.stem, tiny / "results")

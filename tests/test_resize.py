@@ -264,7 +264,8 @@ def outputs(model, x):
         return model.eval()(x)
 
 
-CASES = available_models() + list(CUSTOM)
+HEAVY = {"resnet110"}  # the deepest model: over 2 s to grow here, so in the slow tier (not in make test-fast)
+CASES = [pytest.param(c, marks=pytest.mark.slow) if c in HEAVY else c for c in available_models() + list(CUSTOM)]
 
 
 @pytest.mark.parametrize("case", CASES)

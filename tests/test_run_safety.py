@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 import resprout
 from resprout.cli import main
 from resprout.config import make_config
@@ -40,10 +42,12 @@ def test_default_run_dirs_are_never_shared(tmp_path):
     assert len(dirs) == 20 and all(d.is_dir() for d in dirs)
 
 
+@pytest.mark.slow
 def test_a_locked_run_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys):
     out = tmp_path / "r"
     resprout.train(**synthetic(epochs=1), out=out)
-    holder = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(60)"])
+    # a live process until the test ends it (it waits for its stdin to close): no clock decides how long it lives
+    holder = subprocess.Popen([PYTHON, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
         (out / LOCK_FILE).write_text(json.dumps({"pid": holder.pid}))
         before = snapshot(out)
@@ -53,7 +57,7 @@ def test_a_locked_run_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys):
         assert str(holder.pid) in err
         assert snapshot(out) == before
     finally:
-        holder.kill()
+        holder.stdin.close()
         holder.wait()
     # the holder is gone: its lock is stale and taken over; released at the end
     assert main(["resume", str(out), "--quiet"]) == 0
@@ -148,6 +152,7 @@ def test_slim_and_report_never_overwrite(tmp_path, capsys):
     assert main(["report", str(out), "--out", str(rep2)]) == 0  # its own files may be rewritten
 
 
+@pytest.mark.slow
 def test_sigterm_in_start_up_exits_130_with_one_line(tmp_path):
     from tests.conftest import cli_env
 

@@ -45,6 +45,7 @@ CASES = [(torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
          (torch.optim.Adam, {"lr": 0.01, "betas": (0.8, 0.99)})]
 
 
+@pytest.mark.slow
 def test_quick_commands_and_a_run_import_only_what_they_need(tmp_path):
     out = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path / "eager.pt")], env=cli_env(tmp_path),
                          cwd=tmp_path, capture_output=True, text=True, timeout=600)

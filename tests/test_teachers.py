@@ -94,6 +94,7 @@ def test_module_teachers_are_recorded_and_must_be_passed_again_to_resume(tmp_pat
         resprout.resume(out)
 
 
+@pytest.mark.slow
 def test_cli_refusals_exit_2_with_one_line_and_write_nothing(teacher_dir, tmp_path):
     # refused before the run directory is claimed, and refused in a method's setup (after it was claimed)
     cases = [(["method=kd"], "method=kd needs a teacher"),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from resprout.errors import CheckpointError, ConfigError
+from resprout.errors import ConfigError
 from resprout.methods.grafting.criteria import filter_l1, layer_entropy
 
 THRESHOLDS = (1e-3, 1e-2, 1e-1, 1.0)
@@ -31,22 +31,13 @@ FILES = ("filters.md", "invalid_ratio.png", "information.png", "filter_norms.png
 # -- reading a run ------------------------------------------------------------------------------------------------------
 def load_networks(run_dir: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float], dict]:
     """(member -> state dict, member -> final test top-1, run info) of a run's task members (last weights)."""
-    from resprout.engine import checkpoint as ckpt
-    from resprout.engine.rundir import read_run_dir
-    from resprout.engine.state import CHECKPOINT_NAME
+    from resprout.engine.rundir import SavedRun
 
-    run_dir = Path(run_dir)
-    info = read_run_dir(run_dir, "analyze:")
-    path = run_dir / CHECKPOINT_NAME
-    if not path.is_file():
-        raise ConfigError(f"analyze: {run_dir} holds no weights yet (no {CHECKPOINT_NAME})")
-    try:
-        state = ckpt.load_file(path)
-    except CheckpointError as e:
-        raise ConfigError(f"analyze: {e}") from None
+    saved = SavedRun.open(run_dir, what="analyze:")
+    info, state = saved.info, saved.checkpoint()
     nets = {name: m["model"] for name, m in state["members"].items() if _is_task_member(name)}
     if not nets:
-        raise ConfigError(f"analyze: {run_dir} has no task network (members: {', '.join(state['members'])})")
+        raise ConfigError(f"analyze: {saved.path} has no task network (members: {', '.join(state['members'])})")
     final = state.get("results", {}).get("final", {})
     top1 = {name: final[name]["top1"] for name in nets if name in final and "top1" in final[name]}
     if "ensemble" in final:

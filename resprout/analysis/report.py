@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resprout.analysis.tables import format_table, pm
-from resprout.engine.rundir import read_run_file
+from resprout.engine.rundir import SavedRun
 from resprout.engine.store import RunRecord, Store
 from resprout.errors import CheckpointError
 
@@ -49,8 +49,8 @@ class RunData:
 
 
 def load_run(run_dir: Path) -> RunData:
-    info = read_run_file(run_dir)
-    store_path = Path(info["store"])
+    saved = SavedRun.open(run_dir)
+    info, store_path = saved.info, saved.store
     if not store_path.is_file():
         raise CheckpointError(f"{run_dir}: its results store {store_path} does not exist")
     with Store(store_path, create=False) as store:
@@ -273,9 +273,7 @@ def write_report(run_dirs: list[Path], out: Path) -> tuple[str, list[Path]]:
     have several generations) for the given run directories."""
     runs = []
     for d in run_dirs:
-        if not d.is_dir():
-            raise CheckpointError(f"{d} does not exist")
-        runs.append(load_run(d))
+        runs.append(load_run(d))  # refuses a missing directory or one that holds no run
     # a run that has not finished an epoch has nothing to show: one line says so (and nothing is written when no
     # run has anything)
     empty = [d for d, r in zip(run_dirs, runs) if not r.curves]

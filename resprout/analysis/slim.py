@@ -33,7 +33,7 @@ class Normalized(nn.Module):
 def export_slim(trainer, out: str | Path, *, bn: str = "reestimate", source: str | Path = "the run") -> dict:
     """Extract, evaluate and write the slim network of a trained KE run (a trainer with its checkpoint loaded,
     see :func:`resprout.run.open_run`; ``source`` names it in messages); returns the metadata written beside it."""
-    from resprout.data import channel_stats
+    from resprout.data.natural import normalization_stats
     from resprout.methods.evolution import KnowledgeEvolution
     from resprout.surgery.profile import profile_model
 
@@ -48,7 +48,7 @@ def export_slim(trainer, out: str | Path, *, bn: str = "reestimate", source: str
     dense_metrics = trainer.evaluate(member, "test", autocast=False)
     slim_metrics = trainer.evaluate(slim, "test", autocast=False)
     ds = trainer.dataset
-    mean, std = channel_stats(ds.train)
+    mean, std = normalization_stats(ds)
     wrapped = Normalized(slim, mean, std).eval()
     example = torch.rand(2, *shape)
     batch = torch.export.Dim("batch", min=1)

@@ -67,6 +67,8 @@ def rows_of(grid: Grid, runs_dir: Path, keys: set[str] | None = None):
 
 
 def _caption(grid: Grid, sizes: dict, rows) -> str:
+    from resprout.engine.precision import describe
+
     b = grid.base
     data = b.get("data", "digits") + (f", {b['per_class']} train images per class" if "per_class" in b else "")
     shape = f"E = {grid.epochs} epochs x G = {grid.generations} generations"
@@ -77,9 +79,13 @@ def _caption(grid: Grid, sizes: dict, rows) -> str:
     # the threads the runs were trained with (the store's environment), not this invocation's setting
     threads = "/".join(str(t) for t in sorted({run.record.env.get("threads") for row in rows for run in row.runs
                                                if run.record.env.get("threads") is not None})) or "?"
+    # how they computed, as each run resolved it (precision=auto and channels_last=auto differ between machines)
+    how = "/".join(sorted({describe(run.record.config.get("precision", "fp32"),
+                                    bool(run.record.config.get("channels_last"))) for row in rows for run in row.runs}))
     return (f"data={data} ({sizes.get('train', '?')} train, {sizes.get('val', 0)} val, {sizes.get('test', '?')} "
             f"test images), model={b.get('model', 'cnn')}, seeds {','.join(map(str, grid.seeds))}; {shape}; "
-            f"{budget}{base}. Top-1 in %, mean ± std over seeds; trained with {threads} thread(s) per run.")
+            f"{budget}{base}. Top-1 in %, mean ± std over seeds; trained with {threads} thread(s) per run"
+            f"{', in ' + how if how else ''}.")
 
 
 def compare(args: list[str], out: str | Path, *, stream=None, rows: list[RowSpec] | None = None,

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resprout.config import Config, config_from_dict, make_config, merge, parse_overrides, split_pairs
+from resprout.config import Config, make_config, merge, parse_overrides, split_pairs
 from resprout.config import _set as route_key  # routes a dotted key (graft.scion) to its option family
 from resprout.errors import ConfigError
 
@@ -290,13 +290,13 @@ def build_grid(args: list[str], *, cpu_count: int | None = None, rows: list[RowS
 
 def check_run_dirs(grid: Grid, runs_dir: Path) -> None:
     """Refuse a grid whose run directories hold runs of another configuration (nothing is changed)."""
-    from resprout.engine.rundir import RUN_FILE, read_run_file
+    from resprout.engine.rundir import SavedRun
 
     for c in grid.cells:
         d = runs_dir / c.key
-        if not (d / RUN_FILE).exists():
+        if not SavedRun.exists(d):
             continue
-        saved = config_from_dict(read_run_file(d)["config"])
+        saved = SavedRun.open(d).config
         if saved.fingerprint() != c.config.fingerprint():
             a, b = saved.identity(), c.config.identity()
             diff = [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

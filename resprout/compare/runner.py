@@ -28,11 +28,10 @@ from typing import TextIO
 
 from resprout.compare.grid import Cell, Grid
 from resprout.engine.progress import Progress
-from resprout.engine.rundir import LOCK_FILE, RUN_FILE, holder_alive, lock_holder, read_run_file
+from resprout.engine.rundir import CHECKPOINT_NAME, LOCK_FILE, SavedRun, holder_alive, lock_holder
 from resprout.engine.store import Store
 from resprout.errors import Interrupted, ResproutError
 
-CHECKPOINT = "checkpoint.pt"  # resprout.engine.trainer.CHECKPOINT_NAME (not imported: it pulls in torch)
 
 
 def _duration(seconds: float) -> str:
@@ -48,8 +47,8 @@ def finished_cells(grid: Grid, runs_dir: Path, store_path: Path) -> set[str]:
     with Store(store_path) as store:
         for c in grid.cells:
             d = runs_dir / c.key
-            if (d / RUN_FILE).exists():
-                rec = store.run(read_run_file(d)["run_id"])
+            if SavedRun.exists(d):
+                rec = store.run(SavedRun.open(d).run_id)
                 if rec is not None and rec.status == "finished":
                     done.add(c.key)
     return done
@@ -58,7 +57,7 @@ def finished_cells(grid: Grid, runs_dir: Path, store_path: Path) -> set[str]:
 def clear_stale_start(run_dir: Path) -> None:
     """A run killed after taking its lock but before writing ``run.json`` leaves a directory holding only a dead
     lock; ``resprout train`` would refuse it as foreign. Remove that lock (nothing else) so the run can start."""
-    if not run_dir.is_dir() or (run_dir / RUN_FILE).exists():
+    if not run_dir.is_dir() or SavedRun.exists(run_dir):
         return
     if holder_alive(lock_holder(run_dir)) is False:
         for f in run_dir.iterdir():
@@ -194,7 +193,7 @@ def _run_here(todo: list[Cell], runs_dir: Path, store_path: Path, status: GridSt
             continue
         cell = free[0]
         pending.remove(cell)
-        status.begin(cell.key, (runs_dir / cell.key / CHECKPOINT).exists())
+        status.begin(cell.key, (runs_dir / cell.key / CHECKPOINT_NAME).exists())
         try:
             run_cell(cell, runs_dir, store_path, CellProgress(status, cell.key))
         except Interrupted:
@@ -287,7 +286,7 @@ def run_workers(grid: Grid, todo: list[Cell], runs_dir: Path, store_path: Path, 
             if not pending:
                 w.close()
             return  # busy cells only: try again on the next tick
-        status.begin(cell.key, (runs_dir / cell.key / CHECKPOINT).exists())
+        status.begin(cell.key, (runs_dir / cell.key / CHECKPOINT_NAME).exists())
         w.give(cell, runs_dir, store_path)
 
     def handle(w: Worker, msg: dict) -> None:

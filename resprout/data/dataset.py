@@ -40,8 +40,39 @@ class Split:
         return f"Split(images={tuple(self.images.shape)} uint8, labels={len(self)})"
 
 
+class SplitsAndClasses:
+    """What a dataset in memory (:class:`Dataset`) and a dataset of files
+    (:class:`~resprout.data.files.FileDataset`) share: the splits ``train``, ``val`` (or None), ``test`` with
+    ``labels``, and the class names."""
+
+    name: str
+    classes: list[str]
+
+    def _check_classes(self) -> None:
+        """Class names as strings, at least one, and every label one of them."""
+        self.classes = [str(c) for c in self.classes]
+        if not self.classes:
+            raise DataError(f"data source {self.name!r} has no classes")
+        for split_name, split in self.splits().items():
+            if len(split) and (int(split.labels.min()) < 0 or int(split.labels.max()) >= len(self.classes)):
+                raise DataError(f"data source {self.name!r}: {split_name} labels must be 0..{len(self.classes) - 1}, "
+                                f"found {int(split.labels.min())}..{int(split.labels.max())}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def splits(self) -> dict:
+        """The splits that exist, by name: train, (val,) test."""
+        out = {"train": self.train}
+        if self.val is not None:
+            out["val"] = self.val
+        out["test"] = self.test
+        return out
+
+
 @dataclass(repr=False, eq=False)
-class Dataset:
+class Dataset(SplitsAndClasses):
     """A dataset in memory. ``classes[i]`` is the name of label ``i``; ``val`` is None if there is no val split."""
 
     name: str
@@ -51,35 +82,18 @@ class Dataset:
     classes: list[str]
 
     def __post_init__(self) -> None:
-        self.classes = [str(c) for c in self.classes]
-        if not self.classes:
-            raise DataError(f"data source {self.name!r} has no classes")
+        self._check_classes()
         shape = tuple(self.train.images.shape[1:])
         for split_name, split in self.splits().items():
             if tuple(split.images.shape[1:]) != shape:
                 raise DataError(f"data source {self.name!r}: {split_name} images are "
                                 f"{tuple(split.images.shape[1:])} but train images are {shape}")
-            if len(split) and (int(split.labels.min()) < 0 or int(split.labels.max()) >= len(self.classes)):
-                raise DataError(f"data source {self.name!r}: {split_name} labels must be 0..{len(self.classes) - 1}, "
-                                f"found {int(split.labels.min())}..{int(split.labels.max())}")
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of every image."""
         c, h, w = self.train.images.shape[1:]
         return int(c), int(h), int(w)
-
-    def splits(self) -> dict[str, Split]:
-        """The splits that exist, by name: train, (val,) test."""
-        out = {"train": self.train}
-        if self.val is not None:
-            out["val"] = self.val
-        out["test"] = self.test
-        return out
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits().items())
@@ -91,12 +105,18 @@ def channel_stats(split: Split) -> tuple[list[float], list[float]]:
     n, c, h, w = split.images.shape
     if n == 0:
         raise DataError("cannot compute channel statistics of an empty split")
+    return stats_of_histograms([torch.bincount(split.images[:, i].reshape(-1), minlength=256) for i in range(c)])
+
+
+def stats_of_histograms(hists: list[torch.Tensor] | torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) standard deviation of ``x / 255`` from per-channel histograms of the 256
+    gray levels, exactly (integer sums)."""
     values = torch.arange(256, dtype=torch.int64).tolist()
-    count = n * h * w
     means, stds = [], []
-    for i in range(c):
+    for hist in hists:
         # A histogram of the 256 gray levels gives exact integer sums; var * count^2 = count*sum(x^2) - sum(x)^2.
-        hist = torch.bincount(split.images[:, i].reshape(-1), minlength=256).tolist()
+        hist = hist.tolist()
+        count = sum(hist)
         total = sum(v * m for v, m in zip(values, hist))
         total_sq = sum(v * v * m for v, m in zip(values, hist))
         means.append(total / count / 255.0)

@@ -99,15 +99,25 @@ class TrainLoader:
     def steps(self, generation: int, epoch: int) -> int:
         return len(self.plan(generation, epoch))
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images of a batch."""
+        c, h, w = self.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    def positions(self, n: int) -> torch.Tensor:
+        """The positions of a global batch of ``n`` indices that this process takes."""
+        pos = torch.arange(n)
+        if getattr(self.sampler, "paired", False) and self.world_size > 1:
+            anchors, partners = pos.chunk(2)
+            return torch.cat([_shard(anchors, self.rank, self.world_size),
+                              _shard(partners, self.rank, self.world_size)])
+        return _shard(pos, self.rank, self.world_size)
+
     def batch(self, generation: int, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This process's share of batch ``step`` of the epoch, augmented and normalized."""
         idx = self.plan(generation, epoch)[step]
-        if getattr(self.sampler, "paired", False) and self.world_size > 1:
-            anchors, partners = idx.chunk(2)
-            idx = torch.cat([_shard(anchors, self.rank, self.world_size), _shard(partners, self.rank, self.world_size)])
-        else:
-            idx = _shard(idx, self.rank, self.world_size)
-        idx = idx.to(self.device)
+        idx = idx[self.positions(len(idx))].to(self.device)
         x = self.images.index_select(0, idx).float()
         if self.crop_padding or self.flip:
             g = generator(self.seed, _AUGMENT, generation, epoch, step)

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from resprout.data.dataset import Dataset, Split
+from resprout.data.files import FileDataset
 from resprout.data.stratify import (FIXED_TEST_SEED, SALT_SUBSET, SALT_TEST, SALT_VAL, by_class, rank_keys,
                                     stratified_fraction)
 from resprout.errors import ConfigError, DataError
@@ -50,26 +53,8 @@ def prepare(ds: Dataset, *, per_class: int | None = None, val_split: float = 0.0
     if not isinstance(ds, Dataset):
         raise TypeError(f"prepare() needs a Dataset, got {type(ds).__name__}")
 
-    k = ds.num_classes
-    labels = ds.train.labels.numpy()
-    train_idx: np.ndarray | None = None  # None: the whole of train
-    val_from_train: np.ndarray | None = None
-    if ds.val is None and val_split > 0.0:
-        train_idx, val_from_train, too_few = stratified_fraction(labels, k, float(val_split), data_seed, SALT_VAL)
-        if too_few:
-            c, n = too_few[0]
-            raise DataError(f"val_split={val_split}: class {ds.classes[c]!r} has only {n} training image, "
-                            f"cannot carve a validation image from it and keep one for training")
-    if per_class is not None:
-        pool = np.arange(len(labels)) if train_idx is None else train_idx
-        groups = by_class(labels[pool], rank_keys(len(pool), data_seed, SALT_SUBSET), k)
-        for c, idx in enumerate(groups):
-            if len(idx) < per_class:
-                after = " after carving the validation split" if val_from_train is not None else ""
-                raise DataError(f"per_class={per_class}: class {ds.classes[c]!r} has only {len(idx)} training "
-                                f"images{after}")
-        train_idx = np.sort(pool[np.concatenate([idx[:per_class] for idx in groups])])
-
+    chosen = choose(ds, per_class=per_class, val_split=val_split, data_seed=data_seed, test_per_class=test_per_class)
+    train_idx, val_from_train, test_idx = chosen.train, chosen.val_from_train, chosen.test
     size = None if image_size is None else (image_size, image_size)
 
     def derive(split: Split, idx: np.ndarray | None) -> Split:
@@ -90,6 +75,42 @@ def prepare(ds: Dataset, *, per_class: int | None = None, val_split: float = 0.0
         val = derive(ds.train, val_from_train)
     else:
         val = None
+    test = derive(ds.test, test_idx)
+    return Dataset(name=ds.name, train=train, test=test, val=val, classes=list(ds.classes))
+
+
+@dataclass
+class Choice:
+    """Which images a run keeps, as indices into the source's splits (None: all of them, in order)."""
+
+    train: np.ndarray | None
+    val_from_train: np.ndarray | None  # the validation split carved from train (sources without one)
+    test: np.ndarray | None
+
+
+def choose(ds: Dataset | FileDataset, *, per_class: int | None = None, val_split: float = 0.0, data_seed: int = 0,
+           test_per_class: int | None = None) -> Choice:
+    """The seeded choices of :func:`prepare` (validation carve, ``per_class`` subset, fixed test subset), from the
+    labels alone: the same for a dataset in memory and for its files."""
+    k = ds.num_classes
+    labels = ds.train.labels.numpy()
+    train_idx: np.ndarray | None = None  # None: the whole of train
+    val_from_train: np.ndarray | None = None
+    if ds.val is None and val_split > 0.0:
+        train_idx, val_from_train, too_few = stratified_fraction(labels, k, float(val_split), data_seed, SALT_VAL)
+        if too_few:
+            c, n = too_few[0]
+            raise DataError(f"val_split={val_split}: class {ds.classes[c]!r} has only {n} training image, "
+                            f"cannot carve a validation image from it and keep one for training")
+    if per_class is not None:
+        pool = np.arange(len(labels)) if train_idx is None else train_idx
+        groups = by_class(labels[pool], rank_keys(len(pool), data_seed, SALT_SUBSET), k)
+        for c, idx in enumerate(groups):
+            if len(idx) < per_class:
+                after = " after carving the validation split" if val_from_train is not None else ""
+                raise DataError(f"per_class={per_class}: class {ds.classes[c]!r} has only {len(idx)} training "
+                                f"images{after}")
+        train_idx = np.sort(pool[np.concatenate([idx[:per_class] for idx in groups])])
     test_idx = None
     if test_per_class is not None:
         test_labels = ds.test.labels.numpy()
@@ -99,8 +120,17 @@ def prepare(ds: Dataset, *, per_class: int | None = None, val_split: float = 0.0
                 raise DataError(f"test_per_class={test_per_class}: class {ds.classes[c]!r} has only {len(idx)} "
                                 f"test images")
         test_idx = np.sort(np.concatenate([idx[:test_per_class] for idx in groups]))
-    test = derive(ds.test, test_idx)
-    return Dataset(name=ds.name, train=train, test=test, val=val, classes=list(ds.classes))
+    return Choice(train_idx, val_from_train, test_idx)
+
+
+def prepare_files(ds: FileDataset, *, per_class: int | None = None, val_split: float = 0.0, data_seed: int = 0,
+                  test_per_class: int | None = None) -> FileDataset:
+    """The files a run trains on: :func:`prepare`'s choices (:func:`choose`) applied to a dataset of files."""
+    c = choose(ds, per_class=per_class, val_split=val_split, data_seed=data_seed, test_per_class=test_per_class)
+    val = ds.val if ds.val is not None else (ds.train.subset(c.val_from_train) if c.val_from_train is not None
+                                             else None)
+    return FileDataset(ds.name, train=ds.train.subset(c.train), test=ds.test.subset(c.test), val=val,
+                       classes=list(ds.classes), channels=ds.channels, image_size=ds.image_size)
 
 
 _LUMA = (0.299, 0.587, 0.114)

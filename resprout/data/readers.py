@@ -235,16 +235,29 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def read_image(path: Path, mode: str, size: int | None = None) -> np.ndarray:
+def read_image(path: Path, mode: str, size: int | None = None, *, short_side: int | None = None) -> np.ndarray:
     """One image as a uint8 array of shape (H, W) for ``mode="L"`` or (H, W, 3) for ``mode="RGB"``.
 
-    With ``size``, the image is resized to ``size`` x ``size`` (bilinear, antialiased) unless it already is.
+    With ``size``, the image is resized to ``size`` x ``size`` (bilinear, antialiased) unless it already is. With
+    ``short_side``, its short side is resized to ``short_side`` and the long side keeps the aspect ratio
+    (:func:`resprout.data.augment.short_side_size`); a JPEG over four times larger than that is decoded at 1/2,
+    1/4 or 1/8 scale first, to no less than twice the target (libjpeg's DCT scaling, Pillow's ``draft``): 2-3x
+    faster than a full decode, within about one gray level of it on average.
     """
     from PIL import Image
 
     check_regular_file(path)
     try:
         with Image.open(path) as im:
+            target = None
+            if short_side is not None:
+                from resprout.data.augment import short_side_size
+
+                w, h = im.size
+                th, tw = short_side_size(h, w, short_side)
+                target = (tw, th)
+                if im.format == "JPEG":  # never below twice the target: the resize below still smooths
+                    im.draft(None, (2 * tw, 2 * th))
             im.load()
             if im.mode in ("P", "PA") and "transparency" in im.info:
                 im = im.convert("RGBA")
@@ -252,6 +265,8 @@ def read_image(path: Path, mode: str, size: int | None = None) -> np.ndarray:
                 im = im.convert(mode)
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
+            if target is not None and im.size != target:
+                im = im.resize(target, Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except DataError:
         raise
@@ -286,6 +301,22 @@ def check_regular_file(path: Path) -> None:
         raise DataError(f"{path} cannot be read: {one_line(e.strerror or e)}") from None
     if not stat.S_ISREG(st.st_mode):
         raise DataError(f"{path} is {_kind(st.st_mode)}, not a regular file; remove it from the image folder")
+
+
+def listed_file(folder: Path, rel: str, where: str) -> Path:
+    """``folder / rel`` for a path a list file names (``where``: the list and line, prefixed to errors): relative,
+    inside ``folder``, existing, a regular file."""
+    p = Path(rel.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts:
+        raise DataError(f"{where}: {rel!r} is not a path inside {folder}")
+    file = folder / p
+    if not file.exists():
+        raise DataError(f"{where}: {file} does not exist")
+    try:
+        check_regular_file(file)
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
+    return file
 
 
 def _unreadable(e: OSError) -> None:

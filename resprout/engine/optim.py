@@ -14,13 +14,11 @@ import torch
 from torch import nn
 
 from resprout import lazy_dynamo
-from resprout.config import MEMBER_KEYS  # what a member may set for itself; the config validates them
+# what a member may set for itself: the keys whose scope (on the Config fields) says optimizer or schedule
+from resprout.config import MEMBER_KEYS, OPTIM_KEYS, SCHEDULE_KEYS  # noqa: F401  (re-exported)
 from resprout.errors import ConfigError
 
 lazy_dynamo.defer()  # torch's optimizers would import torch._dynamo (seconds) in a run that never compiles
-OPTIM_KEYS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "betas", "decay_bn_bias")
-SCHEDULE_KEYS = ("schedule", "warmup_epochs", "milestones", "gamma")
-assert MEMBER_KEYS == OPTIM_KEYS + SCHEDULE_KEYS
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_bn_bias: bool) -> list[dict]:

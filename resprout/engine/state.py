@@ -34,7 +34,7 @@ from resprout.errors import CheckpointError, ConfigError
 from resprout.seeding import rng_state, set_rng_state
 from resprout.surgery.registry import IndexMaps, SurgeryResult, get_surgery
 
-CHECKPOINT_NAME = "checkpoint.pt"
+from resprout.engine.rundir import CHECKPOINT_NAME  # noqa: F401  (one name for the file: SavedRun reads it)
 FAULT_ENV = "RESPROUT_FAULT"
 
 

@@ -336,7 +336,7 @@ class Trainer:
     @property
     def input_shape(self) -> tuple[int, ...]:
         """(C, H, W) of the training images."""
-        return tuple(self.train_loader.images.shape[1:])
+        return tuple(self.train_loader.input_shape)
 
     def _emit(self, event: Event) -> None:
         for h in self._handlers[event]:

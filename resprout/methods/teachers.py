@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from resprout.engine.members import Member
-from resprout.errors import CheckpointError, ConfigError
+from resprout.errors import ConfigError
 
 if TYPE_CHECKING:
     from resprout.engine.trainer import Trainer
@@ -51,63 +51,35 @@ def uses_teacher(methods: list) -> list[str]:
 
 
 # -- loading a run's network -------------------------------------------------------------------------------------------
-def _weights_of(run_dir: Path, member: str, what: str) -> tuple[dict, list[dict]]:
-    """(state dict, surgery records) of ``member``: the run's last weights (its checkpoint), else
-    ``best-<member>.pt``. The last weights come first because a run without a validation split selects its best
-    epoch on the test split, and a teacher chosen on the test split would leak it into the student's score."""
-    from resprout.engine import checkpoint as ckpt
-    from resprout.engine.state import CHECKPOINT_NAME
-
-    best = run_dir / f"best-{member}.pt"
-    last = run_dir / CHECKPOINT_NAME
-    try:
-        if last.is_file():
-            state = ckpt.load_file(last)
-            if member not in state["members"]:
-                raise ConfigError(f"{what} {run_dir}: its checkpoint has no member {member!r} (members: "
-                                  f"{', '.join(state['members'])})")
-            return state["members"][member]["model"], [r for r in state["surgery"] if r["member"] == member]
-        if best.is_file():
-            rec = ckpt.load_file(best, ckpt.WEIGHTS_FORMAT)
-            return rec["model"], list(rec.get("surgery", []))
-    except CheckpointError as e:
-        raise ConfigError(f"{what} {run_dir}: {e}") from None
-    raise ConfigError(f"{what} {run_dir} holds no weights (no {CHECKPOINT_NAME} and no best-{member}.pt)")
-
-
 def load_run_model(run_dir: str | Path, *, in_channels: int, num_classes: int, member: str = "model",
                    what: str = "teacher", same_data_as: dict | None = None) -> tuple[nn.Module, dict]:
-    """The network of a resprout run (its last weights, else its best) and the run's configuration (a dict).
+    """The network of a resprout run and the run's configuration (a dict), read through
+    :class:`~resprout.engine.rundir.SavedRun`.
 
-    The architecture is rebuilt from the run's stored config and its surgery history is replayed, so a slimmed or
-    widened network loads with its own shapes. With ``same_data_as`` (a run config dict) the run's data keys are
-    checked first (:func:`check_same_data`). Refuses (one line) a directory that is not a run or holds no weights,
-    a custom model (pass it as an ``nn.Module`` instead), another class count and weights that do not fit."""
-    from resprout.engine.rundir import read_run_dir
-    from resprout.models import build_model
-    from resprout.config import config_from_dict
-    from resprout.surgery.registry import get_surgery
+    The run's last weights (its checkpoint) come first, ``best-<member>.pt`` only when it has no checkpoint: a run
+    without a validation split selects its best epoch on the test split, and a teacher chosen on the test split
+    would leak it into the student's score. The architecture is rebuilt from the run's stored config and its
+    surgery history is replayed, so a slimmed or widened network loads with its own shapes. With ``same_data_as``
+    (a run config dict) the run's data keys are checked first (:func:`check_same_data`). Refuses (one line) a
+    directory that is not a run or holds no weights, a custom model (pass it as an ``nn.Module`` instead), another
+    class count and weights that do not fit."""
+    from resprout.engine.rundir import SavedRun
 
-    run_dir = Path(run_dir)
-    info = read_run_dir(run_dir, what)
-    cfg = config_from_dict(info["config"])
+    saved = SavedRun.open(run_dir, what=what)
+    cfg = saved.config
     if cfg.model.startswith("custom:"):
-        raise ConfigError(f"{what} {run_dir} trained a custom model ({cfg.model[7:]}); pass the network itself "
+        raise ConfigError(f"{what} {saved.path} trained a custom model ({cfg.model[7:]}); pass the network itself "
                           f"(resprout.train(..., teacher=<nn.Module>))")
     if same_data_as is not None:
         check_same_data(cfg.to_dict(), same_data_as, what)
-    state, surgery = _weights_of(run_dir, member, what)
-    model = build_model(cfg.model, in_channels=in_channels, num_classes=num_classes, **cfg.model_kwargs())
-    for rec in surgery:
-        out = get_surgery(rec["op"])(model, **rec["args"])
-        model = getattr(out, "model", out)
     try:
-        model.load_state_dict(state)
+        model = saved.model(in_channels=in_channels, num_classes=num_classes, member=member, which="last-or-best")
     except RuntimeError as e:
+        state, _ = saved.weights(member, "last-or-best")
         stored = _classes_in_state(state)
         if stored is not None and stored != num_classes:
             raise ConfigError(f"{what} has {stored} classes, this run's data {num_classes}") from None
-        raise ConfigError(f"{what} {run_dir}: its weights do not fit {cfg.model} with {num_classes} classes "
+        raise ConfigError(f"{what} {saved.path}: its weights do not fit {cfg.model} with {num_classes} classes "
                           f"({str(e).splitlines()[0][:200]})") from None
     return model, cfg.to_dict()
 

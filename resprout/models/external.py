@@ -20,7 +20,7 @@ _PACKAGES = {"tv": "torchvision", "timm": "timm"}
 # A plain `pip install torchvision` (or timm, which depends on it) picks the newest release, whose torch pin
 # replaces the installed torch by another build (on x86_64 a CUDA build of several GB): the hint names the route.
 INSTALL_HINT = ("install the torchvision (and timm) release built for this torch, with torch pinned in the same "
-                "command (README, 'torchvision and timm models'): an unpinned install replaces torch by another build")
+                "command (docs/usage.md, 'torchvision and timm models'): an unpinned install replaces torch by another build")
 
 
 def import_package(prefix: str, what: str | None = None):

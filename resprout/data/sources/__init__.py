@@ -4,8 +4,12 @@ A *source* turns a name (and, for files on disk, a path) into a raw dataset with
 (and a validation split if the source has one); :func:`resprout.data.prepare` then derives the dataset a run trains
 on. Built-in sources (see :func:`available_sources`), one module each in this package: ``digits`` (scikit-learn's
 8x8 digits, offline), ``fashion-mnist`` and ``mnist`` (IDX files, :mod:`.idx`), ``cifar10`` and ``cifar100`` (the
-python-pickle layouts, :mod:`.cifar`), ``imagefolder`` (class-per-folder trees read with Pillow) and ``synthetic``
-(for tests). More can be added with :func:`register_source` (:mod:`.registry`).
+python-pickle layouts, :mod:`.cifar`), ``imagefolder`` (class-per-folder trees read with Pillow), the five fine-grained
+sets of the Knowledge Evolution paper in their official layouts (``cub200``, ``flower102``, ``fgvc-aircraft``,
+``mit67``, ``stanford-dogs``; :mod:`.cub`, :mod:`.flowers`, :mod:`.aircraft`, :mod:`.mit67`, :mod:`.dogs`) and
+``synthetic`` (for tests). More can be added with :func:`register_source` (:mod:`.registry`). A source of image
+files may return a :class:`~resprout.data.files.FileDataset` (files and labels): :func:`load_source` decodes it,
+:func:`open_source` keeps it as files.
 
 A source's options are the keyword parameters of its function; those it declares with a
 :class:`~resprout.options.Spec` are checked by the shared option validator before the function runs.
@@ -18,6 +22,7 @@ import os
 from typing import Any
 
 from resprout.data.dataset import Dataset, Split, channel_stats
+from resprout.data.files import FileDataset, decode
 from resprout.data.preparation import prepare
 from resprout.data.sources.registry import KEYWORD, SOURCES, available_sources, register_source
 from resprout.errors import ConfigError
@@ -30,18 +35,27 @@ __all__ = [
     "available_sources",
     "channel_stats",
     "load_source",
+    "open_source",
     "prepare",
     "register_source",
 ]
 
 
 def load_source(name: str, path: str | os.PathLike | None = None, **options: Any) -> Dataset:
-    """The raw, full dataset of source ``name`` (see :func:`available_sources`).
+    """The raw, full dataset of source ``name`` (see :func:`available_sources`), in memory.
 
     ``path`` is the data directory for sources read from disk; ``options`` are the source's own options (e.g.
     ``labels="coarse"`` for cifar100). An unknown source, an option the source does not take or a bad value of a
-    declared option is a ConfigError.
+    declared option is a ConfigError. A source of image files is decoded here (:func:`resprout.data.files.decode`);
+    :func:`open_source` returns its listing instead.
     """
+    ds = open_source(name, path, **options)
+    return decode(ds) if isinstance(ds, FileDataset) else ds
+
+
+def open_source(name: str, path: str | os.PathLike | None = None, **options: Any) -> Dataset | FileDataset:
+    """Like :func:`load_source`, but a source of image files returns its :class:`FileDataset` (files and labels,
+    nothing decoded yet)."""
     source = SOURCES.get(name)
     key = SOURCES.canonical(name)
     where = f"data source {key!r}"
@@ -60,11 +74,12 @@ def load_source(name: str, path: str | os.PathLike | None = None, **options: Any
     if takes_path:
         kwargs["path"] = path
     ds = source.fn(**kwargs)
-    if not isinstance(ds, Dataset):
-        raise TypeError(f"data source {key!r} returned {type(ds).__name__}, expected a Dataset")
+    if not isinstance(ds, (Dataset, FileDataset)):
+        raise TypeError(f"data source {key!r} returned {type(ds).__name__}, expected a Dataset or a FileDataset")
     return ds
 
 
 # The built-in sources register themselves when imported; the IDX constants stay importable from here.
-from resprout.data.sources import cifar, digits, idx, imagefolder, synthetic  # noqa: E402,F401  isort:skip
+from resprout.data.sources import (aircraft, cifar, cub, digits, dogs, flowers, idx, imagefolder,  # noqa: E402,F401  isort:skip
+                                   mit67, synthetic)
 from resprout.data.sources.idx import FASHION_MNIST_CLASSES, IDX_FILES, SYSTEM_DATA_DIRS  # noqa: E402,F401  isort:skip

@@ -8,20 +8,19 @@ from pathlib import Path
 import numpy as np
 
 from resprout.data import readers
-from resprout.data.dataset import Dataset, Split, make_split
+from resprout.data.files import SPLIT_NAMES as _SPLIT_NAMES
+from resprout.data.files import FileDataset, FileSplit
 from resprout.data.sources.registry import register_source
 from resprout.data.sources._paths import user_path
 from resprout.data.stratify import fixed_test_split
 from resprout.errors import ConfigError, DataError
 from resprout.options import Spec
 
-_SPLIT_NAMES = ("train", "val", "test")
-
 
 @register_source("imagefolder", options={"image_size": Spec(int, min=1, allow_none=True),
                                          "channels": Spec(int, choices=(1, 3))})
 def _imagefolder(path: str | os.PathLike | None = None, *, image_size: int | None = None,
-                 channels: int = 3) -> Dataset:
+                 channels: int = 3) -> FileDataset:
     """Class-per-folder image trees, read with Pillow. Layouts, tried in this order:
 
     (a) ``root/train/<class>/*`` and ``root/test/<class>/*``, optional ``root/val/<class>/*``;
@@ -41,7 +40,14 @@ def _imagefolder(path: str | os.PathLike | None = None, *, image_size: int | Non
         files, classes = _layout_split_lists(root)
     else:
         files, classes = _layout_single_tree(root)
-    return _read_image_splits(files, classes, mode="L" if channels == 1 else "RGB", size=image_size)
+    return FileDataset(name="imagefolder", train=FileSplit(*_unzip(files["train"])),
+                       test=FileSplit(*_unzip(files["test"])),
+                       val=FileSplit(*_unzip(files["val"])) if "val" in files else None, classes=classes,
+                       channels=channels, image_size=image_size)
+
+
+def _unzip(entries: list[tuple[Path, int]]) -> tuple[list[Path], list[int]]:
+    return [f for f, _ in entries], [lab for _, lab in entries]
 
 
 def _class_difference(a: set[str], b: set[str], a_name: str, b_name: str) -> str:
@@ -86,13 +92,7 @@ def _read_split_list(root: Path, list_file: Path) -> list[tuple[Path, str]]:
         where = f"{list_file} line {lineno}"
         if rel.is_absolute() or ".." in rel.parts or len(rel.parts) < 2:
             raise DataError(f"{where}: {entry!r} is not a relative path <class>/<image> inside {root}")
-        file = root / rel
-        if not file.exists():
-            raise DataError(f"{where}: {file} does not exist")
-        try:
-            readers.check_regular_file(file)
-        except DataError as e:
-            raise DataError(f"{where}: {e}") from None
+        file = readers.listed_file(root, entry, where)
         if not readers.is_image_file(file.name):
             raise DataError(f"{where}: {file} is not an image file "
                             f"(allowed: {' '.join(readers.IMAGE_EXTENSIONS)})")
@@ -142,30 +142,3 @@ def _layout_single_tree(root: Path) -> tuple[dict[str, list[tuple[Path, int]]], 
         raise DataError(f"{root / classes[c]} has only {n} image; a single tree is split 80/20 into train and test, "
                         f"which needs at least 2 images per class (or give train.txt and test.txt)")
     return {"train": [all_files[i] for i in train_idx], "test": [all_files[i] for i in test_idx]}, classes
-
-
-def _read_image_splits(files: dict[str, list[tuple[Path, int]]], classes: list[str], *, mode: str,
-                       size: int | None) -> Dataset:
-    first: tuple[Path, tuple[int, int]] | None = None
-    splits: dict[str, Split] = {}
-    for s in _SPLIT_NAMES:
-        if s not in files:
-            continue
-        arrays = []
-        for file, _ in files[s]:
-            arr = readers.read_image(file, mode, size)
-            hw = (int(arr.shape[0]), int(arr.shape[1]))
-            if first is None:
-                first = (file, hw)
-            elif hw != first[1]:
-                raise DataError(f"images differ in size: {first[0]} is {first[1][1]}x{first[1][0]} but {file} is "
-                                f"{hw[1]}x{hw[0]}; pass the option image_size=S to resize them all to SxS")
-            arrays.append(arr)
-        stacked = np.stack(arrays)
-        stacked = stacked[:, None] if mode == "L" else stacked.transpose(0, 3, 1, 2)
-        labels = np.array([lab for _, lab in files[s]], dtype=np.int64)
-        splits[s] = make_split(np.ascontiguousarray(stacked), labels)
-    return Dataset(name="imagefolder", train=splits["train"], test=splits["test"], val=splits.get("val"),
-                   classes=classes)
-
-

@@ -1,0 +1,96 @@
+"""The README and the pages under docs/: every relative link leads to a file that exists, every `resprout` command
+in a code block is one the CLI accepts (its keys and method options checked as a run checks them before it
+starts), and the README stays about one screen (the details live in docs/).
+
+Commands are checked, not run: training each would take the suite far past its budget. What is checked is what
+goes stale when code changes: a renamed key, a removed option, a method that no longer exists, a flag the parser
+no longer has.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from resprout.cli import build_parser, parse
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+COMMAND = re.compile(r"^(?:\$ )?(?:\S*/)?(?:resprout|torchrun [^-]*(?:--\S+ )*-m resprout) (.*)$")
+
+
+def code_lines(text: str) -> list[str]:
+    """The lines inside the page's fenced code blocks (a line ending in a backslash joined with the next)."""
+    out, fence, pending = [], False, ""
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fence, pending = not fence, ""
+        elif fence:
+            if line.rstrip().endswith("\\"):
+                pending += line.rstrip()[:-1] + " "
+                continue
+            out.append(pending + line.strip())
+            pending = ""
+    return out
+
+
+def commands() -> list[tuple[str, str]]:
+    """(page, argument string) of every `resprout ...` line in a code block, its comment cut off."""
+    found = []
+    for page in PAGES:
+        for line in code_lines(page.read_text()):
+            m = COMMAND.match(line.strip())
+            if m and "[" not in m.group(1):  # a synopsis (`[key=value ...]`) is not a command
+                found.append((page.name, m.group(1).split("  #")[0].split(" # ")[0].strip()))
+    return found
+
+
+def test_the_pages_have_commands_to_check():
+    # the README's own commands moved to docs/ with everything they configure: the check must see them there
+    names = {page for page, _ in commands()}
+    assert {"usage.md", "methods.md", "knowledge-evolution.md", "precision.md", "runs.md"} <= names
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_leads_to_a_file(page):
+    for target in LINK.findall(page.read_text()):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        path = (page.parent / target.split("#")[0]).resolve()
+        assert path.exists(), f"{page.name} links to {target}, which does not exist"
+
+
+@pytest.mark.parametrize("page,args", commands(), ids=lambda x: x if isinstance(x, str) and len(x) < 40 else None)
+def test_every_documented_command_is_accepted(page, args, monkeypatch):
+    from resprout.config import load_config
+    from resprout.methods import build_methods
+
+    argv = shlex.split(args.replace("DIR", "some_run").replace("...", ""))
+    ns = parse(build_parser(), argv)  # an unknown flag or command exits 2 here
+    keys = [a for a in getattr(ns, "args", []) if "=" in a]
+    if ns.command == "train":
+        cfg = load_config(None, keys)  # every key, value and method option, as a run checks them
+        build_methods(cfg)
+    elif ns.command == "compare":
+        from resprout.compare.grid import build_grid
+
+        build_grid(keys, cpu_count=2)
+    elif ns.command == "resume":
+        from resprout.config import parse_overrides
+
+        parse_overrides(keys)
+
+
+def test_the_readme_starts_short():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 100
+    # the first screen: what resprout is, the two commands, the demo, the table of methods linking to their pages
+    first = text.split("<!-- reproduction:start -->")[0]
+    for name in ("make demo", "make test", "<!-- demo:start -->", "| family | methods | page |"):
+        assert name in first
+    for page in ("knowledge-evolution", "rejuvenation", "grafting", "distillation"):
+        assert f"(docs/{page}.md)" in first

@@ -32,6 +32,7 @@ from benchmarks._spread import NOTE, fmt, fmt_pct, machine_note  # noqa: E402
 from resprout.config import make_config  # noqa: E402
 from resprout.data.loader import EvalLoader  # noqa: E402
 from resprout.engine.evaluation import auto_eval_every, evaluate  # noqa: E402
+from resprout.engine.task import ClassificationTask  # noqa: E402
 from resprout.run import create_trainer  # noqa: E402
 
 THREADS = 1
@@ -42,6 +43,15 @@ def evaluate_before(model, loader, dist=None):
     """The evaluation before issue 12: the same loop under autograd's ``no_grad`` instead of inference mode."""
     with torch.no_grad():
         return evaluate.__wrapped__(model, loader, dist)
+
+
+class TaskBefore(ClassificationTask):
+    """The classification task with the evaluation before issue 12 (and no per-image correctness, as then)."""
+
+    keeps_correct = False
+
+    def evaluate(self, model, loader, dist=None, correct=None):
+        return evaluate_before(model, loader, dist)
 
 
 def timed(fn, *args) -> float:
@@ -87,7 +97,7 @@ def whole_run(before: bool) -> dict[str, float]:
     keys = dict(WORKLOAD, **({"eval_every": 1} if before else {}))
     trainer = create_trainer(make_config(**keys), run_dir=None, run_id=None, store_path=None)
     if before:
-        trainer.evaluator = evaluate_before
+        trainer.task = TaskBefore()
     train_s, eval_s = [], []
     finish = trainer._finish_epoch
 

@@ -103,7 +103,7 @@ class AdaCosProbe(Method):
         s = hand_scale(cos, labels, self.s_prev)
         expected = sum(-(s * cos[i][y]) + math.log(sum(math.exp(s * c) for c in cos[i]))
                        for i, y in enumerate(labels)) / len(labels)
-        term = [float(v.detach()) for m, name, v in trainer._terms if m == "model" and name == "adacos"]
+        term = [float(v.detach()) for m, name, v in trainer.terms if m == "model" and name == "adacos"]
         AdaCosProbe.log["terms"].append((term, expected, s, float(head.scale)))
 
     def on_after_evaluate(self, trainer):

@@ -74,7 +74,7 @@ class Probe(Method):
                                         bool((params[n][~mask] != self.end[n][~mask]).all())))
 
     def on_loss(self, trainer):
-        got = {(m, n): float(v.detach()) for m, n, v in trainer._terms}
+        got = {(m, n): float(v.detach()) for m, n, v in trainer.terms}
         Probe.log["steps"].append((got, Probe.hand(self, trainer)))
 
     def on_generation_end(self, trainer):

@@ -87,7 +87,7 @@ class StopAt(Method):
         step = trainer.epoch * trainer.train_loader.steps(0, 0) + trainer.step + 1
         if type(self).at is not None and step == type(self).at:
             type(self).at = None
-            trainer._stop = 15
+            trainer.request_stop(15)
 
 
 

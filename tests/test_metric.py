@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from resprout.errors import ConfigError, DataError
-from resprout.methods import metric
+from resprout.engine import retrieval
 from resprout.methods.metric import (
     EmbeddingHead,
     attach_embedding_head,
@@ -222,20 +222,20 @@ def test_recall_in_blocks_matches_brute_force_and_bounds_block_size(monkeypatch)
     expected = {f"recall@{k}": match[:, :k].any(dim=1).double().mean().item() for k in (1, 2, 4, 8)}
 
     blocks = []
-    original = metric._squared_distances
+    original = retrieval._squared_distances
 
     def spy(q, db, db_sq):
         blocks.append(len(q) * len(db))
         return original(q, db, db_sq)
 
-    monkeypatch.setattr(metric, "_squared_distances", spy)
+    monkeypatch.setattr(retrieval, "_squared_distances", spy)
     assert recall_at_k(x, labels) == pytest.approx(expected)
     assert len(blocks) == 1  # 300 x 300 fits in one block
     blocks.clear()
     assert recall_at_k(x, labels, max_block_elements=3000) == pytest.approx(expected)
     assert len(blocks) == 30 and max(blocks) <= 3000
     # The default block bound holds for 10,000 embeddings (without computing them all here).
-    assert (metric._MAX_BLOCK_ELEMENTS // 10_000) * 10_000 * 4 <= 16 * 2**20
+    assert (retrieval._MAX_BLOCK_ELEMENTS // 10_000) * 10_000 * 4 <= 16 * 2**20
 
 
 def test_nmi_is_one_for_perfect_clusters_and_near_zero_for_random_labels():

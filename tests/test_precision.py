@@ -181,7 +181,7 @@ class StopAfter(Method):
         step = trainer.epoch * trainer.train_loader.steps(0, 0) + trainer.step + 1
         if StopAfter.at is not None and step == StopAfter.at:
             StopAfter.at = None
-            trainer._stop = 2
+            trainer.request_stop(2)
 
 
 register_method(StopAfter)
@@ -403,7 +403,7 @@ class Taps(Method):
         step = trainer.update_step.name
         ms = trainer.taps.output("model", "relu3")
         rt = trainer.scratch.get("ktan_rt")
-        terms = {name: value for member, name, value in trainer._terms if trainer.updates(member)}  # this step's
+        terms = {name: value for member, name, value in trainer.terms if trainer.updates(member)}  # this step's
         Taps.seen.append((step, ms.dtype, None if rt is None else rt.dtype, ms.detach().float(),
                           None if rt is None else rt.float(),
                           {k: (v.dtype, float(v.detach())) for k, v in terms.items()}))

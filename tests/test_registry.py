@@ -227,7 +227,7 @@ def test_a_run_of_method_objects_resumes_only_with_the_same_classes(tmp_path):
 
         def on_batch_end(self, trainer):
             if Stop.armed:
-                trainer._stop = 15
+                trainer.request_stop(15)
 
     keys = synthetic(epochs=1, method="ls+test_registry_penalty")
     with pytest.raises(Interrupted):

@@ -14,8 +14,8 @@ in the run directory (``test-correct-<member>.json``, one packed bitmask per gen
 :func:`correctness_record`): two runs evaluated on the same test images can then be compared image by image (the
 exact, McNemar-style variance of a paired difference; ``benchmarks.reproduce`` uses it).
 
-:class:`Reporting` is a part of :class:`~resprout.engine.trainer.Trainer` (split out by concern); it reads the
-trainer's members, loaders, store and position.
+:class:`Reporter` is a collaborator the loop (:class:`~resprout.engine.trainer.Trainer`) owns; it reads the
+loop's members, loaders, store and position.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import json
 import math
 import os
 import time
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -39,9 +38,6 @@ from resprout.engine.distributed import DistInfo, all_gather_object, all_reduce_
 from resprout.engine.events import Event
 from resprout.engine.precision import describe
 from resprout.errors import NoSpaceError
-
-if TYPE_CHECKING:
-    from resprout.engine.trainer import Trainer
 
 SKIPPED = "scaler/skipped_steps"  # the epoch's count of steps fp16's gradient scaler skipped (in the epoch sums)
 
@@ -138,86 +134,93 @@ def format_metrics(train: dict, evals: dict[str, dict]) -> str:
     return text
 
 
-class Reporting:
-    """Evaluation, train metrics and the end of an epoch (a part of the trainer)."""
+class Reporter:
+    """Evaluation, train metrics and the end of an epoch: a collaborator the loop owns (``trainer.reporter``)."""
 
-    def evaluate(self: Trainer, model: nn.Module, split: str = "test", correct: list | None = None, *,
+    def __init__(self, loop) -> None:
+        self.loop = loop  # the trainer whose epochs this collaborator evaluates and reports
+
+    def evaluate(self, model: nn.Module, split: str = "test", correct: list | None = None, *,
                  autocast: bool = True) -> dict[str, float]:
-        """Metrics of ``model`` on a split: classification by default, or the run's ``evaluator`` (a method may
-        set one, e.g. retrieval metrics for an embedding network; it must return at least ``loss`` and ``top1``).
-        ``correct`` receives the per-image top-1 correctness of the whole split (classification only; left empty
-        with an evaluator of a method's own). The forward runs under the run's autocast unless ``autocast=False``
-        (in fp32: a network exported in fp32).
+        """Metrics of ``model`` on a split, as the run's task (:mod:`resprout.engine.task`) computes them:
+        classification by default, retrieval for an embedding network; at least ``top1``. ``correct`` receives the
+        per-image top-1 correctness of the whole split (when the task keeps it; else left empty). The forward runs
+        under the run's autocast unless ``autocast=False`` (in fp32: a network exported in fp32).
 
         In a run with per-rank members every rank evaluates its own members on the whole split."""
-        if self.evaluator is not None:
+        loop = self.loop
+        task = loop.task
+        if not task.keeps_correct:
             correct = None
-        extra = {} if correct is None else {"correct": correct}
-        loader, dist = (self.full_eval_loaders[split], DistInfo()) if self.per_rank else \
-            (self.eval_loaders[split], self.dist)
-        with self.autocast() if autocast else contextlib.nullcontext():
-            metrics = (self.evaluator or evaluate)(model, loader, dist, **extra)
-        if correct and not self.per_rank and self.dist.enabled:
+        loader, dist = (loop.full_eval_loaders[split], DistInfo()) if loop.per_rank else \
+            (loop.eval_loaders[split], loop.dist)
+        with loop.autocast() if autocast else contextlib.nullcontext():
+            metrics = task.evaluate(model, loader, dist, correct)
+        if correct and not loop.per_rank and loop.dist.enabled:
             # contiguous shards in rank order: gathered, they are the split's order
-            parts = all_gather_object(torch.cat(correct), self.dist)
+            parts = all_gather_object(torch.cat(correct), loop.dist)
             correct[:] = [torch.cat(parts)]
         return metrics
 
     @property
-    def eval_interval(self: Trainer) -> int:
+    def eval_interval(self) -> int:
         """Evaluate every this many epochs: ``eval_every`` when given, else :func:`auto_eval_every` of the run's
         evaluation splits and its training images per epoch."""
-        if self.config.eval_every is not None:
-            return self.config.eval_every
-        evaluated = sum(loader.total for loader in self.eval_loaders.values())
-        return auto_eval_every(evaluated, self.train_loader.steps(0, 0) * self.train_loader.batch_size)
+        loop = self.loop
+        if loop.config.eval_every is not None:
+            return loop.config.eval_every
+        evaluated = sum(loader.total for loader in loop.eval_loaders.values())
+        return auto_eval_every(evaluated, loop.train_loader.steps(0, 0) * loop.train_loader.batch_size)
 
-    def log_step(self: Trainer, generation: int, epoch: int) -> int:
+    def log_step(self, generation: int, epoch: int) -> int:
         """The dashboard logs' step of an epoch: epochs of the whole run, from 1."""
-        return generation * self.config.epochs + epoch + 1
+        return generation * self.loop.config.epochs + epoch + 1
 
     @property
-    def selection_split(self: Trainer) -> str:
+    def selection_split(self) -> str:
         """Where "best" is chosen: validation when the run has it, else test (reported as such)."""
-        return "val" if "val" in self.eval_loaders else "test"
+        return "val" if "val" in self.loop.eval_loaders else "test"
 
-    def log_generation(self: Trainer, member: str, metrics: dict[str, float], *, in_results: bool = True) -> None:
+    def log_generation(self, member: str, metrics: dict[str, float], *, in_results: bool = True) -> None:
         """Record per-generation metrics of a member in the store, and (unless ``in_results`` is false, for bulky
         per-layer detail) in the run's results."""
+        loop = self.loop
         if in_results:
-            gens = self.results["generations"]
-            while len(gens) <= self.generation:
+            gens = loop.results["generations"]
+            while len(gens) <= loop.generation:
                 gens.append({"generation": len(gens) + 1})
-            gens[self.generation].setdefault(member, {}).update({k: float(v) for k, v in metrics.items()})
-        if self.store is not None:
-            self.store.log_generation(self.run_id, member, self.generation, metrics)
-        if self.loggers:  # at the step of the generation's last epoch
-            self.loggers.log(self.log_step(self.generation, self.config.epochs - 1), member,
+            gens[loop.generation].setdefault(member, {}).update({k: float(v) for k, v in metrics.items()})
+        if loop.store is not None:
+            loop.store.log_generation(loop.run_id, member, loop.generation, metrics)
+        if loop.loggers:  # at the step of the generation's last epoch
+            loop.loggers.log(self.log_step(loop.generation, loop.config.epochs - 1), member,
                              {f"generation/{k}": v for k, v in metrics.items()})
 
     # -- train metrics ------------------------------------------------------------------------------------------------
-    def _accumulate(self: Trainer, n: int) -> None:
-        acc = self._accum
+    def _accumulate(self, n: int) -> None:
+        loop = self.loop
+        acc = loop._accum
         with torch.no_grad():
-            for member, name, v in self._terms:
+            for member, name, v in loop._terms:
                 key = f"{member}/loss_{name}"
                 acc[key] = acc.get(key, 0.0) + v.detach().float() * n
-            for name, out in self.outputs.items():
-                targets = self.targets_of(name)
-                if self.members[name].logits and isinstance(out, torch.Tensor) and out.ndim == 2 \
+            for name, out in loop.outputs.items():
+                targets = loop.targets_of(name)
+                if loop.members[name].logits and isinstance(out, torch.Tensor) and out.ndim == 2 \
                         and out.shape[0] == len(targets):
                     hit = (out.argmax(1) == targets).sum()
                     acc[f"{name}/correct"] = acc.get(f"{name}/correct", 0) + hit
                 acc[f"{name}/count"] = acc.get(f"{name}/count", 0) + n
-            for name in self._manual_terms:
+            for name in loop._manual_terms:
                 acc[f"{name}/count"] = acc.get(f"{name}/count", 0) + n
 
-    def _train_metrics(self: Trainer, member: str) -> dict[str, float]:
-        acc = {k: (float(v) if not isinstance(v, torch.Tensor) else v) for k, v in self._accum.items()}
-        if self.dist.enabled and acc and not self.per_rank:
+    def _train_metrics(self, member: str) -> dict[str, float]:
+        loop = self.loop
+        acc = {k: (float(v) if not isinstance(v, torch.Tensor) else v) for k, v in loop._accum.items()}
+        if loop.dist.enabled and acc and not loop.per_rank:
             keys = sorted(acc)
-            vec = torch.tensor([float(acc[k]) for k in keys], dtype=torch.float64, device=self.device)
-            acc = dict(zip(keys, all_reduce_sum(vec, self.dist).tolist()))
+            vec = torch.tensor([float(acc[k]) for k in keys], dtype=torch.float64, device=loop.device)
+            acc = dict(zip(keys, all_reduce_sum(vec, loop.dist).tolist()))
         n = float(acc.get(f"{member}/count", 0)) or 1.0
         out: dict[str, float] = {}
         terms = {k.split("/loss_", 1)[1]: float(v) / n for k, v in acc.items() if k.startswith(f"{member}/loss_")}
@@ -230,48 +233,50 @@ class Reporting:
         return out
 
     # -- the end of an epoch ---------------------------------------------------------------------------------------------
-    def _epoch_rows(self: Trainer, evaluate_now: bool, images: int) -> dict[str, tuple[dict, dict, dict]]:
+    def _epoch_rows(self, evaluate_now: bool, images: int) -> dict[str, tuple[dict, dict, dict]]:
         """(train metrics, extra train values, split -> metrics) of every evaluated local member; at a generation's
         last epoch, each member's per-image test correctness is saved (:meth:`_save_correct`)."""
+        loop = self.loop
         rows = {}
-        last = evaluate_now and self.epoch + 1 == self.config.epochs
-        for name, member in self.members.items():
+        last = evaluate_now and loop.epoch + 1 == loop.config.epochs
+        for name, member in loop.members.items():
             if not member.evaluate or not member.local:
                 continue
             train = self._train_metrics(name) if member.trainable else {}
             t0 = time.perf_counter()
             evals = {}
-            for split in self.eval_loaders if evaluate_now else ():
+            for split in loop.eval_loaders if evaluate_now else ():
                 correct: list | None = [] if last and split == "test" else None
                 evals[split] = self.evaluate(member.model, split, correct)
                 if correct:
                     self._save_correct(name, torch.cat(correct))
-            self._eval_time += time.perf_counter() - t0
-            extra = {"lr": member.optimizer.param_groups[0]["lr"], "seconds": self._epoch_time,
-                     "images_per_second": images / max(self._epoch_time, 1e-9)} if member.trainable else {}
-            if member.trainable and self.scaler is not None:  # steps fp16's gradient scaler skipped (overflow)
-                extra["skipped_steps"] = float(self._accum.get(SKIPPED, 0))
+            loop._eval_time += time.perf_counter() - t0
+            extra = {"lr": member.optimizer.param_groups[0]["lr"], "seconds": loop._epoch_time,
+                     "images_per_second": images / max(loop._epoch_time, 1e-9)} if member.trainable else {}
+            if member.trainable and loop.scaler is not None:  # steps fp16's gradient scaler skipped (overflow)
+                extra["skipped_steps"] = float(loop._accum.get(SKIPPED, 0))
             rows[name] = (train, extra, evals)
-        if self.per_rank:  # rank 0 reports every rank's members
+        if loop.per_rank:  # rank 0 reports every rank's members
             merged: dict = {}
-            for part in all_gather_object(rows, self.dist):
+            for part in all_gather_object(rows, loop.dist):
                 merged.update(part)
-            rows = {name: merged[name] for name in self.members if name in merged}
+            rows = {name: merged[name] for name in loop.members if name in merged}
         return rows
 
-    def _save_correct(self: Trainer, member: str, correct: torch.Tensor) -> None:
+    def _save_correct(self, member: str, correct: torch.Tensor) -> None:
         """Write this generation's per-image test correctness of ``member`` into ``test-correct-<member>.json``
         (atomically; by the main process, or by the rank that holds a per-rank member)."""
-        writer = self.members[member].placement == "per_rank" or self.dist.is_main
-        if self.run_dir is None or not writer:
+        loop = self.loop
+        writer = loop.members[member].placement == "per_rank" or loop.dist.is_main
+        if loop.run_dir is None or not writer:
             return
-        path = self.run_dir / CORRECT_FILE.format(member=member)
+        path = loop.run_dir / CORRECT_FILE.format(member=member)
         try:
             previous = json.loads(path.read_text()) if path.is_file() else None
         except (OSError, ValueError):
             previous = None  # unreadable: written anew
-        labels = self.full_eval_loaders["test"].labels
-        text = json.dumps(correctness_record(previous, member, self.generation + 1, correct, labels))
+        labels = loop.full_eval_loaders["test"].labels
+        text = json.dumps(correctness_record(previous, member, loop.generation + 1, correct, labels))
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # the checkpoint's pattern: a stale one is removed
         try:
             tmp.write_text(text)
@@ -279,102 +284,108 @@ class Reporting:
         except OSError as e:
             tmp.unlink(missing_ok=True)
             if e.errno == errno.ENOSPC:
-                raise NoSpaceError(f"no space left on {self.run_dir} while writing {path.name}") from None
+                raise NoSpaceError(f"no space left on {loop.run_dir} while writing {path.name}") from None
             raise
 
-    def _finish_epoch(self: Trainer) -> None:
-        self._emit(Event.EPOCH_END)
-        g, e = self.generation, self.epoch
-        local = [m for m in self.trainable if m.local]
+    def _finish_epoch(self) -> None:
+        loop = self.loop
+        loop._emit(Event.EPOCH_END)
+        g, e = loop.generation, loop.epoch
+        local = [m for m in loop.trainable if m.local]
         lr = local[0].optimizer.param_groups[0]["lr"] if local else 0.0
-        images = self.train_loader.steps(g, e) * self.train_loader.batch_size
+        images = loop.train_loader.steps(g, e) * loop.train_loader.batch_size
         every = self.eval_interval
-        evaluate_now = (e + 1) % every == 0 or e + 1 == self.config.epochs
-        self.last_eval = {}
-        self._eval_time = 0.0
-        parts = [f"gen {g + 1}/{self.config.generations} ep {e + 1}/{self.config.epochs}"]
+        evaluate_now = (e + 1) % every == 0 or e + 1 == loop.config.epochs
+        loop.last_eval = {}
+        loop._eval_time = 0.0
+        parts = [f"gen {g + 1}/{loop.config.generations} ep {e + 1}/{loop.config.epochs}"]
         rows = self._epoch_rows(evaluate_now, images)
         step = self.log_step(g, e)
         for name, (train, extra, evals) in rows.items():
             if evals:
-                self.last_eval[name] = evals
-                self.results["final"][name] = dict(evals.get("test", {}))
-            if self.store is not None:
-                self.store.log_epoch(self.run_id, name, g, e, "train", {**train, **extra})
+                loop.last_eval[name] = evals
+                loop.results["final"][name] = dict(evals.get("test", {}))
+            if loop.store is not None:
+                loop.store.log_epoch(loop.run_id, name, g, e, "train", {**train, **extra})
                 for split, metrics in evals.items():
-                    self.store.log_epoch(self.run_id, name, g, e, split, metrics)
-            if self.loggers:
-                self.loggers.log(step, name, {**{f"train/{k}": v for k, v in {**train, **extra}.items()},
+                    loop.store.log_epoch(loop.run_id, name, g, e, split, metrics)
+            if loop.loggers:
+                loop.loggers.log(step, name, {**{f"train/{k}": v for k, v in {**train, **extra}.items()},
                                               **{f"{split}/{k}": v for split, m in evals.items() for k, v in m.items()}})
             self._update_best(name, evals)
             parts.append(f"{name}:" + format_metrics(train, evals))
-        parts.append(f"lr {lr:.4g} | train {self._epoch_time:.1f}s, " + self._eval_text(evaluate_now and bool(rows),
+        parts.append(f"lr {lr:.4g} | train {loop._epoch_time:.1f}s, " + self._eval_text(evaluate_now and bool(rows),
                                                                                         every))
         line = "  ".join(parts)
-        self.progress.end_epoch(line)
+        loop.progress.end_epoch(line)
         self._log_line(line)
-        if self.last_eval:
-            self._emit(Event.AFTER_EVALUATE)
-        self.epoch += 1
-        self.step = 0
+        if loop.last_eval:
+            loop._emit(Event.AFTER_EVALUATE)
+        loop.epoch += 1
+        loop.step = 0
         # the last epoch of a generation is saved by the generation's end, right after it
-        if self.epoch % self.config.checkpoint_every == 0 and self.epoch < self.config.epochs:
-            self.save_checkpoint()
+        if loop.epoch % loop.config.checkpoint_every == 0 and loop.epoch < loop.config.epochs:
+            loop.save_checkpoint()
 
-    def _eval_text(self: Trainer, evaluated: bool, every: int) -> str:
+    def _eval_text(self, evaluated: bool, every: int) -> str:
         """What the epoch evaluated and how long it took, the run's thread count and how it computes."""
+        loop = self.loop
         threads = torch.get_num_threads()
-        tail = f" | {threads} thread{'s' if threads > 1 else ''}, " + describe(self.precision, self.channels_last,
-                                                                                self.compiled)
+        tail = f" | {threads} thread{'s' if threads > 1 else ''}, " + describe(loop.precision, loop.channels_last,
+                                                                                loop.compiled)
         if not evaluated:
             return f"not evaluated (every {every} epochs and the last){tail}"
-        what = ", ".join(f"{split} {loader.total:,}" for split, loader in self.eval_loaders.items())
-        return f"eval {self._eval_time:.1f}s ({what} images){tail}"
+        what = ", ".join(f"{split} {loader.total:,}" for split, loader in loop.eval_loaders.items())
+        return f"eval {loop._eval_time:.1f}s ({what} images){tail}"
 
-    def _update_best(self: Trainer, name: str, evals: dict[str, dict]) -> None:
+    def _update_best(self, name: str, evals: dict[str, dict]) -> None:
+        loop = self.loop
         split = self.selection_split
         if split not in evals:
             return
         top1 = evals[split]["top1"]
-        best = self.results["best"].get(name)
+        best = loop.results["best"].get(name)
         if best is None or top1 > best["top1"]:
-            self.results["best"][name] = {**evals[split],
-                                          "selected_on": split, "generation": self.generation + 1,
-                                          "epoch": self.epoch + 1,
+            loop.results["best"][name] = {**evals[split],
+                                          "selected_on": split, "generation": loop.generation + 1,
+                                          "epoch": loop.epoch + 1,
                                           **({"test_top1": evals["test"]["top1"]} if split != "test" else {})}
             # the rank that holds the member writes its best weights
-            if self._best_writer is not None and self.members[name].local:
-                self._best_writer.save(self._weights_record(name), self.run_dir / f"best-{name}.pt")
+            if loop._best_writer is not None and loop.members[name].local:
+                loop._best_writer.save(loop.checkpointer.weights_record(name), loop.run_dir / f"best-{name}.pt")
 
-    def _finish_generation(self: Trainer) -> None:
-        for name, member in self.members.items():
-            if member.evaluate and name in self.results["final"]:
-                self.log_generation(name, {f"test_{k}": v for k, v in self.results["final"][name].items()})
-        self._emit(Event.GENERATION_END)
+    def _finish_generation(self) -> None:
+        loop = self.loop
+        for name, member in loop.members.items():
+            if member.evaluate and name in loop.results["final"]:
+                self.log_generation(name, {f"test_{k}": v for k, v in loop.results["final"][name].items()})
+        loop._emit(Event.GENERATION_END)
         self._generation_line()
-        self.generation += 1
-        self.epoch = 0
-        self.step = 0
-        self.started = False
-        if self.generation < self.config.generations:  # after the last one, fit() saves the finished run
-            self.save_checkpoint()
+        loop.generation += 1
+        loop.epoch = 0
+        loop.step = 0
+        loop.started = False
+        if loop.generation < loop.config.generations:  # after the last one, fit() saves the finished run
+            loop.save_checkpoint()
 
-    def _generation_line(self: Trainer) -> None:
+    def _generation_line(self) -> None:
         """After a generation: its top-1 metrics per member (the dense test accuracy, a method's own such as KE's
         slim network), on the progress display and in train.log."""
-        gens = self.results["generations"]
-        if self.config.generations == 1 or len(gens) <= self.generation:  # one generation: the epoch line says it
+        loop = self.loop
+        gens = loop.results["generations"]
+        if loop.config.generations == 1 or len(gens) <= loop.generation:  # one generation: the epoch line says it
             return
         parts = [f"{name}: " + "  ".join(f"{k} {100 * v:.2f}" for k, v in sorted(metrics.items())
                                           if k.endswith("top1"))
-                 for name, metrics in gens[self.generation].items() if isinstance(metrics, dict)]
+                 for name, metrics in gens[loop.generation].items() if isinstance(metrics, dict)]
         parts = [p for p in parts if not p.endswith(": ")]
         if parts:
-            line = f"gen {self.generation + 1}/{self.config.generations} done  " + "  ".join(parts)
-            self.progress.message(line)
+            line = f"gen {loop.generation + 1}/{loop.config.generations} done  " + "  ".join(parts)
+            loop.progress.message(line)
             self._log_line(line)
 
-    def _log_line(self: Trainer, line: str) -> None:
-        if self.run_dir and self.dist.is_main:
-            with open(self.run_dir / "train.log", "a") as fh:
+    def _log_line(self, line: str) -> None:
+        loop = self.loop
+        if loop.run_dir and loop.dist.is_main:
+            with open(loop.run_dir / "train.log", "a") as fh:
                 fh.write(line + "\n")

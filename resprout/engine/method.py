@@ -16,7 +16,7 @@ from resprout.engine.events import Event
 
 if TYPE_CHECKING:
     from resprout.engine.members import UpdateStep
-    from resprout.engine.trainer import Trainer
+    from resprout.engine.context import RunContext
 
 
 @dataclasses.dataclass
@@ -44,14 +44,16 @@ class Method:
         self.options = options
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
-    def setup(self, trainer: Trainer) -> None:
-        """Called once when the trainer is built (before any checkpoint is loaded): add members here."""
+    def setup(self, ctx: RunContext) -> None:
+        """Called once when the trainer is built (before any checkpoint is loaded): add members, taps and
+        learning-rate modifiers here. Every handler receives the run's :class:`~resprout.engine.context.RunContext`
+        (the contract: what a method may use, and the event order)."""
 
-    def update_steps(self, trainer: Trainer) -> list[UpdateStep] | None:
+    def update_steps(self, ctx: RunContext) -> list[UpdateStep] | None:
         """The optimization steps of the current batch, in order (see :class:`~resprout.engine.members.UpdateStep`),
         or None for the default single step. Called once per batch, after the members' forward. ``on_loss`` runs
-        once per step; ``trainer.update_step`` says which, and ``trainer.updates(member)`` whether it trains a
-        member. What a step computes can be left in ``trainer.scratch`` for the steps after it."""
+        once per step; ``ctx.update_step`` says which, and ``ctx.updates(member)`` whether it trains a
+        member. What a step computes can be left in ``ctx.scratch`` for the steps after it."""
         return None
 
     def state_dict(self) -> dict:

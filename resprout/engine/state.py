@@ -1,6 +1,7 @@
 """A run's state: surgery (applied, recorded, replayed) and checkpoints (saved, loaded).
 
-:class:`RunState` is a part of :class:`~resprout.engine.trainer.Trainer` (split out by concern).
+:class:`Checkpointer` is a collaborator the loop (:class:`~resprout.engine.trainer.Trainer`) owns: it reads the
+loop's members and position and writes nothing the loop does not hand it.
 
 Checkpoints hold the whole position (generation, epoch, step), every member's weights and optimizer, the surgery
 history, method states, global RNG states and the metrics so far. Data order and augmentation are functions of the
@@ -21,7 +22,7 @@ import re
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,10 +34,7 @@ from resprout.errors import CheckpointError, ConfigError
 from resprout.seeding import rng_state, set_rng_state
 from resprout.surgery.registry import IndexMaps, SurgeryResult, get_surgery
 
-if TYPE_CHECKING:
-    from resprout.engine.trainer import Trainer
-
-from resprout.engine.rundir import CHECKPOINT_NAME  # noqa: E402,F401  (one name for the file: SavedRun reads it)
+from resprout.engine.rundir import CHECKPOINT_NAME  # noqa: F401  (one name for the file: SavedRun reads it)
 FAULT_ENV = "RESPROUT_FAULT"
 
 
@@ -109,140 +107,152 @@ def carry_optimizer_state(old_state: dict[str, dict], new_model: nn.Module, opti
         optimizer.state[p] = carried
 
 
-class RunState:
-    """Surgery and checkpoints (a part of the trainer)."""
+class Checkpointer:
+    """Surgery and checkpoints of a run: a collaborator the loop owns (``trainer.checkpointer``)."""
+
+    def __init__(self, loop) -> None:
+        self.loop = loop  # the trainer whose surgery and checkpoints this collaborator handles
 
     # -- surgery ----------------------------------------------------------------------------------------------------
-    def apply_surgery(self: Trainer, name: str, op: str, **args: Any) -> nn.Module:
+    def apply_surgery(self, name: str, op: str, **args: Any) -> nn.Module:
         """Change a member's shapes with the registered operation ``op``; recorded so a resume can replay it.
 
         Inside a generation the member's optimizer is rebuilt for the new parameters, and its state (momentum,
         Adam moments) is carried through the operation's index map: kept channels keep theirs, new ones start at
         zero. The distributed wrapper and feature taps are renewed, and ``on_member_resized`` tells the methods.
         """
-        member = self.members[name]
+        loop = self.loop
+        member = loop.members[name]
         old_state = {}
-        if member.optimizer is not None and self.started:
+        if member.optimizer is not None and loop.started:
             params = dict(member.model.named_parameters())
             by_id = {id(p): n for n, p in params.items()}
             old_state = {by_id[id(p)]: s for p, s in member.optimizer.state.items() if id(p) in by_id}
         result = self._run_surgery(name, op, args)
-        self.surgery.append({"member": name, "op": op, "args": args, "generation": self.generation,
-                             "epoch": self.epoch, "step": self.step})
-        if member.trainable and member.local and self.started:
-            self.rebuild_optimizer(name)
+        loop.surgery.append({"member": name, "op": op, "args": args, "generation": loop.generation,
+                             "epoch": loop.epoch, "step": loop.step})
+        if member.trainable and member.local and loop.started:
+            loop.rebuild_optimizer(name)
             carry_optimizer_state(old_state, member.model, member.optimizer, result.index_maps)
         # methods that keep per-weight tensors (pruning masks) carry them through the same index map
-        self.resized_maps = result.index_maps
+        loop.resized_maps = result.index_maps
         try:
             self._member_resized(name, replay=False)
         finally:
-            self.resized_maps = None
+            loop.resized_maps = None
         return member.model
 
-    def _run_surgery(self: Trainer, name: str, op: str, args: dict) -> SurgeryResult:
-        member = self.members[name]
+    def _run_surgery(self, name: str, op: str, args: dict) -> SurgeryResult:
+        loop = self.loop
+        member = loop.members[name]
         out = get_surgery(op)(member.model, **args)
         result = out if isinstance(out, SurgeryResult) else SurgeryResult(out)
-        member.model = self._place(result.model)
+        member.model = loop._place(result.model)
         if not member.trainable:
-            self._freeze(member.model)
-        self._wrap(member)
+            loop._freeze(member.model)
+        loop._wrap(member)
         return result
 
-    def _member_resized(self: Trainer, name: str, *, replay: bool) -> None:
-        self.resized, self.replaying = name, replay
+    def _member_resized(self, name: str, *, replay: bool) -> None:
+        loop = self.loop
+        loop.resized, loop.replaying = name, replay
         try:
-            if self.taps.active:
-                self.taps.attach(name, self.members[name].model)
-            self._emit(Event.MEMBER_RESIZED)
+            if loop.taps.active:
+                loop.taps.attach(name, loop.members[name].model)
+            loop._emit(Event.MEMBER_RESIZED)
         finally:
-            self.resized, self.replaying = None, False
+            loop.resized, loop.replaying = None, False
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
-    def _weights_record(self: Trainer, name: str) -> dict:
+    def weights_record(self, name: str) -> dict:
+        loop = self.loop
         return {"format": ckpt.WEIGHTS_FORMAT, "version": ckpt.VERSION, "member": name,
-                "generation": self.generation + 1, "epoch": self.epoch + 1,
-                "config": self.config.to_dict(),
-                "surgery": [r for r in self.surgery if r["member"] == name],
-                "model": self.members[name].model.state_dict()}
+                "generation": loop.generation + 1, "epoch": loop.epoch + 1,
+                "config": loop.config.to_dict(),
+                "surgery": [r for r in loop.surgery if r["member"] == name],
+                "model": loop.members[name].model.state_dict()}
 
-    def _local_state(self: Trainer) -> dict:
+    def _local_state(self) -> dict:
+        loop = self.loop
         return {"members": {name: {"model": m.model.state_dict(),
-                                   "optimizer": m.optimizer.state_dict() if (m.optimizer and self.started) else None}
-                            for name, m in self.members.items() if m.local},
-                "methods": {m.name: m.state_dict() for m in self.methods},
+                                   "optimizer": m.optimizer.state_dict() if (m.optimizer and loop.started) else None}
+                            for name, m in loop.members.items() if m.local},
+                "methods": {m.name: m.state_dict() for m in loop.methods},
                 "rng": rng_state(),
-                "accum": dict(self._accum),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+                "accum": dict(loop._accum),
+                "scaler": loop.scaler.state_dict() if loop.scaler is not None else None}
 
-    def state_dict(self: Trainer) -> dict:
+    def state_dict(self) -> dict:
+        loop = self.loop
         local = self._local_state()
         state = {
             "format": ckpt.FORMAT,
             "version": ckpt.VERSION,
-            "fingerprint": self.config.fingerprint(),
-            "config": self.config.to_dict(),
-            "run_id": self.run_id,
-            "position": {"generation": self.generation, "epoch": self.epoch, "step": self.step,
-                         "started": self.started, "finished": self.finished},
+            "fingerprint": loop.config.fingerprint(),
+            "config": loop.config.to_dict(),
+            "run_id": loop.run_id,
+            "position": {"generation": loop.generation, "epoch": loop.epoch, "step": loop.step,
+                         "started": loop.started, "finished": loop.finished},
             "members": local["members"],
-            "surgery": list(self.surgery),
+            "surgery": list(loop.surgery),
             "methods": local["methods"],
             "rng": local["rng"],
             "accum": local["accum"],
             "scaler": local["scaler"],
-            "epoch_time": self._epoch_time,
-            "results": self.results,
+            "epoch_time": loop._epoch_time,
+            "results": loop.results,
         }
-        if self.per_rank:  # gathered to rank 0: one file holds every rank's part
-            parts = all_gather_object(ckpt.snapshot(local), self.dist)
+        if loop.per_rank:  # gathered to rank 0: one file holds every rank's part
+            parts = all_gather_object(ckpt.snapshot(local), loop.dist)
             state["members"] = {k: v for part in parts for k, v in part["members"].items()}
             state["ranks"] = [{k: part[k] for k in ("methods", "rng", "accum", "scaler")} for part in parts]
         return state
 
-    def save_checkpoint(self: Trainer) -> None:
+    def save_checkpoint(self) -> None:
         """Queue a snapshot of the run for writing (rank 0 writes; a no-op without a run directory). With
         per-rank members every rank must call it at the same point (it gathers)."""
-        if self.run_dir is None or (self._writer is None and not self.per_rank):
+        loop = self.loop
+        if loop.run_dir is None or (loop._writer is None and not loop.per_rank):
             return
         state = self.state_dict()
-        if self._writer is not None:
-            self._writer.save(state, self.run_dir / CHECKPOINT_NAME)
+        if loop._writer is not None:
+            loop._writer.save(state, loop.run_dir / CHECKPOINT_NAME)
             self.fault_point("checkpoint")
-        self._last_checkpoint = time.monotonic()
+        loop._last_checkpoint = time.monotonic()
 
-    def fault_point(self: Trainer, moment: str) -> None:
+    def fault_point(self, moment: str) -> None:
         """Where a :class:`Fault` may strike (a checkpoint written, a step taken); nothing without one."""
-        if self._fault is None or not self._fault.reached(moment):
+        loop = self.loop
+        if loop._fault is None or not loop._fault.reached(moment):
             return
-        if self._writer is not None:  # what was queued is on disk before the signal
-            self._writer.wait()
-        os.kill(os.getpid(), self._fault.signal)
+        if loop._writer is not None:  # what was queued is on disk before the signal
+            loop._writer.wait()
+        os.kill(os.getpid(), loop._fault.signal)
 
-    def load_checkpoint(self: Trainer, path: str | Path) -> None:
+    def load_checkpoint(self, path: str | Path) -> None:
         """Continue from a checkpoint written by a run with the same configuration."""
+        loop = self.loop
         state = ckpt.load_file(path)
-        if state["fingerprint"] != self.config.fingerprint():
+        if state["fingerprint"] != loop.config.fingerprint():
             raise CheckpointError(f"{path} was written by a run with another configuration; nothing was changed")
         names = set(state["members"])
         # replay surgery on the freshly built members so that shapes match, then load weights
         for rec in state["surgery"]:
-            if rec["member"] not in self.members:
+            if rec["member"] not in loop.members:
                 raise CheckpointError(f"{path}: surgery on unknown member {rec['member']!r}")
             self._run_surgery(rec["member"], rec["op"], rec["args"])
             self._member_resized(rec["member"], replay=True)
-        self.surgery = list(state["surgery"])
-        if names != set(self.members):
-            raise CheckpointError(f"{path} holds members {sorted(names)}, this run has {sorted(self.members)}")
-        part = state["ranks"][self.dist.rank] if "ranks" in state else state
-        if "ranks" in state and len(state["ranks"]) != self.dist.world_size:
+        loop.surgery = list(state["surgery"])
+        if names != set(loop.members):
+            raise CheckpointError(f"{path} holds members {sorted(names)}, this run has {sorted(loop.members)}")
+        part = state["ranks"][loop.dist.rank] if "ranks" in state else state
+        if "ranks" in state and len(state["ranks"]) != loop.dist.world_size:
             raise CheckpointError(f"{path} was written by {len(state['ranks'])} processes, this run has "
-                                  f"{self.dist.world_size}; per-rank members need the same number")
+                                  f"{loop.dist.world_size}; per-rank members need the same number")
         pos = state["position"]
-        self.generation, self.epoch, self.step = pos["generation"], pos["epoch"], pos["step"]
-        self.started, self.finished = pos["started"], pos["finished"]
-        for name, m in self.members.items():
+        loop.generation, loop.epoch, loop.step = pos["generation"], pos["epoch"], pos["step"]
+        loop.started, loop.finished = pos["started"], pos["finished"]
+        for name, m in loop.members.items():
             if not m.local:
                 continue
             try:
@@ -251,17 +261,17 @@ class RunState:
                 why = ckpt.weights_mismatch(m.model, state["members"][name]["model"]) or str(e).splitlines()[0]
                 raise CheckpointError(f"{path}: weights of {name!r} do not fit the model: {why}; nothing was "
                                       f"changed") from None
-            if self.started and m.trainable:
-                self.rebuild_optimizer(name)
+            if loop.started and m.trainable:
+                loop.rebuild_optimizer(name)
                 m.optimizer.load_state_dict(state["members"][name]["optimizer"])
-        for method in self.methods:
+        for method in loop.methods:
             method.load_state_dict(part["methods"].get(method.name, {}))
-        self._accum = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v)
+        loop._accum = {k: (v.to(loop.device) if isinstance(v, torch.Tensor) else v)
                        for k, v in part["accum"].items()}
-        if self.scaler is not None and part.get("scaler"):  # fp16: the loss scale and its growth tracker
-            self.scaler.load_state_dict(part["scaler"])
-        self._epoch_time = state["epoch_time"]
-        self.results = state["results"]
+        if loop.scaler is not None and part.get("scaler"):  # fp16: the loss scale and its growth tracker
+            loop.scaler.load_state_dict(part["scaler"])
+        loop._epoch_time = state["epoch_time"]
+        loop.results = state["results"]
         set_rng_state(part["rng"])
-        if self.store is not None:
-            self.store.forget_after(self.run_id, self.generation, self.epoch)
+        if loop.store is not None:
+            loop.store.forget_after(loop.run_id, loop.generation, loop.epoch)

@@ -10,8 +10,11 @@ Precision (:mod:`resprout.engine.precision`): the members' forwards and the upda
 under the run's autocast (``trainer.autocast()``, nothing in fp32); every term is summed in fp32, backward runs
 outside autocast, and with fp16 the loss is scaled and the gradients unscaled before ``on_after_backward``.
 
-The trainer is split by concern: this file holds the loop and its members; :mod:`resprout.engine.state` surgery
-and checkpoints; :mod:`resprout.engine.evaluation` evaluation and epoch reporting.
+The loop owns its collaborators: :class:`~resprout.engine.state.Checkpointer` (surgery and checkpoints),
+:class:`~resprout.engine.evaluation.Reporter` (evaluation and epoch reports),
+:class:`~resprout.engine.rates.LearningRates` (the one writer of learning rates) and the run's task
+(:mod:`resprout.engine.task`). Methods see the run through a :class:`~resprout.engine.context.RunContext`, never
+the trainer itself.
 """
 
 from __future__ import annotations
@@ -30,17 +33,20 @@ from resprout.config import Config
 from resprout.data.loader import EvalLoader, TrainLoader
 from resprout.engine import checkpoint as ckpt
 from resprout.engine.distributed import DistInfo, all_reduce_sum
-from resprout.engine.evaluation import SKIPPED, Reporting, classification_metrics, evaluate  # noqa: F401  (re-exported)
+from resprout.engine.context import RunContext
+from resprout.engine.evaluation import SKIPPED, Reporter, classification_metrics, evaluate  # noqa: F401  (re-exported)
 from resprout.engine.events import Event
 from resprout.engine.loggers import Loggers
 from resprout.engine.members import PLACEMENTS, Member, UpdateStep
 from resprout.engine.method import Method, handlers
-from resprout.engine.optim import MEMBER_KEYS, OPTIM_KEYS, Schedule, build_optimizer, set_lr
+from resprout.engine.optim import MEMBER_KEYS, OPTIM_KEYS, Schedule, build_optimizer
 from resprout.engine.precision import autocast, grad_scaler, resolve_channels_last, resolve_precision
 from resprout.engine.progress import Progress
-from resprout.engine.state import CHECKPOINT_NAME, Fault, RunState  # noqa: F401  (re-exported)
+from resprout.engine.rates import LearningRates, Position
+from resprout.engine.state import CHECKPOINT_NAME, Checkpointer, Fault  # noqa: F401  (re-exported)
 from resprout.engine.store import Store
 from resprout.engine.taps import FeatureTaps
+from resprout.engine.task import ClassificationTask, Task
 from resprout.errors import ConfigError, Interrupted, TrainingDiverged
 
 __all__ = ["CHECKPOINT_NAME", "Member", "Trainer", "UpdateStep", "classification_metrics", "evaluate"]
@@ -50,7 +56,7 @@ def _has_grads(optimizer: torch.optim.Optimizer) -> bool:
     return any(p.grad is not None for group in optimizer.param_groups for p in group["params"])
 
 
-class Trainer(RunState, Reporting):
+class Trainer:
     """Trains ``members`` with ``methods`` on ``train`` and evaluates on ``evals`` (``{"val": ..., "test": ...}``).
 
     ``full_evals`` are the same splits unsharded, for runs with per-rank members under torch.distributed (each
@@ -81,6 +87,7 @@ class Trainer(RunState, Reporting):
         self.progress = progress or Progress()
         self.dist = dist = dist or DistInfo()
         self.schedule = Schedule.from_config(config)
+        self.rates = LearningRates(lambda member: self.optim_spec(member)["lr"])  # the one writer of rates
         self.taps = FeatureTaps()
         self.members: dict[str, Member] = {}
         self.per_rank = False
@@ -101,7 +108,7 @@ class Trainer(RunState, Reporting):
         self.results: dict = {"final": {}, "best": {}, "generations": []}
         self.last_eval: dict[str, dict[str, dict]] = {}  # member -> split -> metrics of the latest evaluation
         self.dataset = None  # the prepared dataset, when the run was built from a config (resprout.run)
-        self.evaluator = None
+        self.task: Task = ClassificationTask()  # targets, evaluation, metrics (a method may set another)
         self.update_step: UpdateStep | None = None  # the step being computed (None: the default single step)
         self.scratch: dict[str, Any] = {}  # per batch: what one update step leaves for a later one
         self.resized: str | None = None  # the member whose shapes just changed (during on_member_resized)
@@ -124,8 +131,12 @@ class Trainer(RunState, Reporting):
         self._best_writer: ckpt.AsyncWriter | None = None
         self._last_checkpoint = time.monotonic()
         self._fault = Fault.from_env()  # a test hook: RESPROUT_FAULT (resprout.engine.state.Fault)
+        # collaborators of the loop: checkpoints and surgery; evaluation and reports
+        self.checkpointer = Checkpointer(self)
+        self.reporter = Reporter(self)
+        self.context = RunContext(self)  # what the methods see of the run (resprout.engine.context)
         for m in self.methods:
-            m.setup(self)
+            m.setup(self.context)
         self._handlers = {e: handlers(self.methods, e) for e in Event}
         self._step_methods = [m for m in self.methods if type(m).update_steps is not Method.update_steps]
         self._configure_members()
@@ -176,7 +187,7 @@ class Trainer(RunState, Reporting):
 
     def tap(self, member: str, path: str, *, inputs: bool = False, detach: bool = False) -> None:
         """Capture the output (and with ``inputs`` the input) of module ``path`` of ``member`` in every forward;
-        read it with ``trainer.taps.output(member, path)``. Taps follow the member through surgery."""
+        read it with ``taps.output(member, path)``. Taps follow the member through surgery."""
         self.taps.request(member, path, inputs=inputs, detach=detach)
         self.taps.attach(member, self.members[member].model)
 
@@ -264,6 +275,7 @@ class Trainer(RunState, Reporting):
             member.optimizer = None
             return
         spec = self.optim_spec(member)
+        spec["lr"] = self.rates.base(member, self.position())
         member.optimizer = build_optimizer(member.model, {k: spec[k] for k in OPTIM_KEYS})
         member.schedule = self.schedule if not (set(member.optim) - set(OPTIM_KEYS)) else \
             Schedule.from_spec(spec, self.config.epochs)
@@ -315,6 +327,12 @@ class Trainer(RunState, Reporting):
         finally:
             torch.set_rng_state(state)
 
+    def position(self, t: float | None = None, dt: float = 0.0) -> Position:
+        """Where the run is (``t``: the fractional epoch of the generation; by default at the current step)."""
+        if t is None:
+            t = self.epoch + self.step / max(self.train_loader.steps(0, 0), 1)
+        return Position(self.generation, self.epoch, self.step, t, dt)
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         """(C, H, W) of the training images."""
@@ -322,7 +340,51 @@ class Trainer(RunState, Reporting):
 
     def _emit(self, event: Event) -> None:
         for h in self._handlers[event]:
-            h(self)
+            h(self.context)
+
+    @property
+    def terms(self) -> list[tuple[str, str, torch.Tensor]]:
+        """The (member, name, value) loss terms added in this batch so far (a copy)."""
+        return list(self._terms)
+
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        """Stop after this step, as the signal ``signum`` would."""
+        self._stop = signum
+
+    # -- collaborators: checkpoints and surgery (resprout.engine.state), reports (resprout.engine.evaluation) ----------
+    def apply_surgery(self, name: str, op: str, **args: Any) -> nn.Module:
+        return self.checkpointer.apply_surgery(name, op, **args)
+
+    def state_dict(self) -> dict:
+        return self.checkpointer.state_dict()
+
+    def save_checkpoint(self) -> None:
+        self.checkpointer.save_checkpoint()
+
+    def fault_point(self, moment: str) -> None:
+        self.checkpointer.fault_point(moment)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        self.checkpointer.load_checkpoint(path)
+
+    def evaluate(self, model: nn.Module, split: str = "test", correct: list | None = None, *,
+                 autocast: bool = True) -> dict[str, float]:
+        return self.reporter.evaluate(model, split, correct, autocast=autocast)
+
+    def log_generation(self, member: str, metrics: dict[str, float], *, in_results: bool = True) -> None:
+        self.reporter.log_generation(member, metrics, in_results=in_results)
+
+    def log_step(self, generation: int, epoch: int) -> int:
+        return self.reporter.log_step(generation, epoch)
+
+    def _accumulate(self, n: int) -> None:
+        self.reporter._accumulate(n)
+
+    def _finish_epoch(self) -> None:
+        self.reporter._finish_epoch()
+
+    def _finish_generation(self) -> None:
+        self.reporter._finish_generation()
 
     # -- the loop ---------------------------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -396,7 +458,8 @@ class Trainer(RunState, Reporting):
         while self.step < steps:
             x, y = self.train_loader.batch(g, e, self.step)
             for name, stream in self._streams.items():
-                self._member_batches[name] = stream.batch(g, e, self.step)
+                xs, ys = stream.batch(g, e, self.step)
+                self._member_batches[name] = (xs, self.task.targets(ys))
             self._train_step(x, y, e + self.step / steps, 1.0 / steps)
             self.step += 1
             self.fault_point("step")
@@ -412,13 +475,13 @@ class Trainer(RunState, Reporting):
         self._epoch_time += time.perf_counter() - t0
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, t: float, dt: float) -> None:
-        self.inputs, self.targets = x, y
+        self.inputs, self.targets = x, self.task.targets(y)  # the task owns what a batch's labels become
         self.outputs, self._frozen_outputs, self._terms, self.scratch = {}, {}, [], {}
         self._manual_terms = set()
         if self.taps.active:
             self.taps.clear()
         for h in self._handlers[Event.BATCH_START]:
-            h(self)
+            h(self.context)
         with self.autocast():
             for m in self.members.values():
                 if m.fed:
@@ -431,12 +494,12 @@ class Trainer(RunState, Reporting):
                 self._update(step, t, dt, last=i == len(steps) - 1)
         self._accumulate(len(self.targets))
         for h in self._handlers[Event.BATCH_END]:
-            h(self)
+            h(self.context)
 
     def _update_steps(self) -> list[UpdateStep] | None:
         if not self._step_methods:
             return None
-        steps = [s for m in self._step_methods for s in (m.update_steps(self) or [])]
+        steps = [s for m in self._step_methods for s in (m.update_steps(self.context) or [])]
         if not steps:
             return None
         for s in steps:
@@ -479,7 +542,7 @@ class Trainer(RunState, Reporting):
         """Today's rule: the sum of every term, one backward, every local trainable optimizer steps."""
         with self.autocast():
             for h in self._handlers[Event.LOSS]:
-                h(self)
+                h(self.context)
         if not self._terms:
             raise ConfigError("no method added a loss term; add a task loss such as method=ce")
         total = self._terms[0][2] if len(self._terms) == 1 else torch.stack([v for _, _, v in self._terms]).sum()
@@ -506,9 +569,10 @@ class Trainer(RunState, Reporting):
             for m in members:
                 scaler.unscale_(m.optimizer)
         for h in self._handlers[Event.AFTER_BACKWARD]:
-            h(self)
+            h(self.context)
+        position = self.position(t, dt)
         for m in members:
-            set_lr(m.optimizer, m.schedule.factor(t, dt))
+            self.rates.apply(m, position)
             if scaler is None:
                 m.optimizer.step()
             else:
@@ -519,7 +583,7 @@ class Trainer(RunState, Reporting):
             if scaler.get_scale() < before:  # inf or NaN in the gradients: this step was skipped
                 self._accum[SKIPPED] = self._accum.get(SKIPPED, 0) + 1
         for h in self._handlers[Event.AFTER_STEP]:
-            h(self)
+            h(self.context)
         # manual members are not forwarded by the trainer: count their samples for their train metrics
         for member, _, _ in self._terms:
             if member not in self.outputs:
@@ -532,7 +596,7 @@ class Trainer(RunState, Reporting):
             start = len(self._terms)
             with self.autocast():
                 for h in self._handlers[Event.LOSS]:
-                    h(self)
+                    h(self.context)
             terms = self._terms[start:]
             chosen = [v for _, name, v in terms if step.terms is None or name in step.terms]
             if len(chosen) != len(terms):

@@ -203,6 +203,7 @@ class DenseSparseDense(MaskedTraining, Method):
             self.plan = dsd_phases(cfg.epochs, opts.dense_epochs, opts.sparse_epochs)
         if not prunable_weights(trainer.members[opts.member].model):
             raise ConfigError(f"method=dsd: member {opts.member!r} has no weight with two or more dimensions to prune")
+        trainer.rates.modify(opts.member, self.redense_rate)
 
     def phase(self, trainer) -> str:
         """The phase of the current epoch: ``dense``, ``sparse`` or ``redense``."""
@@ -224,16 +225,11 @@ class DenseSparseDense(MaskedTraining, Method):
         elif phase == "redense":
             # the pruned weights are zero (the mask held them there): they restart from that value
             self.masks = {}
-            self._lower_lr(trainer)
 
-    def _lower_lr(self, trainer) -> None:
-        member = trainer.members[self.options.member]
-        if member.optimizer is None:
-            return
-        base = trainer.optim_spec(member)["lr"]
-        for group in member.optimizer.param_groups:
-            # the trainer sets lr = initial_lr * schedule factor at every step
-            group["initial_lr"] = base * self.options.redense_lr
+    def redense_rate(self, member, position, lr: float) -> float:
+        """The base-rate modifier (:mod:`resprout.engine.rates`): ``dsd.redense_lr`` times the member's rate in
+        the re-dense phase (DSD paper Sec. 2: the re-dense phase trains at a lower rate)."""
+        return lr * self.options.redense_lr if self.phase(position) == "redense" else lr
 
     def on_member_resized(self, trainer) -> None:
         if trainer.resized != self.options.member or trainer.replaying:
@@ -242,8 +238,6 @@ class DenseSparseDense(MaskedTraining, Method):
         if self.masks:
             self.masks = carry_masks(self.masks, model, trainer.resized_maps)
             apply_masks(model, self.masks)
-        if self.pruned and not self.masks and self.phase(trainer) == "redense":
-            self._lower_lr(trainer)  # a surgery rebuilt the optimizer at the base rate
 
     def on_generation_end(self, trainer) -> None:
         model = trainer.members[self.options.member].model

@@ -58,6 +58,8 @@ Choices where the paper is open (each an option):
 
 from __future__ import annotations
 
+import functools
+
 import contextlib
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterable
@@ -361,6 +363,8 @@ class KTAN(DLN):
         trainer.add_member("discriminator", disc, manual=True, task=False, logits=False, evaluate=False,
                            optim={"lr": 1e-2, "weight_decay": 1e-4})
         self._classifier: list[nn.Parameter] | None = None
+        if o.adversarial_lr is not None:
+            trainer.rates.modify("model", functools.partial(self.adversarial_rate, trainer))
 
     def _global_step(self, trainer) -> int:
         per_epoch = trainer.train_loader.steps(0, 0)
@@ -370,13 +374,10 @@ class KTAN(DLN):
         k = round(self.options.mse_epochs * trainer.train_loader.steps(0, 0))
         return self._global_step(trainer) >= k
 
-    def on_batch_start(self, trainer) -> None:
-        rate = self.options.adversarial_lr
-        if rate is not None and self._adversarial_now(trainer):
-            # the base rate the schedule scales (set_lr: initial_lr * factor); set every step, so a resumed run or
-            # a new generation's fresh optimizer gets it too
-            for g in trainer.members["model"].optimizer.param_groups:
-                g["initial_lr"] = rate
+    def adversarial_rate(self, trainer, member, position, lr: float) -> float:
+        """The base-rate modifier (:mod:`resprout.engine.rates`) of ``ktan.adversarial_lr``: the student's base
+        rate from the first adversarial step on (Sec. IV-A: 1e-2); the run's schedule still scales it."""
+        return self.options.adversarial_lr if self._adversarial_now(trainer) else lr
 
     def update_steps(self, trainer) -> list[UpdateStep]:
         students = tuple(m.name for m in trainer.trainable if m.name != "discriminator")

@@ -31,6 +31,8 @@ alpha always compares the peer with its predecessor.
 
 from __future__ import annotations
 
+import functools
+
 import os
 import time
 from dataclasses import dataclass
@@ -132,8 +134,9 @@ class Grafting(Method):
             else:
                 model = _copy(base)
             data_seed = derive_seed(cfg.seed, _SALT, i, 1) if (i > 1 and opts.data_order == "own") else None
-            optim = {"lr": cfg.lr * factors[i - 1]} if opts.lr_factors == "cosine" else {}
-            trainer.add_member(name, model, placement="per_rank", rank=i - 1, data_seed=data_seed, optim=optim)
+            trainer.add_member(name, model, placement="per_rank", rank=i - 1, data_seed=data_seed)
+            if opts.lr_factors == "cosine":
+                trainer.rates.modify(name, functools.partial(_peer_rate, factors[i - 1]))
 
     def _peers(self, trainer):
         return [trainer.members[n] for n in peer_names(self.options.peers)]
@@ -289,6 +292,12 @@ class Grafting(Method):
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
+def _peer_rate(factor: float, member, position, lr: float) -> float:
+    """The base-rate modifier (:mod:`resprout.engine.rates`) of a peer: the official per-network factor times the
+    run's rate (``--difflr``); a peer given its own rate (``member.peer_k.lr``) keeps that rate."""
+    return lr if "lr" in member.optim else lr * factor
+
+
 def _check_peers(k: int, scion: str, world_size: int) -> None:
     if scion == "external" and k < 2:
         raise ConfigError(f"graft.scion=external grafts between networks: graft.peers must be at least 2 "

@@ -21,6 +21,8 @@ reported); with ``nr.scheme=ca`` it is BL-CA (every layer split in halves with c
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import torch
@@ -199,6 +201,8 @@ class NeuralRejuvenation(Method):
             raise ConfigError(f"nr.member={self.options.member!r} is not a member of this run "
                               f"({', '.join(trainer.members)})")
         self.input_shape = trainer.input_shape
+        if self.options.lr == "hold" and self.options.mode != "bl":
+            trainer.rates.modify(self.options.member, functools.partial(self.held_factor, trainer), stage="factor")
         topo = self.topo(trainer)  # refuses now a layer without BN or a model surgery cannot follow
         if not topo.monitored(self.options.mainstream):
             raise ConfigError(f"model {trainer.config.model!r} has no channel group Neural Rejuvenation can "
@@ -232,18 +236,13 @@ class NeuralRejuvenation(Method):
         local = at - trainer.generation * trainer.config.epochs
         return local if local > 0 else None
 
-    def on_batch_start(self, trainer) -> None:
-        """Keep the member's schedule wrapped (``nr.lr=hold``): the trainer rebuilds it with every optimizer."""
-        if self.options.lr != "hold" or self.options.mode == "bl":
-            return
-        member = trainer.members[self.options.member]
-        sched = member.schedule
-        inner = sched.inner if isinstance(sched, RejuvenationSchedule) else sched
+    def held_factor(self, trainer, member, position, factor: float) -> float:
+        """The factor modifier of ``nr.lr=hold`` (:mod:`resprout.engine.rates`): the member's schedule wrapped in
+        :class:`RejuvenationSchedule` while a window touches this generation, else the schedule's own factor."""
         start = self._lr_start(trainer)
         if start is None:
-            member.schedule = inner
-        elif not isinstance(sched, RejuvenationSchedule) or sched.start != start:
-            member.schedule = RejuvenationSchedule(inner, start)
+            return factor
+        return RejuvenationSchedule(member.schedule, start).factor(position.t, position.dt)
 
     def on_after_backward(self, trainer) -> None:
         if self.lam and self.options.l1 == "subgradient":

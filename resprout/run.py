@@ -549,6 +549,7 @@ def _fit_and_finish(trainer: Trainer, dist: DistInfo) -> dict:
         result = _finish(trainer, trainer.fit())
     finally:
         _close_store(trainer)
+    trainer.release_wrappers()
     shutdown(dist)  # on an error the group is left to torchrun, which tears the processes down
     return result
 
@@ -632,6 +633,7 @@ def resume(run_dir: str | Path, *, module: nn.Module | ModelFactory | str | None
             _close_store(trainer)
     finally:
         _release(lock)
+    trainer.release_wrappers()
     shutdown(trainer.dist)
     return result
 

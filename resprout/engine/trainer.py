@@ -236,6 +236,14 @@ class Trainer:
         if self.compiled and member.trainable:
             member.forward_module = torch.compile(member.forward_module)
 
+    def release_wrappers(self) -> None:
+        """After the run: every member forwards through its own model again. Data-parallel wrappers hold the process
+        group; dropped here, they free it when the group is left (:func:`resprout.engine.distributed.shutdown`),
+        not when the garbage collector breaks the trainer's reference cycles (its context and collaborators point
+        back at it), so the group's threads do not run on into the interpreter's exit."""
+        for member in self.members.values():
+            member.forward_module = member.model
+
     def _configure_members(self) -> None:
         """After every method's setup: config overrides per member, placement, data streams. Refuses up front."""
         overrides = getattr(self.config, "member_options", {}) or {}

@@ -317,9 +317,15 @@ def summary_line(paper: str, tables: list[TableResult]) -> str:
     if not tested:
         return f"- **{PAPERS[paper]}**: no claim tested yet ({len(outcomes)} configured)."
     c = counts(outcomes)
-    return (f"- **{PAPERS[paper]}**: of {len(outcomes)} claims, {c[stats.HOLDS]} hold, {c[stats.REVERSED]} are "
-            f"reversed, {c[stats.UNRESOLVED]} are not resolved" +
-            (f", {len(outcomes) - len(tested)} have no runs yet" if len(tested) < len(outcomes) else "") + ".")
+
+    def n(k: int, one: str, many: str) -> str:
+        return f"{k} {one if k == 1 else many}"
+
+    untested = len(outcomes) - len(tested)
+    return (f"- **{PAPERS[paper]}**: of {len(outcomes)} claims, {n(c[stats.HOLDS], 'holds', 'hold')}, "
+            f"{n(c[stats.REVERSED], 'is reversed', 'are reversed')}, "
+            f"{n(c[stats.UNRESOLVED], 'is not resolved', 'are not resolved')}"
+            + (f", {n(untested, 'has no runs yet', 'have no runs yet')}" if untested else "") + ".")
 
 
 def page(tables: list[TableResult], doc: Path = DOC, figures: Path = FIGURES) -> str:

@@ -258,7 +258,34 @@ def figure(t: TableResult, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(points) + 2), 4.5))
+    # rows trained over several generations (KE, Born-Again, ...) also get their curve: top-1 at the end of each
+    # generation, on its own axis, where a gain of a point is not flattened by the other rows' spread
+    curves = {}
+    for label in [r.label for r in t.spec.rows]:
+        by_gen: dict[int, list[float]] = {}
+        for r in t.rows:
+            if r["label"] == label and r["top1"] is not None and r["generations"] > 1:
+                by_gen.setdefault(r["generation"], []).append(r["top1"])
+        if len(by_gen) > 1:
+            curves[label] = by_gen
+    width = max(6.0, 0.75 * len(points) + 2)
+    if curves:
+        fig, (ax, gx) = plt.subplots(1, 2, figsize=(width + 5, 4.5), gridspec_kw={"width_ratios": [width, 5]})
+        for label, by_gen in curves.items():
+            gens = sorted(by_gen)
+            m = np.array([100 * np.mean(by_gen[g]) for g in gens])
+            sd = np.array([100 * np.std(by_gen[g], ddof=1) if len(by_gen[g]) > 1 else 0.0 for g in gens])
+            gx.plot(gens, m, marker="o", label=f"{label} N_g")
+            gx.fill_between(gens, m - sd, m + sd, alpha=0.2)
+        for name, vals, _ in points:
+            if name in {r.label for r in t.spec.rows} and name not in curves:
+                gx.axhline(100 * np.mean(vals), ls=":", lw=1, color="gray")
+                gx.annotate(name, (1, 100 * np.mean(vals)), fontsize=7, color="gray", va="bottom")
+        gx.set(xlabel="generation", ylabel="test top-1 (%)", title="by generation (band: ± 1 std)")
+        gx.grid(alpha=0.3)
+        gx.legend(fontsize=7, loc="lower right")
+    else:
+        fig, ax = plt.subplots(figsize=(width, 4.5))
     x = np.arange(len(points))
     means = np.array([100 * np.mean(v) for _, v, _ in points])
     sds = np.array([100 * np.std(v, ddof=1) if len(v) > 1 else 0.0 for _, v, _ in points])

@@ -60,7 +60,7 @@ def _summary(result: dict) -> str:
     for member, m in result["final"].items():
         best = result["best"].get(member, {})
         text = f"  {member}: final test top1 {100 * m['top1']:.2f}" + \
-            "".join(f"  {k} {100 * m[k]:.2f}" for k in ("top5", "nmi") if k in m)
+            "".join(f"  {k} {100 * m[k]:.2f}" for k in ("top5", "nmi", "rank5", "map") if k in m)
         if best:
             text += (f"  | best {best['selected_on']} top1 {100 * best['top1']:.2f} "
                      f"(generation {best['generation']}, epoch {best['epoch']})")

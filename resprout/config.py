@@ -43,7 +43,9 @@ class Config:
 
     # -- data ---------------------------------------------------------------------------------------------------
     data: str = option("digits", "data source: digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder, "
-                       "synthetic; user for data passed from Python (resprout.train(train=..., test=...))")
+                       "synthetic; fashion-reid, market1501, dukemtmc (re-identification: an identity classifier "
+                       "evaluated by rank-1/5 and mAP over query and gallery); user for data passed from Python "
+                       "(resprout.train(train=..., test=...))")
     data_path: str | None = option(None, "directory of the data source (default: where the source is found)")
     per_class: int | None = option(None, "keep N seeded training images per class (small-data experiments)", min=1)
     test_per_class: int | None = option(None, "evaluate on a fixed subset of N test images per class (quick "

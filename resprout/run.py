@@ -45,6 +45,8 @@ from resprout.data.natural import (NaturalData, NaturalTrainLoader, check_natura
                                    prepare_natural)
 from resprout.data.natural import eval_loaders as natural_eval_loaders
 from resprout.data.preparation import prepare_files
+from resprout.data.reid.dataset import ReidDataset
+from resprout.data.reid.prepared import ReidData, ReidEvalLoader, prepare_reid
 from resprout.data.sources import open_source
 from resprout.data.samplers import make_sampler
 from resprout.data.user import check_same_data, is_user_source, user_config_keys, user_dataset
@@ -61,6 +63,7 @@ from resprout.engine.precision import (check_compile, cpu_capability, native_bf1
 from resprout.engine.progress import Progress, make_progress
 from resprout.engine.rundir import RUN_FILE, RunLock, SavedRun, read_run_file, write_run_file  # noqa: F401
 from resprout.engine.store import Store, default_store_path
+from resprout.engine.task import ReidTask
 from resprout.engine.trainer import CHECKPOINT_NAME, Trainer
 from resprout.errors import (
     CheckpointError,
@@ -134,12 +137,15 @@ def _say(progress: Progress | str | None, cfg: Config, dist: DistInfo) -> Callab
 def build_dataset(cfg: Config, data: Dataset | None = None, say: Callable[[str], None] | None = None):
     """The dataset a run trains on: from the source ``cfg.data``, or from ``data`` (the user's own splits, see
     :mod:`resprout.data.user`) when ``cfg.data`` is ``user``. Image files with ``augment=imagenet`` give a
-    :class:`~resprout.data.natural.NaturalData` (in memory or streamed; ``say`` hears its size)."""
+    :class:`~resprout.data.natural.NaturalData` (in memory or streamed; ``say`` hears its size); a
+    re-identification source a :class:`~resprout.data.reid.prepared.ReidData`."""
     if is_user_source(cfg.data):
         check_same_data(cfg.data_options, data, "this run")
         ds = data
     else:
         ds = open_source(cfg.data, cfg.data_path, **cfg.data_options)
+    if isinstance(ds, ReidDataset):
+        return _reid_data(cfg, ds)
     choice = dict(per_class=cfg.per_class, val_split=cfg.val_split, data_seed=cfg.data_seed,
                   test_per_class=cfg.test_per_class)
     augment = resolve_augment(cfg.augment, cfg.data)
@@ -158,6 +164,20 @@ def build_dataset(cfg: Config, data: Dataset | None = None, say: Callable[[str],
         raise ConfigError(f"{key} needs a source of image files (imagefolder, cub200, ...); data={cfg.data} holds "
                           f"images of one size in memory: use augment=crop+flip")
     return prepare(ds, **choice, image_size=cfg.image_size, channels=cfg.channels, fit=cfg.image_fit)
+
+
+def _reid_data(cfg: Config, ds: ReidDataset) -> ReidData:
+    """The run's re-identification set; the keys that choose a classification set's images are refused (one line):
+    a re-id set's identities, queries and gallery are its own."""
+    for key, default in (("per_class", None), ("test_per_class", None), ("val_split", 0.0)):
+        if getattr(cfg, key) != default:
+            raise ConfigError(f"{key}={getattr(cfg, key)} does not apply to a re-identification set (data={cfg.data}): "
+                              f"its identities, queries and gallery are the set's own (the data.* options choose "
+                              f"them, see resprout keys)")
+    if resolve_augment(cfg.augment, cfg.data) == "imagenet" or cfg.data_mode == "stream":
+        raise ConfigError(f"data={cfg.data} is a re-identification set held in memory at one size: use augment="
+                          f"crop+flip, crop, flip or none, and data_mode=auto or memory")
+    return prepare_reid(ds, image_size=cfg.image_size, channels=cfg.channels, fit=cfg.image_fit)
 
 
 def build_loaders(cfg: Config, ds, methods, device: torch.device, dist: DistInfo
@@ -188,6 +208,10 @@ def build_eval_loaders(cfg: Config, ds, norm: Normalizer, device: torch.device, 
         return natural_eval_loaders(ds, norm, batch_size=cfg.eval_batch_size, device=device,
                                     channels_last=resolve_channels_last(cfg.channels_last, cfg.model),
                                     rank=dist.rank, world_size=dist.world_size)
+    if isinstance(ds, ReidData):  # queries and gallery, with cameras (refused under torchrun)
+        return {"test": ReidEvalLoader(ds, batch_size=cfg.eval_batch_size, normalizer=norm, device=device,
+                                       channels_last=resolve_channels_last(cfg.channels_last, cfg.model),
+                                       rank=dist.rank, world_size=dist.world_size)}
     evals = {}
     for split_name in ("val", "test"):
         split = getattr(ds, split_name)
@@ -375,7 +399,8 @@ def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, sto
     trainer = Trainer(cfg, {"model": model, **teacher_members}, train, evals, methods, device=device,
                       run_dir=run_dir, store=None,
                       run_id=run_id, progress=progress, dist=dist, full_evals=full_evals, model_factory=factory,
-                      loggers=loggers)
+                      loggers=loggers, task=ReidTask() if isinstance(ds, ReidData) else None)
+    _check_task(cfg, ds, trainer.task)
     trainer.dataset = ds
     if continuing and run_dir is not None and (run_dir / CHECKPOINT_NAME).exists():
         _load_with_overrides(trainer, run_dir / CHECKPOINT_NAME, load_config)
@@ -400,6 +425,20 @@ def create_trainer(cfg: Config, *, run_dir: Path | None, run_id: str | None, sto
             raise
         trainer.store = store
     return trainer
+
+
+def _check_task(cfg: Config, ds, task) -> None:
+    """A re-id set is evaluated by the re-id task, and the re-id task needs a re-id set: a method that set another
+    task on a re-id set (``triplet``: Recall@K of its own embedding), or the re-id task on a classification set, is
+    refused in one line."""
+    if isinstance(ds, ReidData) and not isinstance(task, ReidTask):
+        raise ConfigError(f"method={cfg.method} evaluates with its own {task.name} task, but data={cfg.data} is a "
+                          f"re-identification set, evaluated by rank-1 and mAP over its query and gallery: use a "
+                          f"method that trains an identity classifier (ce, ls, graft, kd, ...)")
+    if isinstance(task, ReidTask) and not isinstance(ds, ReidData):
+        raise ConfigError(f"method={cfg.method} sets the re-identification task, which needs a query and a gallery "
+                          f"with cameras (data=fashion-reid, market1501 or dukemtmc); data={cfg.data} is a "
+                          f"classification set")
 
 
 def _close_store(trainer: Trainer) -> None:

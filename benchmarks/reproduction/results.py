@@ -2,7 +2,8 @@
 
 ``results/<table>.csv`` holds one row per run and generation (generation 1..G of a run with several; the last has
 ``final = 1``): the configuration's fingerprint, seed, row label, the last-epoch and best top-1 on the full test
-set, the slim network's top-1 where KE measured one, the cost (epochs, parameters, MACs of the final network),
+set (rank-1 for a re-identification run, whose mAP is ``map`` and whose ``test_images`` are its queries), the slim
+network's top-1 where KE measured one, the cost (epochs, parameters, MACs of the final network),
 the durations, threads, precision, the code version (git commit, and whether the package differed from it) and
 status. ``results/<table>.correct.csv`` holds, for the same runs and generations, the per-image top-1 correctness
 on the test set (a packed bitmask in base64, with the test labels' fingerprint), from which the claims get the
@@ -32,13 +33,13 @@ RESULTS = ROOT / "results"
 FILTER_THRESHOLDS = (1e-3, 1e-2, 0.1, 1.0)
 FILTER_COLUMNS = [f"filters_lt_{t:g}" for t in FILTER_THRESHOLDS]
 COLUMNS = ["label", "role", "seed", "generation", "generations", "final", "member", "fingerprint", "method",
-           "top1", "best_top1", "slim_top1", "test_images", "test_labels", "epochs", "total_epochs", "params",
+           "top1", "best_top1", "slim_top1", "map", "test_images", "test_labels", "epochs", "total_epochs", "params",
            "macs", "slim_params", "slim_macs", "filters", *FILTER_COLUMNS, "train_seconds", "wall_seconds",
            "threads", "precision", "resprout", "git_commit", "git_dirty", "status", "finished", "run"]
 BIT_COLUMNS = ["label", "seed", "generation", "member", "fingerprint", "images", "labels", "bits"]
 _INT = {"seed", "generation", "generations", "final", "test_images", "epochs", "total_epochs", "params", "macs",
         "slim_params", "slim_macs", "threads", "images", "filters"}
-_FLOAT = {"top1", "best_top1", "slim_top1", "train_seconds", "wall_seconds", *FILTER_COLUMNS}
+_FLOAT = {"top1", "best_top1", "slim_top1", "map", "train_seconds", "wall_seconds", *FILTER_COLUMNS}
 
 
 def portable_fingerprint(config: dict, teachers: dict[str, str] | None = None) -> str:
@@ -120,12 +121,19 @@ def finished_runs(rows: list[dict]) -> dict[tuple[str, int], str]:
 
 # -- exporting a run ---------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=16)
-def _data_shape(data_keys: str) -> tuple[tuple[int, int, int], int]:
+def _data_shape(data_keys: str) -> tuple[tuple[int, int, int], int, int | None]:
+    """(input shape, classes, queries of a re-identification set or None) of a run's data keys (JSON)."""
     from resprout.config import make_config
     from resprout.run import build_dataset
 
     ds = build_dataset(make_config(json.loads(data_keys)))
-    return ds.input_shape, ds.num_classes
+    return ds.input_shape, ds.num_classes, getattr(ds, "queries", None)
+
+
+def _data_keys(config: dict) -> str:
+    return json.dumps({k: config[k] for k in ("data", "data_path", "per_class", "val_split", "data_seed",
+                                              "image_size", "image_fit", "channels", "data_options") if k in config},
+                      sort_keys=True)
 
 
 def filter_shares(model) -> dict:
@@ -149,9 +157,7 @@ def _final_network(run_dir: Path, config: dict, member: str) -> dict:
     from resprout.methods.teachers import load_run_model
     from resprout.surgery.profile import profile_model
 
-    keys = {k: config[k] for k in ("data", "data_path", "per_class", "val_split", "data_seed", "image_size",
-                                   "image_fit", "channels", "data_options") if k in config}
-    shape, classes = _data_shape(json.dumps(keys, sort_keys=True))
+    shape, classes, _ = _data_shape(_data_keys(config))
     try:
         model, _ = load_run_model(run_dir, in_channels=shape[0], num_classes=classes, member=member,
                                   what="reproduction run")
@@ -185,6 +191,8 @@ def export_run(run_dir: Path, label: str, *, role: str = "row", member: str | No
     gens = run.generations.get(member, {})
     G = cfg.get("generations", 1)
     test = run.curves.get((member, "test", "top1"), [])
+    maps = run.curves.get((member, "test", "map"), [])  # a re-identification run's
+    queries = _data_shape(_data_keys(cfg))[2] if maps else None
     seconds = run.curves.get((member if (member, "train", "seconds") in run.curves else "peer_1", "train",
                               "seconds"), [])
     correct_path = run_dir / CORRECT_FILE.format(member=member)
@@ -197,11 +205,13 @@ def export_run(run_dir: Path, label: str, *, role: str = "row", member: str | No
         metrics = gens.get(g, {})
         last = [v for gg, _, v in test if gg == g]
         top1 = metrics.get("test_top1", last[-1] if last else None)
+        last_map = [v for gg, _, v in maps if gg == g]
         upto = [v for gg, _, v in test if gg <= g]
         row = {"label": label, "role": role, "seed": cfg["seed"], "generation": g + 1, "generations": G,
                "final": int(g == G - 1), "member": member, "fingerprint": fp, "method": cfg["method"],
                "top1": top1, "best_top1": max(upto) if upto else None, "slim_top1": metrics.get("slim_top1"),
-               "test_images": correct.get("images"), "test_labels": correct.get("labels"),
+               "map": last_map[-1] if last_map else None,
+               "test_images": correct.get("images", queries), "test_labels": correct.get("labels"),
                "epochs": cfg["epochs"], "total_epochs": cfg["epochs"] * (g + 1),
                **(network if g == G - 1 else {}),
                "slim_params": _int(metrics.get("slim_params")), "slim_macs": _int(metrics.get("slim_macs")),

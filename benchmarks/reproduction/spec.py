@@ -28,7 +28,8 @@ anything runs (a bad key or value is one ``ConfigError`` line naming the file, t
     [[claims]]                      # a claim of the paper, tested on the rows
     claim = "KE improves on its first generation"
     a = "KE@10"                     # LABEL (its last generation), LABEL@g (generation g), LABEL@g:slim (KE's H_g),
-                                    # LABEL:filters<0.1 (share of the final network's filters with l1 < 0.1);
+                                    # LABEL:filters<0.1 (share of the final network's filters with l1 < 0.1),
+                                    # LABEL:map (a re-id run's mAP; its top-1 is rank-1);
                                     # OTHER/LABEL...: a row of the reproduction OTHER (its runs, not trained here)
     b = "KE@1"
     direction = ">"                 # ">" or "<"
@@ -57,7 +58,7 @@ ROW_KEYS = {"label", "method", "keys", "member"}
 CLAIM_KEYS = {"claim", "a", "b", "direction", "margin", "paper"}
 PAPER_KEYS = {"a", "b", "metric", "where"}
 _REF = re.compile(r"^(?:(?P<table>[A-Za-z0-9_.-]+)/)?(?P<label>[^@:/]+?)(?:@(?P<gen>\d+))?"
-                  r"(?::(?P<what>slim|filters<[0-9.e-]+))?$")
+                  r"(?::(?P<what>slim|map|filters<[0-9.e-]+))?$")
 FILTER_THRESHOLDS = (1e-3, 1e-2, 0.1, 1.0)  # as benchmarks.reproduction.results records them
 DEP_PREFIX = "@"
 
@@ -65,25 +66,29 @@ DEP_PREFIX = "@"
 @dataclass
 class Ref:
     """A claim's operand: a row (or dependency), a generation (None: the last) and what is measured: the dense
-    network's top-1 (default), KE's slim network's top-1 (``slim``), or the share of filters whose l1 norm is below
-    a threshold (``filters<0.1``; of the final network)."""
+    network's top-1 (default; rank-1 of a re-identification run), KE's slim network's top-1 (``slim``), a re-id
+    run's mAP (``map``), or the share of filters whose l1 norm is below a threshold (``filters<0.1``; of the final
+    network)."""
 
     label: str
     generation: int | None = None
     slim: bool = False
     filters: float | None = None  # the threshold of a filter share
     table: str | None = None  # another reproduction's row (its runs are reused, not trained again)
+    map: bool = False  # a re-identification run's mAP instead of its top-1 (rank-1)
 
     def text(self) -> str:
         name = f"{self.table}/{self.label}" if self.table else self.label
         if self.filters is not None:
             return f"{name} filters with l1 < {self.filters:g}"
         return name + (f" N_{self.generation}" if self.generation and not self.slim else "") + \
-            (f" H_{self.generation or 'G'}" if self.slim else "")
+            (f" H_{self.generation or 'G'}" if self.slim else "") + (" mAP" if self.map else "")
 
     @property
     def column(self) -> str:
-        return f"filters_lt_{self.filters:g}" if self.filters is not None else "slim_top1" if self.slim else "top1"
+        if self.filters is not None:
+            return f"filters_lt_{self.filters:g}"
+        return "slim_top1" if self.slim else "map" if self.map else "top1"
 
 
 @dataclass
@@ -171,7 +176,7 @@ def _unknown(raw: dict, allowed: set, where: str) -> None:
 def parse_ref(text: str, where: str) -> Ref:
     m = _REF.match(text.strip()) if isinstance(text, str) else None
     if not m:
-        raise ConfigError(f"{where}: bad row reference {text!r} (LABEL, LABEL@g, LABEL@g:slim or "
+        raise ConfigError(f"{where}: bad row reference {text!r} (LABEL, LABEL@g, LABEL@g:slim, LABEL:map or "
                           f"LABEL:filters<0.1)")
     gen = int(m["gen"]) if m["gen"] else None
     if gen is not None and gen < 1:
@@ -186,7 +191,7 @@ def parse_ref(text: str, where: str) -> Ref:
             raise ConfigError(f"{where}: bad row reference {text!r}: filter shares are recorded for the final "
                               f"network at l1 < {', '.join(f'{t:g}' for t in FILTER_THRESHOLDS)}")
         return Ref(m["label"].strip(), None, False, threshold, m["table"])
-    return Ref(m["label"].strip(), gen, what == "slim", None, m["table"])
+    return Ref(m["label"].strip(), gen, what == "slim", None, m["table"], what == "map")
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -252,8 +257,9 @@ def load_spec(path: str | Path) -> Spec:
         for ref in (a, b):
             if ref.table is None and ref.label not in labels:
                 raise ConfigError(f"{w}: {ref.label!r} is not a row label (rows: {', '.join(labels)})")
-        if (a.filters is None) != (b.filters is None):
-            raise ConfigError(f"{w}: a and b must measure the same thing (two accuracies, or two filter shares)")
+        if (a.filters is None) != (b.filters is None) or a.map != b.map:
+            raise ConfigError(f"{w}: a and b must measure the same thing (two accuracies, two mAPs, or two filter "
+                              f"shares)")
         direction = c.get("direction", ">")
         if direction not in (">", "<"):
             raise ConfigError(f"{w}: bad value for direction: {direction!r} (allowed: >, <)")

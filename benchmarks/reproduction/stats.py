@@ -22,7 +22,9 @@ With one seed and the same model twice, ``s_x^2 / N`` is McNemar's variance of a
 When a run's per-image record is missing (a pseudo-member such as a grafting ensemble), the test term is the
 variance of two independent proportions, ``(p_A q_A + p_B q_B) / N``: for two networks trained on the same data,
 whose errors are positively correlated, this overstates the paired variance (a conservative choice); the seed
-term is then ``s_d^2 / n`` over the seeds' accuracies.
+term is then ``s_d^2 / n`` over the seeds' accuracies. A re-identification run keeps no per-image record either: its
+rank-1 is a proportion of its ``N`` queries, and its mAP a mean of per-query average precisions in [0, 1], whose
+variance is at most ``p q`` for a mean ``p``, so the same term bounds both.
 
 A property of the weights (the share of filters with a small l1 norm) has no test-set error: its variance is the
 seeds' alone, ``s_d^2 / n`` (:func:`paired_from_values`).

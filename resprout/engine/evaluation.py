@@ -128,7 +128,7 @@ def format_metrics(train: dict, evals: dict[str, dict]) -> str:
         text += f" top1 {100 * train['top1']:.2f}"
     for split, m in evals.items():
         text += f" | {split}" + (f" loss {m['loss']:.4f}" if "loss" in m else "") + f" top1 {100 * m['top1']:.2f}"
-        for key in ("top5", "nmi"):
+        for key in ("top5", "nmi", "rank5", "map"):
             if key in m:
                 text += f" {key} {100 * m[key]:.2f}"
     return text

@@ -2,13 +2,15 @@
 Table 4), and the embeddings of a split.
 
 They belong to the retrieval task (:class:`resprout.engine.task.RetrievalTask`), which evaluates an embedding
-network with them; :mod:`resprout.methods.metric` (``method=triplet``) trains one. Every function is pure (apart
-from :func:`embed`, which runs the model it is given).
+network with them; :mod:`resprout.methods.metric` (``method=triplet``) trains one. :func:`embed` also gives the
+re-identification task (:class:`resprout.engine.task.ReidTask`) the penultimate features of a classifier
+(``head_input=True``). Every function is pure (apart from :func:`embed`, which runs the model it is given).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,12 +39,15 @@ def check_batch(embeddings: torch.Tensor, labels: torch.Tensor | Sequence[int], 
 
 
 def embed(
-    model: nn.Module, images_loader: Iterable, *, device: torch.device | str | None = None
+    model: nn.Module, images_loader: Iterable, *, device: torch.device | str | None = None, head_input: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The embeddings and labels of every batch ``(x, y)`` of ``images_loader``, in order, as CPU tensors.
 
-    Runs ``model`` in eval mode without gradients on ``device`` (default: the device of its first parameter, or
-    CPU), then restores every module's train/eval mode. Raises :class:`DataError` if the loader yields nothing.
+    The embedding is the model's output, or with ``head_input`` the input of its class layer: the ``nn.Linear`` whose
+    output *is* the model's output (the same tensor), found in every batch's forward by hooks on the model's linear
+    layers (:func:`head_inputs`). Runs ``model`` in eval mode without gradients on ``device`` (default: the device
+    of its first parameter, or CPU), then restores every module's train/eval mode. Raises :class:`DataError` if the
+    loader yields nothing, :class:`ConfigError` with ``head_input`` if no linear layer gives the output.
     """
     if device is None:
         first = next(model.parameters(), None)
@@ -52,9 +57,9 @@ def embed(
     labels: list[torch.Tensor] = []
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), head_inputs(model, head_input) as forward:
             for x, y in images_loader:
-                embeddings.append(model(x.to(device)).detach().cpu())
+                embeddings.append(forward(x.to(device)).detach().cpu())
                 labels.append(torch.as_tensor(y).reshape(-1).cpu())
     finally:
         for m, training in modes.items():
@@ -62,6 +67,39 @@ def embed(
     if not embeddings:
         raise DataError("embed: the images loader yielded no batches; the split to embed is empty")
     return torch.cat(embeddings), torch.cat(labels)
+
+
+@contextlib.contextmanager
+def head_inputs(model: nn.Module, enabled: bool = True) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """A forward of ``model`` that returns the input of its class layer instead of its output (``enabled``; else
+    the plain forward): forward hooks on every ``nn.Linear`` keep each one's input and output of the current
+    forward, and the input of the one whose output is the model's output is returned. The rule is the one that
+    finds the class layer for an embedding head (:func:`resprout.methods.metric.attach_embedding_head`), so it
+    works whatever the layer is called and after surgery; only 2-D tensors of the linear layers are held, never a
+    feature map. The hooks are removed on exit."""
+    if not enabled:
+        yield model
+        return
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    handles = [m.register_forward_hook(lambda _m, inputs, output: seen.append((inputs[0], output)))
+               for m in model.modules() if isinstance(m, nn.Linear)]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        seen.clear()
+        out = model(x)
+        features = next((inp for inp, o in seen if o is out), None)
+        seen.clear()
+        if features is None:
+            raise ConfigError(f"{type(model).__name__}'s output does not come straight from an nn.Linear class "
+                              f"layer, so it has no penultimate features to compare (e.g. use vgg head=fc, not "
+                              f"head=gap)")
+        return features.flatten(1)
+
+    try:
+        yield forward
+    finally:
+        for h in handles:
+            h.remove()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -61,14 +61,17 @@ class Trainer:
 
     ``full_evals`` are the same splits unsharded, for runs with per-rank members under torch.distributed (each
     rank evaluates its own members on the whole split). ``loggers``: objects that receive a copy of the metrics
-    (:class:`resprout.engine.loggers.Logger`), besides the ones ``config.loggers`` names."""
+    (:class:`resprout.engine.loggers.Logger`), besides the ones ``config.loggers`` names. ``task``: the run's task
+    before the methods' setup (default :class:`~resprout.engine.task.ClassificationTask`; the re-id task for a
+    re-id set)."""
 
     def __init__(self, config: Config, members: dict[str, nn.Module | Member], train: TrainLoader,
                  evals: dict[str, EvalLoader], methods: list[Method], *, device: torch.device | str = "cpu",
                  run_dir: str | Path | None = None, store: Store | None = None, run_id: str | None = None,
                  progress: Progress | None = None, dist: DistInfo | None = None,
                  full_evals: dict[str, EvalLoader] | None = None,
-                 model_factory: Callable[[], nn.Module] | None = None, loggers: list | None = None) -> None:
+                 model_factory: Callable[[], nn.Module] | None = None, loggers: list | None = None,
+                 task: Task | None = None) -> None:
         self.config = config
         self.model_factory = model_factory
         self.device = torch.device(device)
@@ -108,7 +111,7 @@ class Trainer:
         self.results: dict = {"final": {}, "best": {}, "generations": []}
         self.last_eval: dict[str, dict[str, dict]] = {}  # member -> split -> metrics of the latest evaluation
         self.dataset = None  # the prepared dataset, when the run was built from a config (resprout.run)
-        self.task: Task = ClassificationTask()  # targets, evaluation, metrics (a method may set another)
+        self.task: Task = task or ClassificationTask()  # targets, evaluation, metrics (a method may set another)
         self.update_step: UpdateStep | None = None  # the step being computed (None: the default single step)
         self.scratch: dict[str, Any] = {}  # per batch: what one update step leaves for a later one
         self.resized: str | None = None  # the member whose shapes just changed (during on_member_resized)

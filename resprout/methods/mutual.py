@@ -27,7 +27,8 @@ Choices (options ``dml.<name>``):
   ``placement=replicated`` computes the same thing.
 
 At the end of every generation the peers' *ensemble* (the mean of their probabilities) is evaluated on every split
-and reported as the pseudo-member ``ensemble`` (``results["final"]["ensemble"]`` and per-generation metrics).
+and reported as the pseudo-member ``ensemble`` (``results["final"]["ensemble"]`` and per-generation metrics); not
+on a run whose task does not score the split's labels as classes (re-identification, retrieval).
 """
 
 from __future__ import annotations
@@ -200,6 +201,8 @@ class MutualLearning(Method):
                 self._fresh[name] = trainer.members[name].model(trainer.inputs_of(name))
 
     def on_generation_end(self, trainer) -> None:
+        if not trainer.task.class_scores:  # a re-id or retrieval run: its split labels are not the peers' classes
+            return
         for split in trainer.eval_loaders:
             metrics = self.ensemble_metrics(trainer, split)
             trainer.log_generation("ensemble", {f"{split}_{k}": v for k, v in metrics.items()})

@@ -123,10 +123,10 @@ def fashion_reid(fashion: Dataset | None = None, *, fashion_path: str | os.PathL
     test, then distractors); cameras 1..4; names ``<split>_<index>``."""
     from resprout.errors import ConfigError
 
-    if fashion is None:
-        from resprout.data.sources import load_source
+    if fashion is None:  # the source's own module: the package of sources registers this set's source too
+        from resprout.data.sources.idx import fashion_mnist
 
-        fashion = load_source("fashion-mnist", fashion_path)
+        fashion = fashion_mnist(fashion_path)
     n_classes = fashion.num_classes
     train_set = sorted({int(c) for c in train_classes})
     test_set = [c for c in range(n_classes) if c not in train_set]

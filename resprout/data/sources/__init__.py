@@ -6,10 +6,12 @@ on. Built-in sources (see :func:`available_sources`), one module each in this pa
 8x8 digits, offline), ``fashion-mnist`` and ``mnist`` (IDX files, :mod:`.idx`), ``cifar10`` and ``cifar100`` (the
 python-pickle layouts, :mod:`.cifar`), ``imagefolder`` (class-per-folder trees read with Pillow), the five fine-grained
 sets of the Knowledge Evolution paper in their official layouts (``cub200``, ``flower102``, ``fgvc-aircraft``,
-``mit67``, ``stanford-dogs``; :mod:`.cub`, :mod:`.flowers`, :mod:`.aircraft`, :mod:`.mit67`, :mod:`.dogs`) and
-``synthetic`` (for tests). More can be added with :func:`register_source` (:mod:`.registry`). A source of image
-files may return a :class:`~resprout.data.files.FileDataset` (files and labels): :func:`load_source` decodes it,
-:func:`open_source` keeps it as files.
+``mit67``, ``stanford-dogs``; :mod:`.cub`, :mod:`.flowers`, :mod:`.aircraft`, :mod:`.mit67`, :mod:`.dogs`), the
+re-identification sets ``fashion-reid``, ``market1501`` and ``dukemtmc`` (:mod:`.reid`) and ``synthetic`` (for
+tests). More can be added with :func:`register_source` (:mod:`.registry`). A source of image files may return a
+:class:`~resprout.data.files.FileDataset` (files and labels): :func:`load_source` decodes it, :func:`open_source`
+keeps it as files. A re-identification source returns a :class:`~resprout.data.reid.ReidDataset` (train, query and
+gallery splits with identities and cameras), which :func:`resprout.data.reid.prepared.prepare_reid` makes a run's.
 
 A source's options are the keyword parameters of its function; those it declares with a
 :class:`~resprout.options.Spec` are checked by the shared option validator before the function runs.
@@ -24,6 +26,7 @@ from typing import Any
 from resprout.data.dataset import Dataset, Split, channel_stats
 from resprout.data.files import FileDataset, decode
 from resprout.data.preparation import prepare
+from resprout.data.reid.dataset import ReidDataset
 from resprout.data.sources.registry import KEYWORD, SOURCES, available_sources, register_source
 from resprout.errors import ConfigError
 from resprout.options import unknown_name, validate
@@ -41,7 +44,7 @@ __all__ = [
 ]
 
 
-def load_source(name: str, path: str | os.PathLike | None = None, **options: Any) -> Dataset:
+def load_source(name: str, path: str | os.PathLike | None = None, **options: Any) -> Dataset | ReidDataset:
     """The raw, full dataset of source ``name`` (see :func:`available_sources`), in memory.
 
     ``path`` is the data directory for sources read from disk; ``options`` are the source's own options (e.g.
@@ -53,7 +56,8 @@ def load_source(name: str, path: str | os.PathLike | None = None, **options: Any
     return decode(ds) if isinstance(ds, FileDataset) else ds
 
 
-def open_source(name: str, path: str | os.PathLike | None = None, **options: Any) -> Dataset | FileDataset:
+def open_source(name: str, path: str | os.PathLike | None = None,
+                **options: Any) -> Dataset | FileDataset | ReidDataset:
     """Like :func:`load_source`, but a source of image files returns its :class:`FileDataset` (files and labels,
     nothing decoded yet)."""
     source = SOURCES.get(name)
@@ -74,12 +78,13 @@ def open_source(name: str, path: str | os.PathLike | None = None, **options: Any
     if takes_path:
         kwargs["path"] = path
     ds = source.fn(**kwargs)
-    if not isinstance(ds, (Dataset, FileDataset)):
-        raise TypeError(f"data source {key!r} returned {type(ds).__name__}, expected a Dataset or a FileDataset")
+    if not isinstance(ds, (Dataset, FileDataset, ReidDataset)):
+        raise TypeError(f"data source {key!r} returned {type(ds).__name__}, expected a Dataset, a FileDataset or a "
+                        f"ReidDataset")
     return ds
 
 
 # The built-in sources register themselves when imported; the IDX constants stay importable from here.
 from resprout.data.sources import (aircraft, cifar, cub, digits, dogs, flowers, idx, imagefolder,  # noqa: E402,F401  isort:skip
-                                   mit67, synthetic)
+                                   mit67, reid, synthetic)
 from resprout.data.sources.idx import FASHION_MNIST_CLASSES, IDX_FILES, SYSTEM_DATA_DIRS  # noqa: E402,F401  isort:skip

@@ -78,7 +78,7 @@ def _load_idx(source: str, path: str | os.PathLike | None, classes: list[str]) -
 
 
 @register_source("fashion-mnist")
-def _fashion_mnist(path: str | os.PathLike | None = None) -> Dataset:
+def fashion_mnist(path: str | os.PathLike | None = None) -> Dataset:
     """Fashion-MNIST (60000 train, 10000 test, 28x28 grayscale) from IDX files."""
     return _load_idx("fashion-mnist", path, list(FASHION_MNIST_CLASSES))
 

@@ -36,12 +36,13 @@ def register_source(name: str, *, options: Mapping[str, Spec] | None = None, rep
                     description: str | None = None) -> Callable[[_F], _F]:
     """Register a data source under ``name`` (decorator).
 
-    The function returns a :class:`Dataset`. If it has a parameter called ``path``, it receives the data path
-    (``None`` when the user gave none); its other keyword parameters are the source's options, and
-    :func:`load_source` refuses options it does not declare (unless it takes ``**options``). ``options`` may give
-    a :class:`~resprout.options.Spec` (type, choices, range) for some of them; :func:`load_source` checks those
-    values (strictly: no parsing from strings) before calling the function. ``description`` (default: the
-    function's docstring) is the line ``resprout keys`` shows::
+    The function returns a :class:`Dataset` (or a :class:`~resprout.data.files.FileDataset` of image files, or a
+    :class:`~resprout.data.reid.ReidDataset` of a re-identification set). If it has a parameter called ``path``, it
+    receives the data path (``None`` when the user gave none); its other keyword parameters are the source's
+    options, and :func:`load_source` refuses options it does not declare (unless it takes ``**options``).
+    ``options`` may give a :class:`~resprout.options.Spec` (type, choices, range) for some of them;
+    :func:`load_source` checks those values (strictly: no parsing from strings) before calling the function.
+    ``description`` (default: the function's docstring) is the line ``resprout keys`` shows::
 
         @register_source("my-data", options={"size": Spec(int, min=1)})
         def my_data(path, *, size=32):

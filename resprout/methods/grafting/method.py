@@ -255,8 +255,10 @@ class Grafting(Method):
 
     # -- the ensemble -------------------------------------------------------------------------------------------
     def on_after_evaluate(self, trainer) -> None:
-        """The peers' ensemble (mean probability) on the test split, as the member ``ensemble`` of the results."""
-        if self.options.peers < 2 or "test" not in trainer.full_eval_loaders:
+        """The peers' ensemble (mean probability) on the test split, as the member ``ensemble`` of the results; none
+        when the task's test labels are not the network's classes (a re-id run: its test identities are not the
+        train identities the peers classify; each peer is evaluated by the task alone)."""
+        if self.options.peers < 2 or "test" not in trainer.full_eval_loaders or not trainer.task.class_scores:
             return
         loader = trainer.full_eval_loaders["test"]
         mine, labels = {}, None

@@ -129,11 +129,22 @@ BASE = '''title = "t"\npaper = "ke"\ntables = "Table 2"\nanalog = "a"\nseeds = [
     ('[[rows]]\nlabel = "KD"\nmethod = "kd"\nkeys = { teacher = "@t" }\n', "names no [depends.t]"),
     ('[[claims]]\nclaim = "x"\na = "CE:filters<0.1"\nb = "CE"\n', "the same thing"),
     ('[[claims]]\nclaim = "x"\na = "CE:filters<0.5"\nb = "CE:filters<0.5"\n', "filter shares are recorded"),
+    ('[keys]\nprecision = "fp32"\n', "cannot set precision"),
+    ('[[rows]]\nlabel = "CE bf16"\nmethod = "ce"\nkeys = { precision = "bf16" }\n', "cannot set precision"),
 ])
 def test_bad_files_are_one_line(tmp_path, extra, says):
     text = BASE.replace('[[rows]]', extra + '[[rows]]', 1) if extra.startswith("color") else BASE + extra
     with pytest.raises(ConfigError, match=says.replace("[", r"\[").replace("]", r"\]")):
         load_spec(write(tmp_path, text))
+
+
+def test_the_precision_a_machine_resolved_is_not_part_of_a_results_fingerprint():
+    """A run recorded where precision=auto resolved to fp32 is the same row on a machine where it resolves to bf16
+    (the row's precision column says which); every other key still tells runs apart."""
+    base = {"data": "digits", "model": "cnn", "epochs": 2, "seed": 0}
+    fps = {p: res.portable_fingerprint({**base, "precision": p}) for p in ("fp32", "bf16", "auto")}
+    assert len(set(fps.values())) == 1
+    assert res.portable_fingerprint({**base, "precision": "bf16", "epochs": 3}) != fps["fp32"]
 
 
 def test_the_repository_reproductions_build():
@@ -251,6 +262,24 @@ def test_a_fresh_clone_with_results_trains_nothing(tiny, tmp_path):
 
 
 @pytest.mark.slow
+def test_results_from_a_machine_of_another_precision_are_reused(tiny, tmp_path, monkeypatch):
+    """The tiny table's runs trained where precision=auto is fp32; on a machine where it is bf16 a clone trains
+    nothing and builds the same page."""
+    from resprout import hardware
+
+    resolve = hardware.resolve_precision
+    monkeypatch.setattr(hardware, "resolve_precision", lambda v, d: "bf16" if v == "auto" else resolve(v, d))
+    assert hardware.resolve_auto(reproduce.dependency_config(load_spec(TINY), "teacher"))["precision"] == "bf16"
+    clone = tmp_path / "clone"
+    for part in ("repro", "results"):
+        shutil.copytree(tiny / part, clone / part)
+    (clone / "README.md").write_text((tiny / "README.md").read_text())
+    assert run_main(clone) == 0
+    assert not (clone / "work").exists()
+    assert (clone / "docs" / "reproduction.md").read_text() == (tiny / "docs" / "reproduction.md").read_text()
+
+
+@pytest.mark.slow
 def test_the_page_is_rebuilt_from_results_alone_and_follows_them(tiny, tmp_path):
     clone = tmp_path / "clone"
     for part in ("repro", "results"):
@@ -345,3 +374,32 @@ def test_code_changes_since_a_commit_are_told(tmp_path):
     assert res.code_changed_since(first, tmp_path) is True
     assert res.code_changed_since("0" * 40, tmp_path) is None
     assert res.code_changed_since(None, tmp_path) is None
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_rows_that_answer_every_image_alike_are_told(same):
+    """Two rows whose networks got every test image right or wrong alike at every seed (a method that changed
+    nothing, such as noise scions on a network with no invalid filter) get a note; one image apart, none."""
+    from benchmarks.reproduction import report
+    from benchmarks.reproduction.spec import Claim, parse_ref
+
+    rng = np.random.default_rng(0)
+    rows, bits = [], {}
+    for seed in (0, 1, 2):
+        base = rng.random(200) < 0.8
+        for label in ("baseline", "noise"):
+            got = base.copy()
+            if label == "noise" and not same and seed == 2:
+                got[7] = not got[7]
+            rows.append({"label": label, "seed": seed, "generation": 1, "final": 1, "member": "model",
+                         "role": "row", "top1": float(got.mean()), "test_images": 200})
+            bits[(label, seed, 1, "model")] = {"images": 200, "labels": "x", "bits": pack_bits(torch.from_numpy(got))}
+    claim = Claim("noise scions beat the baseline", parse_ref("noise", "a"), parse_ref("baseline", "b"))
+    out = report.judge_claim(claim, {"t": report.Recorded(rows, bits, [])}, "t")
+    assert out.identical is same
+    by = {(r["label"], r["seed"]): r["top1"] for r in rows}
+    assert out.paired.diff == pytest.approx(np.mean([by[("noise", s)] - by[("baseline", s)] for s in (0, 1, 2)]))
+    assert (out.paired.diff == 0) is same  # one image of 600 apart: +-1/600
+    t = report.TableResult(load_spec(TINY), rows, [out], [], [], [])
+    notes = report._code_note(t)
+    assert any("got every test image right or wrong alike at each of the 3 seeds" in n for n in notes) is same

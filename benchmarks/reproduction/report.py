@@ -37,6 +37,7 @@ class Outcome:
     verdict: str = stats.UNRESOLVED
     missing: str = ""  # why it could not be computed
     single: str = ""  # "a" or "b": that operand is one run (a dependency) paired with every seed of the other
+    identical: bool = False  # A and B got every test image alike at every seed (one of them changed nothing)
 
 
 @dataclass
@@ -123,6 +124,7 @@ def judge_claim(claim: Claim, data: dict[str, Recorded], home: str) -> Outcome:
         A = np.stack([unpack_bits(x["bits"], n) for x, _ in pairs])
         B = np.stack([unpack_bits(y["bits"], n) for _, y in pairs])
         out.paired = stats.paired_from_bits(A, B)
+        out.identical = bool((A == B).all())
     elif images:
         out.paired = stats.paired_from_accuracies(out.a, out.b, images)
     else:
@@ -230,6 +232,11 @@ def _code_note(t: TableResult) -> list[str]:
     if t.other_config:
         lines.append(f"- {len(t.other_config)} recorded runs were trained with another configuration than the "
                      f"reproduction file now gives; they are left out.")
+    for o in t.outcomes:
+        if o.identical:
+            lines.append(f"- {o.claim.a.text()} and {o.claim.b.text()} got every test image right or wrong alike "
+                         f"at each of the {o.paired.n} seeds (the claim \"{o.claim.claim}\"): the difference between "
+                         f"the two rows changed no prediction here.")
     return lines
 
 
@@ -323,6 +330,8 @@ def section(t: TableResult, doc: Path = DOC, figures: Path = FIGURES) -> list[st
     else:
         threads = sorted({r["threads"] for r in finals if r["threads"]})
         prec = sorted({r["precision"] for r in finals if r["precision"]})
+        if len(prec) > 1:  # trained on machines that resolve precision=auto differently: say how many of each
+            prec = [f"{p} ({sum(r['precision'] == p for r in finals)} runs)" for p in prec]
         lines += [f"{len(finals)} runs recorded ({', '.join(map(str, threads)) or '?'} thread(s) per run, "
                   f"precision {', '.join(prec) or '?'}). Top-1 on the whole test set at the last epoch of a run "
                   f"(or of a generation), as the papers report it.", "", rows_table(t), ""]

@@ -10,7 +10,9 @@ on the test set (a packed bitmask in base64, with the test labels' fingerprint),
 exact variance of a paired difference (:mod:`benchmarks.reproduction.stats`).
 
 The fingerprint is the run's configuration fingerprint made portable: a teacher given as a run directory (a path
-of one machine) is replaced by the name and fingerprint of the dependency that trained it. A row is reused only
+of one machine) is replaced by the name and fingerprint of the dependency that trained it, and the precision (what
+``precision=auto`` resolved to on the machine that trained the run: bf16 where the CPU computes it natively, fp32
+elsewhere) is left out, since it is recorded in its own column and the report states it. A row is reused only
 when its label, seed and fingerprint match the current configuration.
 """
 
@@ -44,10 +46,12 @@ _FLOAT = {"top1", "best_top1", "slim_top1", "map", "train_seconds", "wall_second
 
 def portable_fingerprint(config: dict, teachers: dict[str, str] | None = None) -> str:
     """The configuration fingerprint (:meth:`resprout.config.Config.fingerprint`) with every teacher run directory
-    replaced by ``teachers[path]`` (``"@name:<its fingerprint>"``)."""
+    replaced by ``teachers[path]`` (``"@name:<its fingerprint>"``) and without the precision (the machine's: see
+    the module's docstring)."""
     from resprout.config import config_from_dict
 
     ident = config_from_dict(config).identity() if not isinstance(config, Config) else config.identity()
+    ident.pop("precision", None)  # Config.identity already leaves out fp32, so fp32 rows keep their fingerprints
     if ident.get("teacher"):
         ident["teacher"] = [(teachers or {}).get(str(t), (teachers or {}).get(str(Path(t).resolve()), str(t)))
                             for t in ident["teacher"]]

@@ -194,6 +194,15 @@ def parse_ref(text: str, where: str) -> Ref:
     return Ref(m["label"].strip(), gen, what == "slim", None, m["table"], what == "map")
 
 
+def _machine_keys(keys: dict, where: str) -> None:
+    """Refuse ``precision``: a table runs at the machine's ``precision=auto`` and each run records what it resolved
+    to, so that a table's results stay valid on another machine (the results' fingerprint leaves it out,
+    :func:`benchmarks.reproduction.results.portable_fingerprint`); a file that pinned it could not be told apart."""
+    if "precision" in keys:
+        raise ConfigError(f"{where} cannot set precision (a reproduction runs at the machine's precision=auto; each "
+                          f"run's precision is recorded in results/)")
+
+
 def load_spec(path: str | Path) -> Spec:
     """Read and check one reproduction file (rows, references and claims; the keys themselves are checked by
     :func:`resprout.compare.grid.build_grid`, as ``resprout compare`` checks them)."""
@@ -221,11 +230,13 @@ def load_spec(path: str | Path) -> Spec:
         if k in keys:
             raise ConfigError(f"{where}: [keys] cannot set {k} (seeds and the rows' methods are top-level; jobs "
                               f"and threads are the command's; a teacher is a row's key)")
+    _machine_keys(keys, f"{where}: [keys]")
     depends = {}
     for name, dep in raw.get("depends", {}).items():
         if not isinstance(dep, dict) or "seed" not in dep:
             raise ConfigError(f"{where}: [depends.{name}] must be a table of run keys with its own seed")
         depends[name] = _flatten(dep)
+        _machine_keys(depends[name], f"{where}: [depends.{name}]")
     rows = []
     for i, r in enumerate(raw.get("rows", [])):
         w = f"{where}: rows[{i}]"
@@ -235,6 +246,7 @@ def load_spec(path: str | Path) -> Spec:
         for k in ("seed", "seeds", "method"):
             if k in row.keys:
                 raise ConfigError(f"{w}: keys cannot set {k}")
+        _machine_keys(row.keys, f"{w}: keys")
         dep = row.keys.get("teacher")
         if isinstance(dep, str) and dep.startswith(DEP_PREFIX) and dep[1:] not in depends:
             raise ConfigError(f"{w}: teacher {dep!r} names no [depends.{dep[1:]}] of this file")

@@ -12,8 +12,8 @@ same images right and wrong on the whole test set at every generation is what bi
 change in the arithmetic moves some of them. The outcome is written to BENCHMARKS.md (section ``rerun``).
 
 Rows trained from a dependency (a teacher) are refused: their teacher would have to be trained again too. The run
-uses one thread unless told otherwise; a different thread count, device or precision than the recorded run's can
-change the last bits, so the recorded run's own are the default.
+uses the recorded run's thread count unless told otherwise, and always its precision: a different thread count,
+device or precision can change the last bits.
 """
 
 from __future__ import annotations
@@ -91,11 +91,15 @@ def rerun(table: str, label: str, seed: int, threads: int | None, work: Path) ->
                           f"{current[(label, seed)]} now): there is nothing to compare")
     t0 = time.time()
     out = work / "run"
-    train(cell.config, out=out, store=work / "rerun.db", threads=threads or final["threads"] or 1, progress="plain")
+    # the recorded run's precision (what precision=auto resolved to where it trained; the results' fingerprint
+    # leaves it out): another one changes the arithmetic, and bf16 where the CPU only emulates it is refused
+    precision = final["precision"] or "fp32"
+    train(cell.config, out=out, store=work / "rerun.db", threads=threads or final["threads"] or 1, progress="plain",
+          precision=precision)
     new_rows, new_bits = res.export_run(out, label, member=row.member)
     info = {"table": table, "label": label, "seed": seed, "recorded_commit": final["git_commit"],
             "generations": len(old_rows), "test_images": final["test_images"], "minutes": (time.time() - t0) / 60,
-            "threads": threads or final["threads"] or 1}
+            "threads": threads or final["threads"] or 1, "precision": precision}
     return info, compare_runs(old_rows, old_bits, new_rows, new_bits)
 
 
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     line = (f"`python -m benchmarks.rerun {ns.table} \"{ns.label}\" {ns.seed}` ({time.strftime('%Y-%m-%d')}): "
             f"row {ns.label!r}, seed {ns.seed}, of {ns.table}, recorded at commit {info['recorded_commit']}, "
             f"trained again at {commit_of_tree()} ({info['generations']} generation(s), {info['test_images']} test "
-            f"images, {info['threads']} thread(s), {info['minutes']:.1f} min): {verdict}.")
+            f"images, {info['threads']} thread(s), {info['precision']}, {info['minutes']:.1f} min): {verdict}.")
     print(line)
     if not ns.no_write:
         write_section("rerun", ["## A recorded reproduction row, trained again", "", line])

@@ -31,3 +31,28 @@ def test_a_row_without_a_recorded_run_is_refused_naming_what_is_recorded(tmp_pat
     (tmp_path / "t.csv").write_text(",".join(rerun.res.COLUMNS) + "\n")
     with pytest.raises(ConfigError, match=r"results/t.csv has no finished run of row 'x' seed 0; recorded: none"):
         rerun.recorded_run("t", "x", 0, folder=tmp_path)
+
+
+@pytest.mark.parametrize("recorded", ["fp32", "bf16"])
+def test_a_row_trains_again_in_the_precision_it_was_recorded_in(tmp_path, monkeypatch, recorded):
+    """Whatever precision=auto resolves to on this machine, the re-run uses the recorded run's precision (and
+    threads): its fingerprint leaves the precision out, and another one changes the arithmetic."""
+    import resprout.run
+
+    monkeypatch.delenv("RESPROUT_PORTABLE")  # channels_last=auto as on the machine that recorded the row
+    old_rows, old_bits = rerun.recorded_run("ke-table2", "CE, 2x epochs", 0)
+    monkeypatch.setattr(rerun, "recorded_run", lambda *a, **k: (
+        [dict(r, precision=recorded, threads=1) for r in old_rows], old_bits))
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(config, **keys):
+        seen.update(keys)
+        raise Stop
+
+    monkeypatch.setattr(resprout.run, "train", fake_train)
+    with pytest.raises(Stop):
+        rerun.rerun("ke-table2", "CE, 2x epochs", 0, None, tmp_path)
+    assert seen["precision"] == recorded and seen["threads"] == 1

@@ -21,6 +21,7 @@ from resprout.methods.grafting import (
     layer_groups, lr_factors, mix_states, noise_scion, noise_sigma, reestimate_bn, reset_momentum)
 from resprout.run import resume, train
 from tests.conftest import synthetic
+from tests.faults import crash_once_at
 
 
 def official_entropy(x: torch.Tensor, n: int = 10) -> float:
@@ -322,13 +323,7 @@ def test_peers_differ_in_initial_weights_and_data_order_and_the_ensemble_is_the_
 def test_resume_across_a_graft_is_bit_identical(monkeypatch, after):
     keys_ = keys(epochs=3, momentum=0.9, method_options={"graft": after})
     whole = train(**keys_, out="whole")
-    calls = {"n": 0}
-
-    def crash(self, trainer):
-        if (trainer.epoch, trainer.step) == (1, 3) and calls["n"] == 0:  # after the graft at epoch 2's start
-            calls["n"] += 1
-            raise RuntimeError("simulated crash")
-    monkeypatch.setattr(Grafting, "on_batch_start", crash, raising=False)
+    crash_once_at(monkeypatch, Grafting, 1, 3)  # after the graft at epoch 2's start
     with pytest.raises(RuntimeError, match="simulated"):
         train(**keys_, out="crashed")
     monkeypatch.delattr(Grafting, "on_batch_start")

@@ -26,6 +26,7 @@ from resprout.errors import ConfigError
 from resprout.metrics.reid import reid_metrics
 from resprout.models import build_model
 from tests.conftest import FASHION_DIR, needs_fashion
+from tests.faults import crash_once_at
 
 
 def tiny_reid(seed: int = 0, train_ids: int = 6, test_ids: int = 4, size=(16, 8)) -> ReidDataset:
@@ -215,13 +216,7 @@ def test_a_graft_run_on_a_reid_folder_resumes_bit_identically(market, monkeypatc
     keys = dict(data="market1501", data_path=str(market), model="cnn", width=0.25, epochs=3, batch_size=4,
                 method="graft", progress="none")
     whole = resprout.train(**keys, out="whole")
-    calls = {"n": 0}
-
-    def crash(self, trainer):
-        if (trainer.epoch, trainer.step) == (1, 3) and calls["n"] == 0:  # after the graft at epoch 2's start
-            calls["n"] += 1
-            raise RuntimeError("simulated crash")
-    monkeypatch.setattr(Grafting, "on_batch_start", crash, raising=False)
+    crash_once_at(monkeypatch, Grafting, 1, 3)  # after the graft at epoch 2's start
     with pytest.raises(RuntimeError, match="simulated"):
         resprout.train(**keys, out="crashed")
     monkeypatch.delattr(Grafting, "on_batch_start")

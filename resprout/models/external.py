@@ -1,9 +1,16 @@
-"""Models from torchvision (``tv:<name>``) and timm (``timm:<name>``), built untrained.
+"""Models from torchvision (``tv:<name>``, and its detection zoo ``tv-det:<name>``) and timm (``timm:<name>``), built
+untrained.
 
 Both packages are optional; a failure to import either, of any kind, is one line (:func:`import_package`). Extra
 options are passed to the external factory unchecked. After building, in-place activations are switched off (they
 would overwrite features captured by forward hooks) and, for torchvision, the first conv is replaced when
 ``in_channels != 3`` (timm does that itself through ``in_chans``).
+
+A detector (``tv-det:fasterrcnn_mobilenet_v3_large_fpn``, ``tv-det:fasterrcnn_resnet50_fpn``, ...) is built with
+``weights=None`` and ``weights_backbone=None`` (nothing is downloaded; its backbone then trains with ordinary batch
+norm, every layer trainable) and ``num_classes`` + 1 outputs (torchvision's label 0 is the background). Its options
+(``min_size``, ``max_size``, ``box_detections_per_img``, ...) go to torchvision's builder, through ``model.<key>=``.
+It takes 3-channel images (a detection set's loader repeats grayscale ones).
 """
 
 from __future__ import annotations
@@ -16,7 +23,13 @@ from torch import nn
 from resprout.errors import ConfigError
 from resprout.models._common import init_weights
 
-_PACKAGES = {"tv": "torchvision", "timm": "timm"}
+_PACKAGES = {"tv": "torchvision", "tv-det": "torchvision", "timm": "timm"}
+DETECTOR_PREFIX = "tv-det:"
+
+
+def is_detector(name: str) -> bool:
+    """Whether the model name ``name`` is a detector of torchvision's detection zoo (``tv-det:<name>``)."""
+    return isinstance(name, str) and name.startswith(DETECTOR_PREFIX)
 # A plain `pip install torchvision` (or timm, which depends on it) picks the newest release, whose torch pin
 # replaces the installed torch by another build (on x86_64 a CUDA build of several GB): the hint names the route.
 INSTALL_HINT = ("install the torchvision (and timm) release built for this torch, with torch pinned in the same "
@@ -81,6 +94,8 @@ def build_external(name: str, *, in_channels: int, num_classes: int, **options: 
     if not model_name:
         raise ConfigError(f"model {name!r} needs a name after '{prefix}:', e.g. '{prefix}:resnet18'")
     package = _import(name, prefix)
+    if prefix == "tv-det":
+        return _build_detector(package, name, model_name, in_channels=in_channels, num_classes=num_classes, **options)
     try:
         if prefix == "tv":
             model = package.models.get_model(model_name, weights=None, num_classes=num_classes, **options)
@@ -93,5 +108,29 @@ def build_external(name: str, *, in_channels: int, num_classes: int, **options: 
         raise ConfigError(f"cannot build model {name!r}: {message}") from None
     if prefix == "tv" and in_channels != 3:
         _adapt_first_conv(model, in_channels)
+    _disable_inplace(model)
+    return model
+
+
+def _build_detector(torchvision, name: str, model_name: str, *, in_channels: int, num_classes: int,
+                    **options: Any) -> nn.Module:
+    """A torchvision detector, untrained, with ``num_classes`` object classes (+ the background)."""
+    if in_channels != 3:
+        raise ConfigError(f"model {name!r} takes 3-channel images; got in_channels={in_channels}")
+    for key in ("weights", "weights_backbone", "num_classes"):
+        if key in options:
+            raise ConfigError(f"model {name!r}: {key} is set by resprout (weights=None, weights_backbone=None, "
+                              f"num_classes = the data's classes + 1); leave model.{key} out")
+    detection = torchvision.models.detection
+    if model_name not in detection.__dict__ or model_name.startswith("_") or not callable(detection.__dict__[model_name]) \
+            or isinstance(detection.__dict__[model_name], type):
+        known = sorted(n for n in torchvision.models.list_models(detection))
+        raise ConfigError(f"unknown torchvision detector {model_name!r}; known: {', '.join(known)}")
+    try:
+        model = detection.__dict__[model_name](weights=None, weights_backbone=None, num_classes=num_classes + 1,
+                                               **options)
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot build model {name!r}: {message}") from None
     _disable_inplace(model)
     return model

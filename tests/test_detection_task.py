@@ -1,0 +1,193 @@
+"""Detection as a trainer task: the task's metrics against detection_map called by hand on the model's own
+predictions, a tiny ce run whose stored mAP equals a re-evaluation of its checkpoint, a resume that is bit-identical,
+the loader's seeded order and flips, the sources, and every refusal (one line, exit 2, nothing written).
+
+The tests marked ``vision`` need torchvision and pycocotools (make test-vision); the others run anywhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import resprout
+from resprout.cli import main
+from resprout.data.detection import DetectionDataset, write_coco, write_voc
+from resprout.data.detection.canvas import make_canvases
+from resprout.data.detection.loaders import DetectionData, DetectionEvalLoader, DetectionTrainLoader
+from resprout.data.sources import load_source
+from resprout.engine.store import Store
+from tests.conftest import FASHION_DIR, needs_fashion
+
+DETECTOR = "tv-det:fasterrcnn_mobilenet_v3_large_fpn"
+# a detector small enough for a test: 64-pixel inputs, few proposals
+TINY = {"min_size": 64, "max_size": 64, "rpn_pre_nms_top_n_train": 50, "rpn_post_nms_top_n_train": 20,
+        "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 20, "box_batch_size_per_image": 32}
+
+
+def blob_items(n: int = 60) -> tuple[torch.Tensor, torch.Tensor]:
+    """Items like Fashion-MNIST's: a bright blob on black, 28x28, three classes whose blobs differ in shape."""
+    g = np.random.default_rng(1)
+    items = np.zeros((n, 1, 28, 28), dtype=np.uint8)
+    labels = g.integers(0, 3, size=n)
+    for i, k in enumerate(labels):
+        h, w = ((20, 8), (8, 20), (16, 16))[k]
+        y, x = g.integers(0, 28 - h), g.integers(0, 28 - w)
+        items[i, 0, y:y + h, x:x + w] = g.integers(80, 256)
+    return torch.from_numpy(items), torch.from_numpy(labels)
+
+
+def tiny_canvases(n_train: int = 8, n_test: int = 4) -> dict[str, DetectionDataset]:
+    items, labels = blob_items()
+    common = dict(canvas_size=64, objects=(1, 2), scale=(1.0, 1.5))
+    return {split: make_canvases(items, labels, ["tall", "wide", "square"], n, seed=s, id_prefix=f"{split}_",
+                                 **common)
+            for split, n, s in (("train", n_train, 0), ("test", n_test, 1))}
+
+
+@pytest.fixture
+def voc(tmp_path) -> Path:
+    root = tmp_path / "voc"
+    for split, ds in tiny_canvases().items():
+        write_voc(ds, root, split)
+    return root
+
+
+def voc_keys(root: Path) -> list[str]:
+    return ["data=voc", f"data_path={root}", "data.train_set=train", "data.test_set=test"]
+
+
+def one_line(text: str, *fragments: str) -> None:
+    assert text.count("\n") <= 1 and text.strip(), text
+    for f in fragments:
+        assert f in text, f"{f!r} not in {text!r}"
+
+
+def assert_nothing_written(tmp_path: Path) -> None:
+    assert not (tmp_path / "run").exists()
+    runs = tmp_path / "runs"
+    if (runs / "resprout.db").exists():
+        with Store(runs / "resprout.db") as store:
+            assert [r.status for r in store.runs()] in ([], ["failed"])
+
+
+# -- data: the loader and the sources ----------------------------------------------------------------------------------
+def test_the_loader_is_seeded_and_flips_boxes_with_their_image():
+    ds = tiny_canvases()["train"]
+    loader = DetectionTrainLoader(ds, batch_size=3, seed=5, augment="flip")
+    assert loader.steps(0, 0) == 3 and [len(b) for b in loader.plan(0, 0)] == [3, 3, 2]
+    order = torch.cat(loader.plan(0, 0)).tolist()
+    assert sorted(order) == list(range(8)) and order != torch.cat(loader.plan(0, 1)).tolist()
+    flipped = unflipped = 0
+    for seed, step in ((seed, step) for seed in (5, 6, 7) for step in range(3)):
+        loader = DetectionTrainLoader(ds, batch_size=3, seed=seed, augment="flip")
+        images, targets = loader.batch(0, 0, step)
+        again = DetectionTrainLoader(ds, batch_size=3, seed=seed, augment="flip").batch(0, 0, step)
+        for i, x, t, y, u in zip(loader.plan(0, 0)[step].tolist(), images, targets, *again, strict=True):
+            assert torch.equal(x, y) and torch.equal(t["boxes"], u["boxes"])  # a pure function of the step
+            plain = ds.images[i].float().div(255).expand(3, -1, -1)
+            assert x.shape == (3, 64, 64) and torch.equal(t["labels"], ds.labels[i] + 1)
+            if torch.equal(x, plain):
+                unflipped += 1
+                assert torch.equal(t["boxes"], ds.boxes[i])
+            else:
+                flipped += 1
+                assert torch.equal(x, plain.flip(2))
+                b = ds.boxes[i]
+                assert torch.equal(t["boxes"], torch.stack([64 - b[:, 2], b[:, 1], 64 - b[:, 0], b[:, 3]], 1))
+                if len(b) == 1:  # the object's bright pixels are inside its flipped box: it moved with its image
+                    x1, y1, x2, y2 = (int(v) for v in t["boxes"][0])
+                    bright = x[0] > 16 / 255  # make_canvases's box threshold
+                    assert bright[y1:y2, x1:x2].sum() == bright.sum() > 0
+    assert flipped and unflipped
+
+
+def test_the_voc_and_coco_sources_read_both_splits(voc, tmp_path):
+    ds = load_source("voc", voc, train_set="train", test_set="test")
+    want = tiny_canvases()
+    assert isinstance(ds, DetectionData) and ds.classes == sorted(["tall", "wide", "square"])
+    assert len(ds.train) == 8 and len(ds.test) == 4 and ds.input_shape == (3, 64, 64)
+    assert ds.train.num_objects == want["train"].num_objects
+    coco = tmp_path / "coco"
+    for split, part in want.items():
+        write_coco(part, coco / f"{split}.json", coco / split)
+    ds = load_source("coco", coco, train_json="train.json", test_json="test.json", train_images="train",
+                     test_images="test")
+    assert ds.classes == ["tall", "wide", "square"] and len(ds.test) == 4
+    assert [torch.equal(a, b) for a, b in zip(ds.test.boxes, want["test"].boxes)] == [True] * 4
+
+
+@needs_fashion
+def test_the_fashion_canvas_source_is_seeded():
+    opts = dict(n_train=3, n_test=2, canvas_size=64, objects=[1, 2], scale=[0.75, 1.5])
+    a = load_source("fashion-canvas", FASHION_DIR, **opts, seed=1)
+    b = load_source("fashion-canvas", FASHION_DIR, **opts, seed=1)
+    c = load_source("fashion-canvas", FASHION_DIR, **opts, seed=2)
+    assert len(a.train) == 3 and len(a.test) == 2 and a.num_classes == 10 and a.input_shape == (3, 64, 64)
+    assert all(torch.equal(x, y) for x, y in zip(a.train.images, b.train.images))
+    assert not all(torch.equal(x, y) for x, y in zip(a.train.images, c.train.images))
+
+
+# -- refusals (the model is never built: they hold without torchvision too) --------------------------------------------
+@pytest.mark.parametrize("keys,says", [
+    (["model=cnn"], "data=voc is a detection set; model=cnn is not a detector: use model=tv-det:<name>"),
+    ([f"model={DETECTOR}", "method=ls"], "method=ls: ls does not train a detector (data=voc); use method=ce"),
+    ([f"model={DETECTOR}", "method=graft"], "graft does not train a detector"),
+    ([f"model={DETECTOR}", "method=kd", "teacher=nowhere"], "kd does not train a detector"),
+    ([f"model={DETECTOR}", "per_class=2"], "per_class=2 does not apply to a detection set"),
+    ([f"model={DETECTOR}", "image_size=32"], "image_size=32 does not apply to a detection set"),
+    ([f"model={DETECTOR}", "augment=crop+flip"], "augment=crop+flip does not apply to a detection set"),
+])
+def test_bad_combinations_are_one_line_exit_2_and_write_nothing(voc, tmp_path, capsys, keys, says):
+    assert main(["train", *voc_keys(voc), *keys, "epochs=1", "--out", str(tmp_path / "run")]) == 2
+    one_line(capsys.readouterr().err, says)
+    assert_nothing_written(tmp_path)
+
+
+def test_a_detector_on_classification_data_is_refused(tmp_path, capsys):
+    assert main(["train", "data=synthetic", f"model={DETECTOR}", "epochs=1", "--out", str(tmp_path / "run")]) == 2
+    one_line(capsys.readouterr().err, f"model={DETECTOR} is a detector; data=synthetic is not a detection set")
+    assert_nothing_written(tmp_path)
+
+
+VOC_OBJECT = ("<object><name>{cls}</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin><ymin>1</ymin>"
+              "<xmax>{x2}</xmax><ymax>9</ymax></bndbox></object>")
+
+
+@pytest.mark.parametrize("xml,says", [
+    ("", "is empty"),
+    ("<annotation><size><width>64</width>", "is not well-formed XML"),
+    ("<annotation><filename>{name}</filename><size><width>64</width><height>64</height><depth>3</depth></size>"
+     + VOC_OBJECT.format(cls="tall", x1=60, x2=70) + "</annotation>", "is empty or outside the 64x64 image"),
+    ("<annotation><filename>{name}</filename><size><width>64</width><height>64</height><depth>3</depth></size>"
+     + VOC_OBJECT.format(cls="zebra", x1=1, x2=7) + "</annotation>", "class 'zebra' is not one of the 3 classes"),
+])
+def test_a_bad_voc_file_is_one_line_through_the_cli(voc, tmp_path, capsys, xml, says):
+    xml_file = sorted((voc / "Annotations").glob("test_*.xml"))[0]
+    name = next(p.name for p in (voc / "JPEGImages").iterdir() if p.stem == xml_file.stem)
+    xml_file.write_text(xml.format(name=name))
+    assert main(["train", *voc_keys(voc), f"model={DETECTOR}", "epochs=1", "--out", str(tmp_path / "run")]) == 2
+    one_line(capsys.readouterr().err, xml_file.name, says)
+    assert_nothing_written(tmp_path)
+
+
+def test_a_malformed_coco_file_is_one_line_through_the_cli(tmp_path, capsys):
+    coco = tmp_path / "coco"
+    for split, part in tiny_canvases().items():
+        write_coco(part, coco / f"{split}.json", coco / split)
+    (coco / "test.json").write_text('{"images": [')
+    keys = ["data=coco", f"data_path={coco}", "data.train_json=train.json", "data.test_json=test.json",
+            "data.train_images=train", "data.test_images=test", f"model={DETECTOR}"]
+    assert main(["train", *keys, "epochs=1", "--out", str(tmp_path / "run")]) == 2
+    one_line(capsys.readouterr().err, "test.json", "JSON")
+    assert_nothing_written(tmp_path)
+    data = json.loads((coco / "train.json").read_text())
+    data["annotations"][0]["bbox"] = [60.0, 1.0, 10.0, 5.0]  # past the 64-pixel image's right edge
+    (coco / "train.json").write_text(json.dumps(data))
+    (coco / "test.json").write_text((coco / "train.json").read_text())
+    assert main(["train", *keys, "epochs=1", "--out", str(tmp_path / "run")]) == 2
+    one_line(capsys.readouterr().err, "train.json", "outside")
+    assert_nothing_written(tmp_path)

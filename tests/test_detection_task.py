@@ -191,3 +191,121 @@ def test_a_malformed_coco_file_is_one_line_through_the_cli(tmp_path, capsys):
     assert main(["train", *keys, "epochs=1", "--out", str(tmp_path / "run")]) == 2
     one_line(capsys.readouterr().err, "train.json", "outside")
     assert_nothing_written(tmp_path)
+
+
+# -- the task (vision: torchvision's detectors, pycocotools) ------------------------------------------------------------
+class Oracle(torch.nn.Module):
+    """A stand-in detector that returns, for the images it is given in order, the ground truth of ``dataset`` with
+    labels shifted by ``shift`` and scores 0.9: what the task must score as mAP 1 (shift 0) or 0 (another class)."""
+
+    def __init__(self, dataset: DetectionDataset, shift: int = 0) -> None:
+        super().__init__()
+        self.dataset, self.shift, self.seen = dataset, shift, 0
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images, targets=None):
+        out = []
+        for image in images:
+            t = self.dataset.target(self.seen)
+            assert image.shape == (3, *self.dataset.images[self.seen].shape[1:])
+            labels = (t["labels"] - 1 + self.shift) % self.dataset.num_classes + 1
+            out.append({"boxes": t["boxes"], "labels": labels, "scores": torch.full((len(labels),), 0.9)})
+            self.seen += 1
+        return out
+
+
+@pytest.mark.vision
+def test_the_task_scores_the_ground_truth_1_and_another_class_0():
+    from resprout.engine.detection import DetectionTask
+
+    test = tiny_canvases()["test"]
+    for shift, want in ((0, 1.0), (1, 0.0)):
+        got = DetectionTask().evaluate(Oracle(test, shift), DetectionEvalLoader(test, batch_size=3))
+        assert got == {"top1": want, "map_50": want, "map": want, "map_75": want}
+
+
+def tiny_detector(num_classes: int = 3, seed: int = 0):
+    from resprout.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model(DETECTOR, in_channels=3, num_classes=num_classes, **TINY)
+
+
+@pytest.mark.vision
+def test_the_task_is_detection_map_of_the_models_own_predictions():
+    from resprout.engine.detection import DetectionTask
+    from resprout.metrics.detection import detection_map
+
+    data = tiny_canvases()
+    model = tiny_detector()
+    loader = DetectionTrainLoader(data["train"], batch_size=4, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    for step in range(4):  # a few steps, so that the detections are not all alike
+        opt.zero_grad()
+        sum(model(*loader.batch(0, step // 2, step % 2)).values()).backward()
+        opt.step()
+    test = data["test"]
+    got = DetectionTask().evaluate(model, DetectionEvalLoader(test, batch_size=3))
+    assert model.training  # its mode is restored
+    model.eval()
+    with torch.no_grad():  # by hand: the whole split in one call, the grayscale canvases as three channels
+        predictions = model([img.float().div(255).repeat(3, 1, 1) for img in test.images])
+    want = detection_map(predictions, test)
+    assert got["top1"] == got["map_50"] and got["map_50"] == pytest.approx(want["map_50"], abs=1e-6)
+    assert got["map"] == pytest.approx(want["map"], abs=1e-6) and got["map_75"] == pytest.approx(want["map_75"],
+                                                                                                 abs=1e-6)
+    assert sum(len(p["boxes"]) for p in predictions) > 0
+
+
+def run_keys(root: Path, **more) -> dict:
+    return {**dict(data="voc", data_path=str(root), data_options={"train_set": "train", "test_set": "test"},
+                   model=DETECTOR, model_options=TINY, epochs=2, batch_size=4, lr=0.02, precision="fp32",
+                   progress="none"), **more}
+
+
+@pytest.mark.vision
+def test_a_tiny_ce_run_stores_the_map_of_a_re_evaluation_of_its_checkpoint(voc, tmp_path):
+    from resprout.data.detection import read_voc
+    from resprout.engine.checkpoint import load_file
+    from resprout.engine.rundir import read_run_file
+    from resprout.metrics.detection import evaluate_detector
+
+    out = tmp_path / "ce"
+    res = resprout.train(**run_keys(voc), out=out)
+    model = tiny_detector()
+    model.load_state_dict(load_file(out / "checkpoint.pt")["members"]["model"]["model"])
+    want = evaluate_detector(model, read_voc(voc, "test", classes=["square", "tall", "wide"]))  # the metrics' own path
+    info = read_run_file(out)
+    with Store(info["store"]) as store:
+        rows = store.epoch_metrics(info["run_id"])
+    stored = {metric: value for m, g, e, split, metric, value in rows if (m, e, split) == ("model", 1, "test")}
+    assert stored.keys() == {"top1", "map_50", "map", "map_75"} and stored["top1"] == stored["map_50"]
+    for key in ("map_50", "map", "map_75"):
+        assert stored[key] == pytest.approx(want[key], abs=1e-6), key
+        assert res["final"]["model"][key] == stored[key]
+    train = {metric for m, g, e, split, metric, value in rows if (m, e, split) == ("model", 1, "train")}
+    assert {"loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"} <= train
+
+
+@pytest.mark.vision
+def test_a_ce_run_on_a_detector_resumes_bit_identically(voc, tmp_path, monkeypatch):
+    from resprout.engine.checkpoint import load_file
+    from resprout.methods.classification import CrossEntropy
+
+    keys = run_keys(voc, epochs=3)
+    whole = resprout.train(**keys, out=tmp_path / "whole")
+    calls = {"n": 0}
+
+    def crash(self, trainer):
+        if (trainer.epoch, trainer.step) == (1, 1) and calls["n"] == 0:  # mid-epoch, after a checkpoint
+            calls["n"] += 1
+            raise RuntimeError("simulated crash")
+    monkeypatch.setattr(CrossEntropy, "on_batch_start", crash, raising=False)
+    with pytest.raises(RuntimeError, match="simulated"):
+        resprout.train(**keys, out=tmp_path / "crashed")
+    monkeypatch.delattr(CrossEntropy, "on_batch_start")
+    again = resprout.resume(tmp_path / "crashed", progress="none")
+    a = load_file(tmp_path / "whole/checkpoint.pt")["members"]["model"]["model"]
+    b = load_file(tmp_path / "crashed/checkpoint.pt")["members"]["model"]["model"]
+    assert a.keys() == b.keys() and all(torch.equal(v, b[k]) for k, v in a.items())
+    assert again["final"] == whole["final"]

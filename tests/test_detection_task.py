@@ -136,7 +136,9 @@ def test_the_fashion_canvas_source_is_seeded():
     (["model=cnn"], "data=voc is a detection set; model=cnn is not a detector: use model=tv-det:<name>"),
     ([f"model={DETECTOR}", "method=ls"], "method=ls: ls does not train a detector (data=voc); use method=ce"),
     ([f"model={DETECTOR}", "method=graft"], "graft does not train a detector"),
-    ([f"model={DETECTOR}", "method=kd", "teacher=nowhere"], "kd does not train a detector"),
+    ([f"model={DETECTOR}", "method=fitnet", "teacher=nowhere"], "fitnet does not train a detector"),
+    ([f"model={DETECTOR}", "method=dln", "teacher=nowhere"], "dln does not train a detector"),
+    ([f"model={DETECTOR}", "method=ktan", "teacher=nowhere"], "ktan does not train a detector"),
     ([f"model={DETECTOR}", "per_class=2"], "per_class=2 does not apply to a detection set"),
     ([f"model={DETECTOR}", "image_size=32"], "image_size=32 does not apply to a detection set"),
     ([f"model={DETECTOR}", "augment=crop+flip"], "augment=crop+flip does not apply to a detection set"),
@@ -309,3 +311,73 @@ def test_a_ce_run_on_a_detector_resumes_bit_identically(voc, tmp_path, monkeypat
     b = load_file(tmp_path / "crashed/checkpoint.pt")["members"]["model"]["model"]
     assert a.keys() == b.keys() and all(torch.equal(v, b[k]) for k, v in a.items())
     assert again["final"] == whole["final"]
+
+
+# -- kd on a detector ---------------------------------------------------------------------------------------------------
+class Probe:
+    """A method that keeps what kd's first step computed: its loss terms, the student's tapped class logits and
+    proposals, the batch's images and the detector's own losses."""
+
+    @staticmethod
+    def make():
+        from resprout.engine.method import Method
+        from resprout.methods.detectors import CLS_SCORE, ROI_POOL
+
+        class ProbeMethod(Method):
+            name = "probe"
+            detection = True
+            seen: list = []
+
+            def on_batch_end(self, ctx):
+                if not self.seen:
+                    _, proposals, sizes = ctx.taps.input("model", ROI_POOL)
+                    self.seen.append(dict(terms={n: v.detach() for _, n, v in ctx.terms},
+                                          student=ctx.taps.output("model", CLS_SCORE).detach(),
+                                          proposals=proposals, sizes=sizes, images=ctx.inputs,
+                                          losses={k: v.detach() for k, v in ctx.outputs["model"].items()}))
+
+        return ProbeMethod
+
+
+@pytest.mark.vision
+def test_kd_on_a_detector_is_the_formula_on_the_teachers_logits_for_the_students_proposals(voc, tmp_path):
+    from torchvision.models.detection.transform import resize_boxes
+
+    from resprout.models import build_model
+
+    probe = Probe.make()
+    torch.manual_seed(1)
+    teacher = build_model(DETECTOR, in_channels=3, num_classes=3, **{**TINY, "min_size": 96, "max_size": 96})
+    teacher.eval()  # resizes to 96 pixels, the student to 64: the proposals are moved to its size
+    resprout.train(**run_keys(voc, epochs=1, method="kd+probe", methods=[probe],
+                              method_options={"kd": {"temperature": 2.0, "weight": 0.7}}),
+                   teacher=teacher, out=tmp_path / "kd")
+    seen = probe.seen[0]
+    student, proposals, sizes = seen["student"], seen["proposals"], seen["sizes"]
+    assert student.shape == (sum(len(p) for p in proposals), 4) and len(proposals) == 4
+    with torch.no_grad():  # by hand: the teacher's pieces called one by one, torchvision's resize_boxes
+        batch, _ = teacher.transform(seen["images"])
+        assert batch.image_sizes[0] == (96, 96) and sizes[0] == (64, 64)
+        boxes = [resize_boxes(p, s, t) for p, s, t in zip(proposals, sizes, batch.image_sizes)]
+        pooled = teacher.roi_heads.box_roi_pool(teacher.backbone(batch.tensors), boxes, batch.image_sizes)
+        logits = teacher.roi_heads.box_predictor.cls_score(teacher.roi_heads.box_head(pooled).flatten(1))
+    t = 2.0
+    p_t = torch.softmax(logits / t, 1)
+    kl = (p_t * (p_t.log() - torch.log_softmax(student / t, 1))).sum(1).mean()
+    terms = seen["terms"]
+    assert terms["kd"] == pytest.approx(float(0.7 * t * t * kl), rel=1e-5) and float(terms["kd"]) > 0
+    assert terms["classifier"] == pytest.approx(float(0.3 * seen["losses"]["loss_classifier"]), rel=1e-6)
+    for name in ("box_reg", "objectness", "rpn_box_reg"):  # the teacher says nothing about boxes: kept as they are
+        assert terms[name] == pytest.approx(float(seen["losses"][f"loss_{name}"]), rel=1e-6)
+
+
+@pytest.mark.vision
+def test_a_kd_run_takes_a_detector_run_as_its_teacher_and_refuses_a_classifier(voc, tmp_path, capsys):
+    resprout.train(**run_keys(voc, epochs=1), out=tmp_path / "teacher")
+    res = resprout.train(**run_keys(voc, epochs=1, method="kd"), teacher=str(tmp_path / "teacher"),
+                         out=tmp_path / "student")
+    assert set(res["final"]["model"]) == {"top1", "map_50", "map", "map_75"}
+    with pytest.raises(Exception) as e:
+        resprout.train(**run_keys(voc, epochs=1, method="kd"), teacher=torch.nn.Linear(3, 4), out=tmp_path / "x")
+    one_line(str(e.value), "is not a torchvision two-stage detector")
+    assert not (tmp_path / "x").exists()

@@ -19,10 +19,10 @@ methods by mAP; this is what such a run needs from the loop:
   that the epoch line, the tables and the choice of the best epoch read it as they read a top-1. Per-image
   correctness is not kept (an image's detections are not one right-or-wrong answer). In one process.
 
-Only ``ce`` trains a detector for now: the distillation methods (``kd``, ``fitnet``, ``dln``, ``ktan``) read a
-teacher's class logits or feature maps computed on the same inputs as a classifier's, and on a detector they would
-need the teacher to score the student's own proposals; they are refused on detection data
-(:func:`resprout.run.create_trainer`) until that is built.
+Two methods train a detector: ``ce`` and ``kd`` (KD on the box head's class logits, the teacher detector scoring the
+student's own proposals: :mod:`resprout.methods.detectors`). ``fitnet``, ``dln`` and ``ktan`` are refused on
+detection data (:func:`resprout.run.create_trainer`): their regressor is pre-trained through a classification head
+(KTAN's Algorithm 1) and their probes forward a batch of zeros, neither of which has a detection counterpart yet.
 """
 
 from __future__ import annotations

@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from resprout.data.detection.loaders import DetectionData
 from resprout.engine.members import Member
 from resprout.errors import ConfigError
+from resprout.methods.detectors import check_detector
 
 if TYPE_CHECKING:
     from resprout.engine.trainer import Trainer
@@ -157,7 +159,10 @@ def _teacher(name: str, entry: str, count: int, modules: Any, in_channels: int, 
     else:
         model, _ = load_run_model(entry, in_channels=in_channels, num_classes=num_classes, what=what,
                                   same_data_as=student)
-    check_classes(model, num_classes, tuple(ds.input_shape), what)
+    if isinstance(ds, DetectionData):
+        check_detector(model, num_classes, what)
+    else:
+        check_classes(model, num_classes, tuple(ds.input_shape), what)
     return Member(name, model, trainable=False, evaluate=False, task=False, logits=True, manual=True)
 
 

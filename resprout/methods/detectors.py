@@ -1,0 +1,69 @@
+"""Distillation on torchvision's two-stage detectors (Faster R-CNN): what KTAN's Table II needs of a teacher detector.
+
+KTAN (Liu et al., Sec. IV-B, "Object detection") distils a Faster R-CNN student from a larger Faster R-CNN teacher
+and describes where KD acts: the RPN generates candidate boxes, each is mapped onto the feature map and classified,
+so "a softmax output of a large model only contains the probability" of each candidate's class. KD therefore acts on
+the box head's class logits (``roi_heads.box_predictor.cls_score``), candidate by candidate.
+
+**The same candidates.** Student and teacher each have their own RPN; their proposals differ, and the logits of two
+different boxes cannot be compared. The teacher here scores the *student's* sampled proposals: the boxes the
+student's box head classified in this step (the input of its ``roi_heads.box_roi_pool``, captured by a feature tap)
+are pooled from the teacher's own feature maps and classified by the teacher's box head
+(:func:`teacher_proposal_logits`), so both distributions are over the same boxes, row for row. The teacher's RPN
+is not run. Proposals are in the coordinates of the student's resized images; a teacher that resizes its inputs to
+another size (``model.min_size``) gets them scaled by the ratio of the two resized sizes, per image (what
+torchvision's ``resize_boxes`` does). This is resprout's choice: the paper does not say how the two sets of
+candidates are matched.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from resprout.errors import ConfigError
+
+__all__ = ["CLS_SCORE", "ROI_POOL", "check_detector", "scale_boxes", "teacher_proposal_logits"]
+
+#: the box head's class logits (one row per sampled proposal) and the RoI pooling that reads the proposals
+CLS_SCORE = "roi_heads.box_predictor.cls_score"
+ROI_POOL = "roi_heads.box_roi_pool"
+
+
+def check_detector(model: nn.Module, num_classes: int, what: str) -> None:
+    """Refuse (one line) a network that is not a torchvision two-stage detector with ``num_classes`` object classes
+    (its box head scores ``num_classes + 1``, the background included)."""
+    try:
+        cls_score = model.get_submodule(CLS_SCORE)
+        for path in ("transform", "backbone", ROI_POOL, "roi_heads.box_head"):
+            model.get_submodule(path)
+    except AttributeError:
+        raise ConfigError(f"{what} is not a torchvision two-stage detector (no {CLS_SCORE}); a detection run's "
+                          f"teacher is a detector run directory (model=tv-det:<name>)") from None
+    if not isinstance(cls_score, nn.Linear) or cls_score.out_features != num_classes + 1:
+        width = getattr(cls_score, "out_features", "?")
+        raise ConfigError(f"{what} scores {width} classes with the background, this run's data "
+                          f"{num_classes} + 1")
+
+
+def scale_boxes(boxes: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> torch.Tensor:
+    """``(x1, y1, x2, y2)`` boxes of an image resized to ``from_size`` (height, width) moved to ``to_size``."""
+    ry, rx = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    return boxes * boxes.new_tensor([rx, ry, rx, ry])
+
+
+def teacher_proposal_logits(teacher: nn.Module, images: list[torch.Tensor], proposals: list[torch.Tensor],
+                            student_sizes: list[tuple[int, int]]) -> torch.Tensor:
+    """The teacher's box-head class logits on the student's proposals: ``teacher`` resizes and normalizes
+    ``images`` with its own transform, computes its feature maps, pools every proposal (moved from the student's
+    resized size ``student_sizes[i]`` to its own) and classifies it. One row per proposal, in the order of
+    ``torch.cat(proposals)`` (the student's ``cls_score`` rows). Call it without gradient, the teacher in eval
+    mode."""
+    batch, _ = teacher.transform(images)
+    features = teacher.backbone(batch.tensors)
+    if isinstance(features, torch.Tensor):
+        features = {"0": features}
+    boxes = [scale_boxes(p, s, t) for p, s, t in zip(proposals, student_sizes, batch.image_sizes, strict=True)]
+    heads = teacher.roi_heads
+    logits, _ = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, boxes, batch.image_sizes)))
+    return logits

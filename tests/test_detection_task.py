@@ -134,9 +134,8 @@ def test_the_fashion_canvas_source_is_seeded():
 # -- refusals (the model is never built: they hold without torchvision too) --------------------------------------------
 @pytest.mark.parametrize("keys,says", [
     (["model=cnn"], "data=voc is a detection set; model=cnn is not a detector: use model=tv-det:<name>"),
-    ([f"model={DETECTOR}", "method=ls"], "method=ls: ls does not train a detector (data=voc); use method=ce"),
+    ([f"model={DETECTOR}", "method=ls"], "method=ls: ls does not train a detector (data=voc); use method=ce, kd or fitnet"),
     ([f"model={DETECTOR}", "method=graft"], "graft does not train a detector"),
-    ([f"model={DETECTOR}", "method=fitnet", "teacher=nowhere"], "fitnet does not train a detector"),
     ([f"model={DETECTOR}", "method=dln", "teacher=nowhere"], "dln does not train a detector"),
     ([f"model={DETECTOR}", "method=ktan", "teacher=nowhere"], "ktan does not train a detector"),
     ([f"model={DETECTOR}", "per_class=2"], "per_class=2 does not apply to a detection set"),
@@ -381,3 +380,61 @@ def test_a_kd_run_takes_a_detector_run_as_its_teacher_and_refuses_a_classifier(v
         resprout.train(**run_keys(voc, epochs=1, method="kd"), teacher=torch.nn.Linear(3, 4), out=tmp_path / "x")
     one_line(str(e.value), "is not a torchvision two-stage detector")
     assert not (tmp_path / "x").exists()
+
+
+# -- fitnet on a detector -----------------------------------------------------------------------------------------------
+def hint_probe():
+    import copy
+
+    from resprout.engine.method import Method
+
+    class HintProbe(Method):
+        name = "probe"
+        detection = True
+        seen: list = []
+
+        def on_loss(self, ctx):  # after fitnet's (the methods' order): its terms, the regressor before the step
+            if not self.seen:
+                self.seen.append(dict(terms={n: v.detach() for _, n, v in ctx.terms}, images=ctx.inputs,
+                                      student=ctx.taps.output("model", "backbone.fpn.layer_blocks.1").detach(),
+                                      regressor=copy.deepcopy(ctx.members["regressor"].model)))
+
+    return HintProbe
+
+
+@pytest.mark.vision
+@pytest.mark.parametrize("stages", [1, 2])
+def test_fitnet_on_a_detector_is_the_hint_formula_on_an_fpn_level(voc, tmp_path, stages):
+    probe = hint_probe()
+    teacher = tiny_detector(seed=3).eval()
+    level = "backbone.fpn.layer_blocks.1"
+    opts = {"fitnet": {"stages": stages, "weight": 0.5, "student_layer": level, "teacher_layer": level}}
+    resprout.train(**run_keys(voc, epochs=2, method="fitnet+probe", methods=[probe], method_options=opts),
+                   teacher=teacher, out=tmp_path / "fitnet")
+    seen = probe.seen[0]
+    with torch.no_grad():  # by hand: the teacher's FPN level "1" from its backbone, not from a hook
+        batch, _ = teacher.transform(seen["images"])
+        hint = teacher.backbone(batch.tensors)["1"]
+        want = 0.5 * (seen["regressor"](seen["student"]) - hint).pow(2).mean()
+    assert seen["student"].shape == hint.shape and seen["student"].shape[0] == 4
+    assert seen["terms"]["hint"] == pytest.approx(float(want), rel=1e-5) and float(want) > 0
+    if stages == 1:  # the detector's own losses beside the hint (ce, the task loss)
+        assert set(seen["terms"]) == {"hint", "classifier", "box_reg", "objectness", "rpn_box_reg"}
+    else:  # stage 1 of two: the hint alone
+        assert set(seen["terms"]) == {"hint"}
+
+
+@pytest.mark.vision
+def test_fitnet_on_detectors_refuses_maps_of_other_sizes_and_another_resize(voc, tmp_path):
+    from resprout.errors import ConfigError
+    from resprout.models import build_model
+
+    resnet = build_model("tv-det:fasterrcnn_resnet50_fpn", in_channels=3, num_classes=3, **TINY)
+    with pytest.raises(ConfigError) as e:  # the finest levels: stride 4 in ResNet-50's FPN, coarser in MobileNet's
+        resprout.train(**run_keys(voc, epochs=4, method="fitnet"), teacher=resnet, out=tmp_path / "a")
+    one_line(str(e.value), "compares maps of the same size", "tap FPN levels of the same stride")
+    other = build_model(DETECTOR, in_channels=3, num_classes=3, **{**TINY, "min_size": 96, "max_size": 96})
+    with pytest.raises(ConfigError) as e:
+        resprout.train(**run_keys(voc, epochs=4, method="fitnet"), teacher=other, out=tmp_path / "b")
+    one_line(str(e.value), "both detectors must resize alike", "min_size=64", "min_size=96")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

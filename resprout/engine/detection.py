@@ -19,10 +19,11 @@ methods by mAP; this is what such a run needs from the loop:
   that the epoch line, the tables and the choice of the best epoch read it as they read a top-1. Per-image
   correctness is not kept (an image's detections are not one right-or-wrong answer). In one process.
 
-Two methods train a detector: ``ce`` and ``kd`` (KD on the box head's class logits, the teacher detector scoring the
-student's own proposals: :mod:`resprout.methods.detectors`). ``fitnet``, ``dln`` and ``ktan`` are refused on
-detection data (:func:`resprout.run.create_trainer`): their regressor is pre-trained through a classification head
-(KTAN's Algorithm 1) and their probes forward a batch of zeros, neither of which has a detection counterpart yet.
+Three methods train a detector: ``ce``; ``kd`` (KD on the box head's class logits, the teacher detector scoring
+the student's own proposals: :mod:`resprout.methods.detectors`); ``fitnet`` (the hint at an FPN level chosen by
+module path). ``dln`` and ``ktan`` are refused on detection data (:func:`resprout.run.create_trainer`): their
+regressor is pre-trained through a classification head on image labels (KTAN's Algorithm 1), which a detection set
+does not have.
 """
 
 from __future__ import annotations

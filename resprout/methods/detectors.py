@@ -23,11 +23,15 @@ from torch import nn
 
 from resprout.errors import ConfigError
 
-__all__ = ["CLS_SCORE", "ROI_POOL", "check_detector", "scale_boxes", "teacher_proposal_logits"]
+__all__ = ["CLS_SCORE", "FPN_LEVEL", "ROI_POOL", "check_detector", "check_same_resize", "scale_boxes",
+           "teacher_proposal_logits"]
 
 #: the box head's class logits (one row per sampled proposal) and the RoI pooling that reads the proposals
 CLS_SCORE = "roi_heads.box_predictor.cls_score"
 ROI_POOL = "roi_heads.box_roi_pool"
+#: the finest FPN level of torchvision's FPN backbones: ``layer_blocks.<i>`` is called once per forward and returns
+#: level ``i`` (the feature-map methods' default layer on a detector)
+FPN_LEVEL = "backbone.fpn.layer_blocks.0"
 
 
 def check_detector(model: nn.Module, num_classes: int, what: str) -> None:
@@ -44,6 +48,17 @@ def check_detector(model: nn.Module, num_classes: int, what: str) -> None:
         width = getattr(cls_score, "out_features", "?")
         raise ConfigError(f"{what} scores {width} classes with the background, this run's data "
                           f"{num_classes} + 1")
+
+
+def check_same_resize(student: nn.Module, teacher: nn.Module, method: str) -> None:
+    """Refuse (one line) a teacher detector that resizes its images otherwise than the student: a feature-map
+    method compares the two detectors' maps location by location, which needs the same resized images."""
+    sizes = [(tuple(m.transform.min_size), m.transform.max_size) for m in (student, teacher)]
+    if sizes[0] != sizes[1]:
+        raise ConfigError(f"method={method} compares the student's and the teacher's feature maps location by "
+                          f"location, so both detectors must resize alike; the student has min_size="
+                          f"{sizes[0][0][-1]} max_size={sizes[0][1]}, the teacher min_size={sizes[1][0][-1]} "
+                          f"max_size={sizes[1][1]} (model.min_size, model.max_size)")
 
 
 def scale_boxes(boxes: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> torch.Tensor:

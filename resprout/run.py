@@ -487,7 +487,7 @@ def _check_detection(cfg: Config, ds, methods, module, dist: DistInfo) -> None:
     refused = [m.name for m in methods if not getattr(m, "detection", False)]
     if refused:
         raise ConfigError(f"method={cfg.method}: {', '.join(refused)} does not train a detector (data={cfg.data}); "
-                          f"use method=ce, kd or fitnet (dln and ktan on detectors are not built yet)")
+                          f"use method=ce, kd, fitnet, dln or ktan")
     if dist.enabled:
         raise ConfigError("a detection run evaluates its whole test split with pycocotools in one process; run it "
                           "without torchrun")

@@ -134,10 +134,10 @@ def test_the_fashion_canvas_source_is_seeded():
 # -- refusals (the model is never built: they hold without torchvision too) --------------------------------------------
 @pytest.mark.parametrize("keys,says", [
     (["model=cnn"], "data=voc is a detection set; model=cnn is not a detector: use model=tv-det:<name>"),
-    ([f"model={DETECTOR}", "method=ls"], "method=ls: ls does not train a detector (data=voc); use method=ce, kd or fitnet"),
+    ([f"model={DETECTOR}", "method=ls"], "method=ls: ls does not train a detector (data=voc); use method=ce, kd, fitnet, dln or ktan"),
     ([f"model={DETECTOR}", "method=graft"], "graft does not train a detector"),
-    ([f"model={DETECTOR}", "method=dln", "teacher=nowhere"], "dln does not train a detector"),
-    ([f"model={DETECTOR}", "method=ktan", "teacher=nowhere"], "ktan does not train a detector"),
+    ([f"model={DETECTOR}", "method=at", "teacher=nowhere"], "at does not train a detector"),
+    ([f"model={DETECTOR}", "method=ke"], "ke does not train a detector"),
     ([f"model={DETECTOR}", "per_class=2"], "per_class=2 does not apply to a detection set"),
     ([f"model={DETECTOR}", "image_size=32"], "image_size=32 does not apply to a detection set"),
     ([f"model={DETECTOR}", "augment=crop+flip"], "augment=crop+flip does not apply to a detection set"),
@@ -438,3 +438,97 @@ def test_fitnet_on_detectors_refuses_maps_of_other_sizes_and_another_resize(voc,
         resprout.train(**run_keys(voc, epochs=4, method="fitnet"), teacher=other, out=tmp_path / "b")
     one_line(str(e.value), "both detectors must resize alike", "min_size=64", "min_size=96")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# -- dln and ktan on a detector -----------------------------------------------------------------------------------------
+def ktan_probe():
+    import copy
+
+    from resprout.engine.method import Method
+
+    class KtanProbe(Method):
+        """Keeps the regressor before Algorithm 1, then per update step of the first batch its terms, the maps and
+        copies of the regressor and the discriminator as the step's loss saw them."""
+
+        name = "probe"
+        detection = True
+        seen: dict = {}
+
+        def setup(self, ctx):
+            self.seen["initial"] = copy.deepcopy(ctx.members["regressor"].model)
+
+        def on_loss(self, ctx):
+            step = ctx.update_step.name if ctx.update_step else "default"
+            if ctx.step == 0 and ctx.epoch == 0 and step not in self.seen:
+                disc = ctx.members.get("discriminator")
+                self.seen[step] = dict(
+                    terms={n: v.detach() for _, n, v in ctx.terms}, images=ctx.inputs,
+                    student=ctx.taps.output("model", "backbone.fpn.layer_blocks.0").detach(),
+                    regressor=copy.deepcopy(ctx.members["regressor"].model),
+                    disc=copy.deepcopy(disc.model) if disc is not None else None)
+
+    return KtanProbe
+
+
+def teacher_level(teacher, images, level: str = "0") -> torch.Tensor:
+    """The teacher's FPN level from its backbone's output (not from a hook)."""
+    with torch.no_grad():
+        batch, _ = teacher.transform(images)
+        return teacher.backbone(batch.tensors)[level]
+
+
+@pytest.mark.vision
+def test_dln_on_a_detector_is_the_mse_to_the_regressed_teacher_level_after_algorithm_1(voc, tmp_path):
+    probe = ktan_probe()
+    teacher = tiny_detector(seed=3).eval()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    resprout.train(**run_keys(voc, epochs=1, method="dln+probe", methods=[probe],
+                              method_options={"dln": {"beta": 0.5, "regressor_epochs": 1.0}}),
+                   teacher=teacher, out=tmp_path / "dln")
+    seen = probe.seen["default"]
+    rt = seen["regressor"](teacher_level(teacher, seen["images"]))
+    want = 0.5 * (seen["student"] - rt).pow(2).mean()
+    assert seen["terms"]["mse"] == pytest.approx(float(want), rel=1e-5) and float(want) > 0
+    assert set(seen["terms"]) == {"mse", "classifier", "box_reg", "objectness", "rpn_box_reg"}
+    # Algorithm 1 moved the regressor through the teacher's heads and left the teacher as it was
+    initial, trained = probe.seen["initial"].state_dict(), seen["regressor"].state_dict()
+    assert not all(torch.equal(initial[k], trained[k]) for k in initial)
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.vision
+def test_ktan_on_a_detector_is_the_discriminator_and_adversarial_formulas_on_the_tapped_maps(voc, tmp_path):
+    import torch.nn.functional as F
+
+    probe = ktan_probe()
+    teacher = tiny_detector(seed=3).eval()
+    opts = {"ktan": {"alpha": 0.6, "beta": 0.5, "mse_epochs": 0.0, "regressor_epochs": 0.0,
+                     "generator_loss": "minimax"}}
+    resprout.train(**run_keys(voc, epochs=1, method="ktan+probe", methods=[probe], method_options=opts),
+                   teacher=teacher, out=tmp_path / "ktan")
+    d_step, s_step = probe.seen["discriminator"], probe.seen["student"]
+    rt = d_step["regressor"](teacher_level(teacher, d_step["images"]))
+    ms = d_step["student"]
+    with torch.no_grad():
+        d_t, d_s = d_step["disc"](rt), d_step["disc"](ms)  # D before its step (Alg. 2 line 10)
+        disc = F.binary_cross_entropy_with_logits(d_t, torch.ones_like(d_t)) + \
+            F.binary_cross_entropy_with_logits(d_s, torch.zeros_like(d_s))
+        adv = 0.6 * -F.softplus(s_step["disc"](ms)).mean()  # D after its step (line 11), minimax
+    assert d_step["terms"]["disc"] == pytest.approx(float(disc), rel=1e-5)
+    assert s_step["terms"]["adv"] == pytest.approx(float(adv), rel=1e-5)
+    assert s_step["terms"]["mse"] == pytest.approx(float(0.5 * (ms - rt).pow(2).mean()), rel=1e-5)
+    assert not all(torch.equal(a, b) for a, b in zip(d_step["disc"].state_dict().values(),
+                                                     s_step["disc"].state_dict().values()))
+    assert {"classifier", "box_reg", "objectness", "rpn_box_reg"} <= set(s_step["terms"])
+
+
+@pytest.mark.vision
+def test_ktan_on_a_detector_refuses_the_classifier_step_after(voc, tmp_path):
+    from resprout.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        resprout.train(**run_keys(voc, epochs=1, method="ktan",
+                                  method_options={"ktan": {"classifier_step": "after"}}),
+                       teacher=tiny_detector(seed=3), out=tmp_path / "a")
+    one_line(str(e.value), "classifier_step=after", "use classifier_step=joint")
+    assert not (tmp_path / "a").exists()

@@ -19,11 +19,10 @@ methods by mAP; this is what such a run needs from the loop:
   that the epoch line, the tables and the choice of the best epoch read it as they read a top-1. Per-image
   correctness is not kept (an image's detections are not one right-or-wrong answer). In one process.
 
-Three methods train a detector: ``ce``; ``kd`` (KD on the box head's class logits, the teacher detector scoring
-the student's own proposals: :mod:`resprout.methods.detectors`); ``fitnet`` (the hint at an FPN level chosen by
-module path). ``dln`` and ``ktan`` are refused on detection data (:func:`resprout.run.create_trainer`): their
-regressor is pre-trained through a classification head on image labels (KTAN's Algorithm 1), which a detection set
-does not have.
+Besides ``ce``, the distillation methods of KTAN's Table II train a detector from a teacher detector
+(:mod:`resprout.methods.detectors`): ``kd`` on the box head's class logits, the teacher scoring the student's own
+proposals; ``fitnet``, ``dln`` and ``ktan`` on FPN levels chosen by module path. Every other method is refused on
+detection data (:func:`resprout.run.create_trainer`, ``Method.detection``).
 """
 
 from __future__ import annotations

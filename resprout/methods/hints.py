@@ -38,7 +38,7 @@ from resprout.config import option
 from resprout.engine.method import Method
 from resprout.engine.taps import last_conv_feature
 from resprout.errors import ConfigError
-from resprout.methods.detectors import (CLS_SCORE, FPN_LEVEL, ROI_POOL, check_same_resize,
+from resprout.methods.detectors import (CLS_SCORE, FPN_LEVEL, ROI_POOL, check_same_maps, check_same_resize,
                                         teacher_proposal_logits)
 from resprout.methods.distill import kd_loss
 from resprout.methods.teachers import require_teachers, teacher_feature, teacher_logits
@@ -248,11 +248,8 @@ class FitNet(Method):
         trainer.tap(self._teacher, self._t, detach=True)
         (s_shape,) = probe_features(trainer, "model", [self._s])
         (t_shape,) = probe_features(trainer, self._teacher, [self._t])
-        if self._detector and s_shape[1:] != t_shape[1:]:
-            raise ConfigError(f"method=fitnet on a detector compares maps of the same size (any image size gives "
-                              f"them another): the student's {self._s!r} is {s_shape[1]}x{s_shape[2]}, the "
-                              f"teacher's {self._t!r} {t_shape[1]}x{t_shape[2]}; tap FPN levels of the same stride "
-                              f"(fitnet.student_layer, fitnet.teacher_layer)")
+        if self._detector:
+            check_same_maps(self.name, (self._s, s_shape), (self._t, t_shape))
         trainer.add_member("regressor", make_regressor(s_shape, t_shape), manual=True, task=False, logits=False,
                            evaluate=False)
         if o.stages == 2:

@@ -200,6 +200,10 @@ def _detection_data(cfg: Config, ds: DetectionData) -> DetectionData:
     if cfg.data_mode == "stream":
         raise ConfigError(f"data={cfg.data} is a detection set held in memory: use data_mode=auto or memory")
     _detection_augment(cfg)
+    for split in (ds.train, ds.test):  # mAP is undefined on a split with nothing to find, and nothing is learnt
+        if not any(bool((~crowd).any()) for crowd in split.crowd):
+            raise ConfigError(f"data={cfg.data}: the {split.name!r} split ({len(split)} images) has no object that "
+                              f"is not crowd/difficult: a detector has nothing to learn or be scored on there")
     return ds
 
 

@@ -532,3 +532,16 @@ def test_ktan_on_a_detector_refuses_the_classifier_step_after(voc, tmp_path):
                        teacher=tiny_detector(seed=3), out=tmp_path / "a")
     one_line(str(e.value), "classifier_step=after", "use classifier_step=joint")
     assert not (tmp_path / "a").exists()
+
+
+def test_a_split_without_objects_is_refused(tmp_path, capsys):
+    data = tiny_canvases()
+    empty = data["test"]
+    empty = DetectionDataset("empty", empty.classes, empty.images, [torch.zeros(0, 4)] * len(empty),
+                             [torch.zeros(0, dtype=torch.int64)] * len(empty), empty.ids)
+    write_voc(data["train"], tmp_path / "voc", "train")
+    write_voc(empty, tmp_path / "voc", "test")
+    assert main(["train", *voc_keys(tmp_path / "voc"), f"model={DETECTOR}", "epochs=1", "--out",
+                 str(tmp_path / "run")]) == 2
+    one_line(capsys.readouterr().err, "split (4 images) has no object")
+    assert_nothing_written(tmp_path)

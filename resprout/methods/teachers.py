@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from resprout.data.detection.loaders import DetectionData
 from resprout.engine.members import Member
 from resprout.errors import ConfigError
 from resprout.methods.detectors import check_detector
@@ -159,6 +158,8 @@ def _teacher(name: str, entry: str, count: int, modules: Any, in_channels: int, 
     else:
         model, _ = load_run_model(entry, in_channels=in_channels, num_classes=num_classes, what=what,
                                   same_data_as=student)
+    from resprout.data.detection.loaders import DetectionData  # here: the pure functions load no data package
+
     if isinstance(ds, DetectionData):
         check_detector(model, num_classes, what)
     else:

@@ -248,7 +248,9 @@ def build_eval_loaders(cfg: Config, ds, norm: Normalizer, device: torch.device, 
                                     channels_last=resolve_channels_last(cfg.channels_last, cfg.model),
                                     rank=dist.rank, world_size=dist.world_size)
     if isinstance(ds, DetectionData):  # boxes, evaluated by mAP in one process (refused under torchrun)
-        return {"test": DetectionEvalLoader(ds.test, batch_size=cfg.eval_batch_size, device=device)}
+        # at most the training batch: a detector pads a batch to its largest image (512 VOC images would be GBs)
+        return {"test": DetectionEvalLoader(ds.test, batch_size=min(cfg.eval_batch_size, cfg.batch_size),
+                                            device=device)}
     if isinstance(ds, ReidData):  # queries and gallery, with cameras (refused under torchrun)
         return {"test": ReidEvalLoader(ds, batch_size=cfg.eval_batch_size, normalizer=norm, device=device,
                                        channels_last=resolve_channels_last(cfg.channels_last, cfg.model),

@@ -125,8 +125,9 @@ class KnowledgeDistillation(Method):
             _, proposals, sizes = trainer.taps.input(m.name, ROI_POOL)
             with torch.no_grad():
                 teachers = [teacher_proposal_logits(trainer.members[t].model, trainer.inputs_of(m.name), proposals,
-                                                    sizes) for t in self._teachers]
-            student = trainer.taps.output(m.name, CLS_SCORE)
+                                                    sizes).float() for t in self._teachers]
+            # in fp32: under bf16 the KL of two close distributions over hundreds of proposals rounds below zero
+            student = trainer.taps.output(m.name, CLS_SCORE).float()
             trainer.add_loss(m.name, "kd", o.weight * kd_loss_to(student, soft_targets(teachers, o.temperature),
                                                                  o.temperature))
 

@@ -288,8 +288,8 @@ class FitNet(Method):
                 _, proposals, sizes = trainer.taps.input("model", ROI_POOL)
                 with torch.no_grad():
                     t_logits = teacher_proposal_logits(trainer.members[self._teacher].model, trainer.inputs,
-                                                       proposals, sizes)
-                student = trainer.taps.output("model", CLS_SCORE)
+                                                       proposals, sizes).float()
+                student = trainer.taps.output("model", CLS_SCORE).float()  # fp32, as kd's (distill.py)
                 trainer.add_loss("model", "kd", lam * relaxed_kl(student, t_logits, o.temperature))
                 return
             (t_logits,) = teacher_logits(trainer, [self._teacher])

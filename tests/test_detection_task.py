@@ -286,6 +286,10 @@ def test_a_tiny_ce_run_stores_the_map_of_a_re_evaluation_of_its_checkpoint(voc, 
         assert res["final"]["model"][key] == stored[key]
     train = {metric for m, g, e, split, metric, value in rows if (m, e, split) == ("model", 1, "train")}
     assert {"loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"} <= train
+    from benchmarks.reproduction.results import export_run
+
+    row = export_run(out, "ce")[0][0]  # the reproduction record: top-1 is mAP@0.5, map mAP@[.5:.95]
+    assert (row["top1"], row["map"], row["test_images"]) == (stored["map_50"], stored["map"], 4)
 
 
 @pytest.mark.vision

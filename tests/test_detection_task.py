@@ -148,6 +148,19 @@ def test_bad_combinations_are_one_line_exit_2_and_write_nothing(voc, tmp_path, c
     assert_nothing_written(tmp_path)
 
 
+def test_without_torchvision_a_detector_is_one_line_naming_it():
+    import importlib.util
+
+    from resprout.errors import ConfigError
+    from resprout.models import build_model
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed here: the line is for environments without it")
+    with pytest.raises(ConfigError) as e:
+        build_model(DETECTOR, in_channels=3, num_classes=3)
+    one_line(str(e.value), f"model {DETECTOR!r} needs torchvision, which is not installed")
+
+
 def test_a_detector_on_classification_data_is_refused(tmp_path, capsys):
     assert main(["train", "data=synthetic", f"model={DETECTOR}", "epochs=1", "--out", str(tmp_path / "run")]) == 2
     one_line(capsys.readouterr().err, f"model={DETECTOR} is a detector; data=synthetic is not a detection set")
@@ -549,3 +562,21 @@ def test_a_split_without_objects_is_refused(tmp_path, capsys):
                  str(tmp_path / "run")]) == 2
     one_line(capsys.readouterr().err, "split (4 images) has no object")
     assert_nothing_written(tmp_path)
+
+
+@pytest.mark.vision
+def test_a_detector_is_built_untrained_with_the_background_class_and_bad_names_are_one_line():
+    from resprout.errors import ConfigError
+    from resprout.models import build_model
+
+    model = build_model(DETECTOR, in_channels=3, num_classes=7, **TINY)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 8 and model.transform.min_size == (64,)
+    for name, options, says in (("tv-det:nope", {}, "unknown torchvision detector 'nope'; known: "),
+                                (DETECTOR, {"weights": "DEFAULT"}, "weights is set by resprout"),
+                                (DETECTOR, {"min_sise": 64}, "min_sise")):
+        with pytest.raises(ConfigError) as e:
+            build_model(name, in_channels=3, num_classes=7, **options)
+        one_line(str(e.value), says)
+    with pytest.raises(ConfigError) as e:
+        build_model(DETECTOR, in_channels=1, num_classes=7)
+    one_line(str(e.value), "takes 3-channel images")

@@ -22,6 +22,7 @@ from torch import nn
 
 from resprout.errors import ConfigError
 from resprout.models._common import init_weights
+from resprout.options import unknown_name
 
 _PACKAGES = {"tv": "torchvision", "tv-det": "torchvision", "timm": "timm"}
 DETECTOR_PREFIX = "tv-det:"
@@ -132,5 +133,21 @@ def _build_detector(torchvision, name: str, model_name: str, *, in_channels: int
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot build model {name!r}: {message}") from None
+    _check_detector_options(detection.__dict__[model_name], model, name, options)
     _disable_inplace(model)
     return model
+
+
+def _check_detector_options(builder, model: nn.Module, name: str, options: dict) -> None:
+    """Refuse an option neither the builder nor the detector's class takes: torchvision hands unknown keywords down
+    to its image transform, which ignores them (``model.min_sise=64`` would be silently dropped)."""
+    import inspect
+
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    inits = [c.__dict__["__init__"] for c in type(model).__mro__ if "__init__" in c.__dict__ and c is not object]
+    allowed = {n for fn in (builder, *inits) for n, p in inspect.signature(fn).parameters.items()
+               if p.kind in kinds and n != "self"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise unknown_name(repr(unknown[0]), sorted(allowed - {"weights", "weights_backbone", "num_classes"}),
+                           where=f"model {name!r}")

@@ -134,7 +134,8 @@ def test_the_fashion_canvas_source_is_seeded():
 # -- refusals (the model is never built: they hold without torchvision too) --------------------------------------------
 @pytest.mark.parametrize("keys,says", [
     (["model=cnn"], "data=voc is a detection set; model=cnn is not a detector: use model=tv-det:<name>"),
-    ([f"model={DETECTOR}", "method=ls"], "method=ls: ls does not train a detector (data=voc); use method=ce, kd, fitnet, dln or ktan"),
+    ([f"model={DETECTOR}", "method=ls"],
+     "method=ls: ls does not train a detector (data=voc); use method=ce, kd, fitnet, dln or ktan"),
     ([f"model={DETECTOR}", "method=graft"], "graft does not train a detector"),
     ([f"model={DETECTOR}", "method=at", "teacher=nowhere"], "at does not train a detector"),
     ([f"model={DETECTOR}", "method=ke"], "ke does not train a detector"),
@@ -397,6 +398,13 @@ def test_a_kd_run_takes_a_detector_run_as_its_teacher_and_refuses_a_classifier(v
         resprout.train(**run_keys(voc, epochs=1, method="kd"), teacher=torch.nn.Linear(3, 4), out=tmp_path / "x")
     one_line(str(e.value), "is not a torchvision two-stage detector")
     assert not (tmp_path / "x").exists()
+    one_stage = {**run_keys(voc, epochs=1, method="kd"), "model": "tv-det:retinanet_resnet50_fpn",
+                 "model_options": {"min_size": 64, "max_size": 64}}
+    with pytest.raises(Exception) as e:  # a one-stage student has no box head on proposals
+        resprout.train(**one_stage, teacher=str(tmp_path / "teacher"), out=tmp_path / "y")
+    one_line(str(e.value), "method=kd's student 'model' (tv-det:retinanet_resnet50_fpn) is not a torchvision "
+                           "two-stage detector")
+    assert not (tmp_path / "y").exists()
 
 
 # -- fitnet on a detector -----------------------------------------------------------------------------------------------
@@ -573,7 +581,8 @@ def test_a_detector_is_built_untrained_with_the_background_class_and_bad_names_a
     assert model.roi_heads.box_predictor.cls_score.out_features == 8 and model.transform.min_size == (64,)
     for name, options, says in (("tv-det:nope", {}, "unknown torchvision detector 'nope'; known: "),
                                 (DETECTOR, {"weights": "DEFAULT"}, "weights is set by resprout"),
-                                (DETECTOR, {"min_sise": 64}, "min_sise")):
+                                (DETECTOR, {"min_sise": 64}, "min_sise"),
+                                ("tv-det:maskrcnn_resnet50_fpn", {}, "trains on masks or keypoints")):
         with pytest.raises(ConfigError) as e:
             build_model(name, in_channels=3, num_classes=7, **options)
         one_line(str(e.value), says)

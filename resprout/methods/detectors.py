@@ -43,16 +43,19 @@ ROI_POOL = "roi_heads.box_roi_pool"
 FPN_LEVEL = "backbone.fpn.layer_blocks.0"
 
 
-def check_detector(model: nn.Module, num_classes: int, what: str) -> None:
+def check_detector(model: nn.Module, num_classes: int | None, what: str) -> None:
     """Refuse (one line) a network that is not a torchvision two-stage detector with ``num_classes`` object classes
-    (its box head scores ``num_classes + 1``, the background included)."""
+    (its box head scores ``num_classes + 1``, the background included; None: any count). The distillation methods
+    need one as student and as teacher: a one-stage detector (RetinaNet, FCOS, SSD) has no box head on proposals."""
     try:
         cls_score = model.get_submodule(CLS_SCORE)
         for path in ("transform", "backbone", ROI_POOL, "roi_heads.box_head"):
             model.get_submodule(path)
     except AttributeError:
-        raise ConfigError(f"{what} is not a torchvision two-stage detector (no {CLS_SCORE}); a detection run's "
-                          f"teacher is a detector run directory (model=tv-det:<name>)") from None
+        raise ConfigError(f"{what} is not a torchvision two-stage detector (no {CLS_SCORE}): the distillation "
+                          f"methods need Faster R-CNN detectors (tv-det:fasterrcnn_*) as student and teacher") from None
+    if num_classes is None:
+        return
     if not isinstance(cls_score, nn.Linear) or cls_score.out_features != num_classes + 1:
         width = getattr(cls_score, "out_features", "?")
         raise ConfigError(f"{what} scores {width} classes with the background, this run's data "

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from resprout.config import option
 from resprout.engine.method import Method
 from resprout.errors import ConfigError
-from resprout.methods.detectors import CLS_SCORE, ROI_POOL, teacher_proposal_logits
+from resprout.methods.detectors import CLS_SCORE, ROI_POOL, check_detector, teacher_proposal_logits
 from resprout.methods.teachers import require_teachers, teacher_logits
 
 
@@ -87,6 +87,7 @@ class KnowledgeDistillation(Method):
         self._detector = trainer.task.model_loss
         if self._detector:  # the student's class logits and the proposals they score (module docstring)
             for m in trainer.task_members:
+                check_detector(m.model, None, f"method=kd's student {m.name!r} ({trainer.config.model})")
                 trainer.tap(m.name, CLS_SCORE)
                 trainer.tap(m.name, ROI_POOL, inputs=True, detach=True)
 

@@ -38,8 +38,8 @@ from resprout.config import option
 from resprout.engine.method import Method
 from resprout.engine.taps import last_conv_feature
 from resprout.errors import ConfigError
-from resprout.methods.detectors import (CLS_SCORE, FPN_LEVEL, ROI_POOL, check_same_maps, check_same_resize,
-                                        teacher_proposal_logits)
+from resprout.methods.detectors import (CLS_SCORE, FPN_LEVEL, ROI_POOL, check_detector, check_same_maps,
+                                        check_same_resize, teacher_proposal_logits)
 from resprout.methods.distill import kd_loss
 from resprout.methods.teachers import require_teachers, teacher_feature, teacher_logits
 
@@ -240,6 +240,7 @@ class FitNet(Method):
         self._t = o.teacher_layer or default_layer(trainer, self._teacher)
         self._detector = trainer.task.model_loss
         if self._detector:
+            check_detector(trainer.members["model"].model, None, f"method=fitnet's student ({trainer.config.model})")
             check_same_resize(trainer.members["model"].model, trainer.members[self._teacher].model, self.name)
             if o.stages == 2:  # stage 2's soft term: the class logits of the student's proposals
                 trainer.tap("model", CLS_SCORE)

@@ -76,7 +76,7 @@ from resprout.engine.distributed import all_reduce_sum
 from resprout.engine.members import UpdateStep
 from resprout.engine.method import Method
 from resprout.errors import ConfigError
-from resprout.methods.detectors import (check_same_maps, check_same_resize, detector_classes,
+from resprout.methods.detectors import (check_detector, check_same_maps, check_same_resize, detector_classes,
                                         pretrain_detector_regressor)
 from resprout.methods.hints import default_layer, make_regressor, probe_features
 from resprout.methods.teachers import load_run_model, require_teachers, teacher_feature
@@ -229,6 +229,8 @@ class DLN(Method):
         self._teacher = teachers[0]
         student = trainer.members["model"].model
         self._detector = trainer.task.model_loss  # a detector: FPN levels, Algorithm 1 through the teacher's heads
+        if self._detector:
+            check_detector(student, None, f"method={self.name}'s student ({trainer.config.model})")
         self._classes = detector_classes(student) if self._detector else _classes(trainer, student)
         if self._detector:
             check_same_resize(student, trainer.members[self._teacher].model, self.name)

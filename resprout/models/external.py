@@ -123,17 +123,19 @@ def _build_detector(torchvision, name: str, model_name: str, *, in_channels: int
             raise ConfigError(f"model {name!r}: {key} is set by resprout (weights=None, weights_backbone=None, "
                               f"num_classes = the data's classes + 1); leave model.{key} out")
     detection = torchvision.models.detection
-    if model_name not in detection.__dict__ or model_name.startswith("_") or not callable(detection.__dict__[model_name]) \
-            or isinstance(detection.__dict__[model_name], type):
-        known = sorted(n for n in torchvision.models.list_models(detection))
+    known = sorted(torchvision.models.list_models(detection))
+    if model_name not in known:
         raise ConfigError(f"unknown torchvision detector {model_name!r}; known: {', '.join(known)}")
+    if model_name.startswith(("maskrcnn", "keypointrcnn")):
+        raise ConfigError(f"model {name!r} trains on masks or keypoints, which a detection set here does not have "
+                          f"(boxes and labels only): use a box detector, e.g. tv-det:fasterrcnn_resnet50_fpn")
+    builder = torchvision.models.get_model_builder(model_name)
     try:
-        model = detection.__dict__[model_name](weights=None, weights_backbone=None, num_classes=num_classes + 1,
-                                               **options)
+        model = builder(weights=None, weights_backbone=None, num_classes=num_classes + 1, **options)
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot build model {name!r}: {message}") from None
-    _check_detector_options(detection.__dict__[model_name], model, name, options)
+    _check_detector_options(builder, model, name, options)
     _disable_inplace(model)
     return model
 

@@ -501,9 +501,9 @@ def _check_detection(cfg: Config, ds, methods, module, dist: DistInfo) -> None:
 
 
 def _check_task(cfg: Config, ds, task) -> None:
-    """A re-id set is evaluated by the re-id task, and the re-id task needs a re-id set: a method that set another
-    task on a re-id set (``triplet``: Recall@K of its own embedding), or the re-id task on a classification set, is
-    refused in one line."""
+    """A detection set is evaluated by the detection task and nothing else by it; a re-id set is evaluated by the
+    re-id task, and the re-id task needs a re-id set: a method that set another task on a re-id set (``triplet``:
+    Recall@K of its own embedding), or the re-id task on a classification set, is refused in one line."""
     if isinstance(ds, DetectionData) != isinstance(task, DetectionTask):
         raise ConfigError(f"method={cfg.method} evaluates with the {task.name} task; data={cfg.data} needs the "
                           f"{'detection' if isinstance(ds, DetectionData) else 'classification'} task")

@@ -106,7 +106,8 @@ def resolve_channels_last(value: Any, model: str) -> bool:
         return bool(value)
     if _flag(PORTABLE_ENV):
         return False
-    return not str(model).startswith("custom:")
+    # a detector (tv-det:) takes a list of images of several sizes, batched inside the model: left as it is
+    return not str(model).startswith(("custom:", "tv-det:"))
 
 
 def device_of(name: str) -> torch.device:

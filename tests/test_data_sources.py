@@ -594,7 +594,8 @@ def test_prepare_does_not_mutate_or_share_the_input():
 def test_registry_and_option_checks():
     assert available_sources() == sorted(["digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder",
                                           "synthetic", "cub200", "flower102", "fgvc-aircraft", "mit67",
-                                          "stanford-dogs", "fashion-reid", "market1501", "dukemtmc"])
+                                          "stanford-dogs", "fashion-reid", "market1501", "dukemtmc", "voc", "coco",
+                                          "fashion-canvas"])
     raises_one_line(ConfigError, "'svhn'", "cifar10", "synthetic", match_call=lambda: load_source("svhn"))
     raises_one_line(ConfigError, "'n_trian'", "n_train", match_call=lambda: load_source("synthetic", n_trian=5))
     raises_one_line(ConfigError, "'digits'", "data_path", match_call=lambda: load_source("digits", "/tmp"))

@@ -126,12 +126,15 @@ def finished_runs(rows: list[dict]) -> dict[tuple[str, int], str]:
 # -- exporting a run ---------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=16)
 def _data_shape(data_keys: str) -> tuple[tuple[int, int, int], int, int | None]:
-    """(input shape, classes, queries of a re-identification set or None) of a run's data keys (JSON)."""
+    """(input shape, classes, and the images a run scored without a per-image record: the queries of a
+    re-identification set, the test images of a detection set; else None) of a run's data keys (JSON)."""
     from resprout.config import make_config
+    from resprout.data.detection.loaders import DetectionData
     from resprout.run import build_dataset
 
     ds = build_dataset(make_config(json.loads(data_keys)))
-    return ds.input_shape, ds.num_classes, getattr(ds, "queries", None)
+    return ds.input_shape, ds.num_classes, len(ds.test) if isinstance(ds, DetectionData) else getattr(ds, "queries",
+                                                                                                        None)
 
 
 def _data_keys(config: dict) -> str:
@@ -195,7 +198,7 @@ def export_run(run_dir: Path, label: str, *, role: str = "row", member: str | No
     gens = run.generations.get(member, {})
     G = cfg.get("generations", 1)
     test = run.curves.get((member, "test", "top1"), [])
-    maps = run.curves.get((member, "test", "map"), [])  # a re-identification run's
+    maps = run.curves.get((member, "test", "map"), [])  # a re-identification or a detection run's
     queries = _data_shape(_data_keys(cfg))[2] if maps else None
     seconds = run.curves.get((member if (member, "train", "seconds") in run.curves else "peer_1", "train",
                               "seconds"), [])

@@ -45,9 +45,9 @@ class Member:
     forward_module: nn.Module | None = None  # the model, or its DistributedDataParallel wrapper
     local: bool = True  # False for a per_rank member that lives on another rank
 
-    def __call__(self, x: torch.Tensor) -> Any:
+    def __call__(self, *inputs: Any) -> Any:
         # `is not None`, not `or`: torch.compile's wrapper has no truth value (it proxies len() to the model)
-        return (self.forward_module if self.forward_module is not None else self.model)(x)
+        return (self.forward_module if self.forward_module is not None else self.model)(*inputs)
 
     @property
     def fed(self) -> bool:

@@ -35,6 +35,8 @@ class Method:
     #: the batch sampler the method needs ("random", "pk", "class_pair"), or None for the default
     sampler: ClassVar[str | None] = None
     sampler_options: ClassVar[dict] = {}
+    #: whether the method trains a detector (a detection run refuses the others; resprout.engine.detection)
+    detection: ClassVar[bool] = False
 
     def __init__(self, options: Any = None, **kwargs: Any) -> None:
         if options is None:

@@ -15,9 +15,12 @@ Three kinds today:
   ``market1501``, ``dukemtmc``) gets it from its data (:func:`resprout.run.create_trainer`), which refuses a method
   that sets another task on a re-id set (``triplet``) and the re-id task on a classification set.
 
-The loop asks the run's task to evaluate (``trainer.task``); a method that changes what its networks output sets the
-task in ``setup`` (``ctx.task = RetrievalTask()``). A new kind (detection) is a new class here, with no change to the
-methods that do not care.
+The fourth, :class:`resprout.engine.detection.DetectionTask`, lives in its own module: targets are boxes and labels
+per image, the model computes its own losses from them, evaluation is mAP.
+
+The loop asks the run's task to forward each member on a batch (:meth:`Task.forward`: the network on the inputs; a
+detector in training mode also takes the targets) and to evaluate (``trainer.task``); a method that changes what
+its networks output sets the task in ``setup`` (``ctx.task = RetrievalTask()``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,17 @@ class Task:
     #: whether a split's labels index the network's outputs (class logits): what an ensemble of the members' class
     #: probabilities on a split needs (grafting's and mutual learning's ensembles are left out when not)
     class_scores: ClassVar[bool] = False
+    #: whether a member's training output is its own loss dict (a detector), read through :meth:`losses`
+    model_loss: ClassVar[bool] = False
+
+    def forward(self, member, inputs, targets):
+        """A member's output on a batch: ``member(inputs)`` (a model that computes its own losses takes the targets
+        too: :class:`~resprout.engine.detection.DetectionTask`)."""
+        return member(inputs)
+
+    def losses(self, output) -> dict:
+        """The loss terms a member's training output holds, by name (only when ``model_loss``)."""
+        raise ConfigError(f"the {self.name} task's networks do not compute their own losses")
 
     def targets(self, labels):
         """The training targets of a batch's labels; the loop asks this of every batch (every kind today trains on

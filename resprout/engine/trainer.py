@@ -495,8 +495,8 @@ class Trainer:
             h(self.context)
         with self.autocast():
             for m in self.members.values():
-                if m.fed:
-                    self.outputs[m.name] = m(self.inputs_of(m.name))
+                if m.fed:  # through the task: a detector in training mode takes the targets too
+                    self.outputs[m.name] = self.task.forward(m, self.inputs_of(m.name), self.targets_of(m.name))
         steps = self._update_steps()
         if steps is None:
             self._default_step(t, dt)

@@ -31,15 +31,22 @@ def smooth_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing:
 
 
 class CrossEntropy(Method):
-    """Plain cross-entropy on every task member: the baseline, and the default task loss."""
+    """Plain cross-entropy on every task member: the baseline, and the default task loss. On a detection run
+    (:class:`~resprout.engine.detection.DetectionTask`) it is plain training: every loss the detector computes."""
 
     name = "ce"
     provides_task_loss = True
 
+    detection = True
+
     def on_loss(self, trainer) -> None:
+        task = trainer.task
         for m in trainer.task_members:
-            trainer.add_loss(m.name, "ce", F.cross_entropy(trainer.outputs[m.name],
-                                                             trainer.targets_of(m.name)))
+            if task.model_loss:  # a detector: plain training is the sum of the losses it computed itself
+                for name, value in task.losses(trainer.outputs[m.name]).items():
+                    trainer.add_loss(m.name, name, value)
+            else:
+                trainer.add_loss(m.name, "ce", F.cross_entropy(trainer.outputs[m.name], trainer.targets_of(m.name)))
 
 
 @dataclass

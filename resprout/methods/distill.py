@@ -7,7 +7,11 @@
 * :class:`KnowledgeDistillation` (``method=kd``): ``ce_weight * CE + weight * T^2 * KL(p_bar^t || p^s)``, Hinton's
   setting as in the KTAN paper's Table I (Liu et al., Sec. IV-A (3): ``T = 4``, weight 0.9, CE weight 0.1).
   Grafting+'s recipe ``CE + tau^2 * softCE(p_bar^t, p^s)`` is ``kd.temperature=2 kd.weight=1 kd.ce_weight=1``
-  (soft cross-entropy and KL differ by the target's entropy, a constant: the same gradients).
+  (soft cross-entropy and KL differ by the target's entropy, a constant: the same gradients). On a detector (KTAN
+  Sec. IV-B, Table II's KD row) the same two terms act on the box head's class logits of the student's sampled
+  proposals, scored by the teacher detector on those same proposals (:mod:`resprout.methods.detectors`): the
+  detector's classification loss is weighted by ``ce_weight``, its box regression and RPN losses are kept as they
+  are (the teacher's softmax says nothing about them).
 * :class:`ClassWiseSelfKD` (``method=cskd``): Yun et al., "Regularizing Class-wise Predictions via Self-knowledge
   Distillation", CVPR 2020, Sec. 3: each anchor's prediction is pulled towards the (fixed) prediction of another
   image of its class, ``L = CE(x) + lambda * T^2 * KL(P(y|x'; T) || P(y|x; T))``. The Knowledge Evolution paper
@@ -24,6 +28,7 @@ import torch.nn.functional as F
 from resprout.config import option
 from resprout.engine.method import Method
 from resprout.errors import ConfigError
+from resprout.methods.detectors import CLS_SCORE, ROI_POOL, check_detector, teacher_proposal_logits
 from resprout.methods.teachers import require_teachers, teacher_logits
 
 
@@ -69,6 +74,7 @@ class KnowledgeDistillation(Method):
     Options = KDOptions
     provides_task_loss = True
     needs_teacher = True
+    detection = True
 
     def setup(self, trainer) -> None:
         o = self.options
@@ -78,6 +84,12 @@ class KnowledgeDistillation(Method):
         if self.ce_weight == 0 and o.weight == 0:
             raise ConfigError("kd.weight=0 and a CE weight of 0 leave no loss; set one of them above 0")
         self._teachers = require_teachers(trainer, self.name)
+        self._detector = trainer.task.model_loss
+        if self._detector:  # the student's class logits and the proposals they score (module docstring)
+            for m in trainer.task_members:
+                check_detector(m.model, None, f"method=kd's student {m.name!r} ({trainer.config.model})")
+                trainer.tap(m.name, CLS_SCORE)
+                trainer.tap(m.name, ROI_POOL, inputs=True, detach=True)
 
     @property
     def ce_weight(self) -> float:
@@ -89,6 +101,9 @@ class KnowledgeDistillation(Method):
         if not members:
             return
         o = self.options
+        if self._detector:
+            self._detector_loss(trainer, members)
+            return
         for m in members:
             logits = trainer.outputs[m.name]
             target = soft_targets(teacher_logits(trainer, self._teachers, trainer.inputs_of(m.name)), o.temperature)
@@ -96,6 +111,26 @@ class KnowledgeDistillation(Method):
                 trainer.add_loss(m.name, "ce", self.ce_weight * F.cross_entropy(logits, trainer.targets_of(m.name)))
             if o.weight:
                 trainer.add_loss(m.name, "kd", o.weight * kd_loss_to(logits, target, o.temperature))
+
+    def _detector_loss(self, trainer, members) -> None:
+        """A detector's own losses, its classification term weighted by ``ce_weight``, plus ``weight * T^2 *
+        KL(p_bar^t || p^s)`` over its sampled proposals, the teachers scoring the student's proposals."""
+        o = self.options
+        for m in members:
+            for name, value in trainer.task.losses(trainer.outputs[m.name]).items():
+                weight = self.ce_weight if name == "classifier" else 1.0
+                if weight:
+                    trainer.add_loss(m.name, name, weight * value)
+            if not o.weight:
+                continue
+            _, proposals, sizes = trainer.taps.input(m.name, ROI_POOL)
+            with torch.no_grad():
+                teachers = [teacher_proposal_logits(trainer.members[t].model, trainer.inputs_of(m.name), proposals,
+                                                    sizes).float() for t in self._teachers]
+            # in fp32: under bf16 the KL of two close distributions over hundreds of proposals rounds below zero
+            student = trainer.taps.output(m.name, CLS_SCORE).float()
+            trainer.add_loss(m.name, "kd", o.weight * kd_loss_to(student, soft_targets(teachers, o.temperature),
+                                                                 o.temperature))
 
 
 @dataclass

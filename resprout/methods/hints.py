@@ -38,6 +38,8 @@ from resprout.config import option
 from resprout.engine.method import Method
 from resprout.engine.taps import last_conv_feature
 from resprout.errors import ConfigError
+from resprout.methods.detectors import (CLS_SCORE, FPN_LEVEL, ROI_POOL, check_detector, check_same_maps,
+                                        check_same_resize, teacher_proposal_logits)
 from resprout.methods.distill import kd_loss
 from resprout.methods.teachers import require_teachers, teacher_feature, teacher_logits
 
@@ -134,7 +136,10 @@ def _example(trainer) -> torch.Tensor:
 
 
 def default_layer(trainer, member: str) -> str:
-    """The last conv feature map's module path of ``member`` (see ``last_conv_feature``)."""
+    """The last conv feature map's module path of ``member`` (see ``last_conv_feature``); on a detector, its finest
+    FPN level (:data:`resprout.methods.detectors.FPN_LEVEL`)."""
+    if trainer.task.model_loss:
+        return FPN_LEVEL
     return last_conv_feature(trainer.members[member].model, _example(trainer))
 
 
@@ -207,11 +212,19 @@ class FitNet(Method):
       regressor move (stage 1); then the student's optimizer state is cleared (stage 2 is a new training from the
       stage-1 weights) and the whole student learns Eq. (2), ``CE + lambda * relaxed_kl``, with ``lambda`` annealed
       linearly from ``kd_weight`` to ``kd_weight_end``. This method then supplies the task loss.
-    * ``stages=1`` (KTAN's Table I reading): ``CE + weight * MSE(r(guided), hint)`` throughout."""
+    * ``stages=1`` (KTAN's Table I reading): ``CE + weight * MSE(r(guided), hint)`` throughout.
+
+    On a detector (KTAN Sec. IV-B, Table II's FitNet row) the guided layer and the hint are FPN levels (by default
+    the finest, :data:`~resprout.methods.detectors.FPN_LEVEL`), both detectors resizing their images alike
+    (:func:`~resprout.methods.detectors.check_same_resize`) so that the maps match location by location; the task
+    loss is the detector's own losses, and stage 2's soft term is Eq. (2)'s relaxed KL on the box head's class
+    logits of the student's sampled proposals, scored by the teacher on those same proposals
+    (:func:`~resprout.methods.detectors.teacher_proposal_logits`, as for ``kd``)."""
 
     name = "fitnet"
     Options = FitNetOptions
     needs_teacher = True
+    detection = True
 
     @property
     def provides_task_loss(self) -> bool:  # stage 2's Eq. (2) holds the cross-entropy
@@ -225,10 +238,19 @@ class FitNet(Method):
         self._teacher = teachers[0]
         self._s = o.student_layer or default_layer(trainer, "model")
         self._t = o.teacher_layer or default_layer(trainer, self._teacher)
+        self._detector = trainer.task.model_loss
+        if self._detector:
+            check_detector(trainer.members["model"].model, None, f"method=fitnet's student ({trainer.config.model})")
+            check_same_resize(trainer.members["model"].model, trainer.members[self._teacher].model, self.name)
+            if o.stages == 2:  # stage 2's soft term: the class logits of the student's proposals
+                trainer.tap("model", CLS_SCORE)
+                trainer.tap("model", ROI_POOL, inputs=True, detach=True)
         trainer.tap("model", self._s)
         trainer.tap(self._teacher, self._t, detach=True)
         (s_shape,) = probe_features(trainer, "model", [self._s])
         (t_shape,) = probe_features(trainer, self._teacher, [self._t])
+        if self._detector:
+            check_same_maps(self.name, (self._s, s_shape), (self._t, t_shape))
         trainer.add_member("regressor", make_regressor(s_shape, t_shape), manual=True, task=False, logits=False,
                            evaluate=False)
         if o.stages == 2:
@@ -261,6 +283,16 @@ class FitNet(Method):
         if o.stages == 2 and self.stage(trainer) == 2:
             progress = (self._global_step(trainer) - self._hint_steps) / max(1, self._total - self._hint_steps - 1)
             lam = fitnet_lambda(o.kd_weight, o.kd_weight_end, progress)
+            if self._detector:  # the detector's own losses, and Eq. (2)'s soft term over its proposals
+                for name, value in trainer.task.losses(trainer.outputs["model"]).items():
+                    trainer.add_loss("model", name, value)
+                _, proposals, sizes = trainer.taps.input("model", ROI_POOL)
+                with torch.no_grad():
+                    t_logits = teacher_proposal_logits(trainer.members[self._teacher].model, trainer.inputs,
+                                                       proposals, sizes).float()
+                student = trainer.taps.output("model", CLS_SCORE).float()  # fp32, as kd's (distill.py)
+                trainer.add_loss("model", "kd", lam * relaxed_kl(student, t_logits, o.temperature))
+                return
             (t_logits,) = teacher_logits(trainer, [self._teacher])
             logits = trainer.outputs["model"]
             # Eq. (2): H(y, P_S) + lambda H(P_T^tau, P_S^tau)

@@ -49,6 +49,9 @@ Choices where the paper is open (each an option):
 * **Phases** (Sec. III-C, Algorithm 2 lines 2-5): the first ``mse_epochs`` of training are CE + beta MSE (the ``k``
   pre-training iterations), the rest adversarial. The order within an adversarial batch is the algorithm's: D's
   step (line 10) on the batch's maps, then the student's step (line 11) against the updated D.
+* **On a detector** (Sec. IV-B, Table II) the maps are FPN levels and Algorithm 1 trains ``R`` through the teacher's
+  own detection heads instead of a classifier on labels
+  (:func:`resprout.methods.detectors.pretrain_detector_regressor`); ``classifier_step=after`` is refused there.
 * **The student** starts from scratch (the default: one run, comparable with the other methods' rows), or from a
   trained run (``ktan.student=DIR``): Algorithm 2 loads a pre-trained ``S, C``. ``adversarial_lr`` sets the
   student's rate from the first adversarial step (the paper, Sec. IV-A: "for adversarial training, we initialize
@@ -73,6 +76,8 @@ from resprout.engine.distributed import all_reduce_sum
 from resprout.engine.members import UpdateStep
 from resprout.engine.method import Method
 from resprout.errors import ConfigError
+from resprout.methods.detectors import (check_detector, check_same_maps, check_same_resize, detector_classes,
+                                        pretrain_detector_regressor)
 from resprout.methods.hints import default_layer, make_regressor, probe_features
 from resprout.methods.teachers import load_run_model, require_teachers, teacher_feature
 
@@ -208,6 +213,7 @@ class DLN(Method):
     name = "dln"
     Options = DLNOptions
     needs_teacher = True
+    detection = True
 
     def __init__(self, options=None, **kwargs) -> None:
         super().__init__(options, **kwargs)
@@ -221,7 +227,13 @@ class DLN(Method):
             raise ConfigError(f"method={self.name} transfers one teacher's feature map; got {len(teachers)} "
                               f"teachers (kd can use several)")
         self._teacher = teachers[0]
-        self._classes = _classes(trainer, trainer.members["model"].model)
+        student = trainer.members["model"].model
+        self._detector = trainer.task.model_loss  # a detector: FPN levels, Algorithm 1 through the teacher's heads
+        if self._detector:
+            check_detector(student, None, f"method={self.name}'s student ({trainer.config.model})")
+        self._classes = detector_classes(student) if self._detector else _classes(trainer, student)
+        if self._detector:
+            check_same_resize(student, trainer.members[self._teacher].model, self.name)
         if o.student:
             self._load_student(trainer, o.student)
         self._s = o.student_layer or default_layer(trainer, "model")
@@ -230,6 +242,13 @@ class DLN(Method):
         trainer.tap(self._teacher, self._t, detach=True)
         (self._s_shape,) = probe_features(trainer, "model", [self._s])
         (t_shape,) = probe_features(trainer, self._teacher, [self._t])
+        if self._detector:
+            check_same_maps(self.name, (self._s, self._s_shape), (self._t, t_shape))
+            if o.regressor_epochs and t_shape[0] != self._s_shape[0]:
+                raise ConfigError(f"{self.name}.regressor_epochs: Algorithm 1 on a detector trains R through the "
+                                  f"teacher's own heads, which read its {t_shape[0]} channels; the student's map has "
+                                  f"{self._s_shape[0]}: tap maps of the same width or set "
+                                  f"{self.name}.regressor_epochs=0")
         regressor = make_regressor(t_shape, self._s_shape, padding=o.regressor_padding)
         if o.regressor_relu == "always" or (o.regressor_relu == "auto" and _nonnegative(trainer, "model", self._s)):
             regressor = nn.Sequential(regressor, nn.ReLU())
@@ -276,6 +295,21 @@ class DLN(Method):
                 for g in grads:
                     all_reduce_sum(g, trainer.dist).div_(trainer.dist.world_size)
 
+        if self._detector:  # Algorithm 1 through the teacher's own heads (resprout.methods.detectors)
+            for p in regressor.parameters():
+                p.requires_grad_(True)
+            regressor.train()
+            opt = torch.optim.SGD(regressor.parameters(), lr=o.regressor_lr, momentum=0.9, weight_decay=1e-4)
+            try:
+                losses = pretrain_detector_regressor(teacher, self._t, regressor, batches(), opt, trainer.autocast)
+            finally:
+                for p in regressor.parameters():
+                    p.requires_grad_(False)
+                regressor.eval()
+                trainer.taps.clear()
+            trainer.progress.message(f"{self.name}: regressor pre-trained for {steps} steps through the teacher's "
+                                     f"heads (Algorithm 1 on a detector), loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+            return
         # its own random stream: the head's initialization must not move the student's
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(trainer.config.seed + 7919)
@@ -357,6 +391,9 @@ class KTAN(DLN):
     def setup(self, trainer) -> None:
         super().setup(trainer)
         o = self.options
+        if self._detector and o.classifier_step == "after":
+            raise ConfigError("ktan.classifier_step=after re-runs the student's classifier on the batch's labels; a "
+                              "detector computes its own losses: use classifier_step=joint on detection data")
         if o.disc_kernel % 2 == 0:
             raise ConfigError(f"bad value for ktan.disc_kernel: {o.disc_kernel} (must be odd, so maps keep their size)")
         disc = Discriminator(self._s_shape[0], o.disc_hidden or None, o.disc_kernel)

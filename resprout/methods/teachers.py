@@ -23,6 +23,7 @@ from torch import nn
 
 from resprout.engine.members import Member
 from resprout.errors import ConfigError
+from resprout.methods.detectors import check_detector
 
 if TYPE_CHECKING:
     from resprout.engine.trainer import Trainer
@@ -157,7 +158,12 @@ def _teacher(name: str, entry: str, count: int, modules: Any, in_channels: int, 
     else:
         model, _ = load_run_model(entry, in_channels=in_channels, num_classes=num_classes, what=what,
                                   same_data_as=student)
-    check_classes(model, num_classes, tuple(ds.input_shape), what)
+    from resprout.data.detection.loaders import DetectionData  # here: the pure functions load no data package
+
+    if isinstance(ds, DetectionData):
+        check_detector(model, num_classes, what)
+    else:
+        check_classes(model, num_classes, tuple(ds.input_shape), what)
     return Member(name, model, trainable=False, evaluate=False, task=False, logits=True, manual=True)
 
 

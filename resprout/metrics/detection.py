@@ -26,7 +26,7 @@ from resprout.data.detection.coco import coco_dict
 from resprout.data.detection.dataset import DetectionDataset
 from resprout.errors import ConfigError
 
-__all__ = ["detection_map", "evaluate_detector"]
+__all__ = ["detection_map", "evaluate_detector", "require_pycocotools"]
 
 MAX_DETECTIONS = 100  # per image, COCO's rule
 
@@ -40,6 +40,12 @@ def _pycocotools():
         raise ConfigError(f"detection mAP needs pycocotools, which {reason}; install the vision extra "
                           f"(make vision, or pip install -e '.[vision]')") from None
     return COCO, COCOeval
+
+
+def require_pycocotools() -> None:
+    """One :class:`~resprout.errors.ConfigError` line now when pycocotools cannot be imported (a run checks this
+    before it trains, not at its first evaluation)."""
+    _pycocotools()
 
 
 def _coco(dataset: dict):

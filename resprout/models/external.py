@@ -1,9 +1,16 @@
-"""Models from torchvision (``tv:<name>``) and timm (``timm:<name>``), built untrained.
+"""Models from torchvision (``tv:<name>``, and its detection zoo ``tv-det:<name>``) and timm (``timm:<name>``), built
+untrained.
 
 Both packages are optional; a failure to import either, of any kind, is one line (:func:`import_package`). Extra
 options are passed to the external factory unchecked. After building, in-place activations are switched off (they
 would overwrite features captured by forward hooks) and, for torchvision, the first conv is replaced when
 ``in_channels != 3`` (timm does that itself through ``in_chans``).
+
+A detector (``tv-det:fasterrcnn_mobilenet_v3_large_fpn``, ``tv-det:fasterrcnn_resnet50_fpn``, ...) is built with
+``weights=None`` and ``weights_backbone=None`` (nothing is downloaded; its backbone then trains with ordinary batch
+norm, every layer trainable) and ``num_classes`` + 1 outputs (torchvision's label 0 is the background). Its options
+(``min_size``, ``max_size``, ``box_detections_per_img``, ...) go to torchvision's builder, through ``model.<key>=``.
+It takes 3-channel images (a detection set's loader repeats grayscale ones).
 """
 
 from __future__ import annotations
@@ -15,8 +22,15 @@ from torch import nn
 
 from resprout.errors import ConfigError
 from resprout.models._common import init_weights
+from resprout.options import unknown_name
 
-_PACKAGES = {"tv": "torchvision", "timm": "timm"}
+_PACKAGES = {"tv": "torchvision", "tv-det": "torchvision", "timm": "timm"}
+DETECTOR_PREFIX = "tv-det:"
+
+
+def is_detector(name: str) -> bool:
+    """Whether the model name ``name`` is a detector of torchvision's detection zoo (``tv-det:<name>``)."""
+    return isinstance(name, str) and name.startswith(DETECTOR_PREFIX)
 # A plain `pip install torchvision` (or timm, which depends on it) picks the newest release, whose torch pin
 # replaces the installed torch by another build (on x86_64 a CUDA build of several GB): the hint names the route.
 INSTALL_HINT = ("install the torchvision (and timm) release built for this torch, with torch pinned in the same "
@@ -81,6 +95,8 @@ def build_external(name: str, *, in_channels: int, num_classes: int, **options: 
     if not model_name:
         raise ConfigError(f"model {name!r} needs a name after '{prefix}:', e.g. '{prefix}:resnet18'")
     package = _import(name, prefix)
+    if prefix == "tv-det":
+        return _build_detector(package, name, model_name, in_channels=in_channels, num_classes=num_classes, **options)
     try:
         if prefix == "tv":
             model = package.models.get_model(model_name, weights=None, num_classes=num_classes, **options)
@@ -95,3 +111,45 @@ def build_external(name: str, *, in_channels: int, num_classes: int, **options: 
         _adapt_first_conv(model, in_channels)
     _disable_inplace(model)
     return model
+
+
+def _build_detector(torchvision, name: str, model_name: str, *, in_channels: int, num_classes: int,
+                    **options: Any) -> nn.Module:
+    """A torchvision detector, untrained, with ``num_classes`` object classes (+ the background)."""
+    if in_channels != 3:
+        raise ConfigError(f"model {name!r} takes 3-channel images; got in_channels={in_channels}")
+    for key in ("weights", "weights_backbone", "num_classes"):
+        if key in options:
+            raise ConfigError(f"model {name!r}: {key} is set by resprout (weights=None, weights_backbone=None, "
+                              f"num_classes = the data's classes + 1); leave model.{key} out")
+    detection = torchvision.models.detection
+    known = sorted(torchvision.models.list_models(detection))
+    if model_name not in known:
+        raise ConfigError(f"unknown torchvision detector {model_name!r}; known: {', '.join(known)}")
+    if model_name.startswith(("maskrcnn", "keypointrcnn")):
+        raise ConfigError(f"model {name!r} trains on masks or keypoints, which a detection set here does not have "
+                          f"(boxes and labels only): use a box detector, e.g. tv-det:fasterrcnn_resnet50_fpn")
+    builder = torchvision.models.get_model_builder(model_name)
+    try:
+        model = builder(weights=None, weights_backbone=None, num_classes=num_classes + 1, **options)
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot build model {name!r}: {message}") from None
+    _check_detector_options(builder, model, name, options)
+    _disable_inplace(model)
+    return model
+
+
+def _check_detector_options(builder, model: nn.Module, name: str, options: dict) -> None:
+    """Refuse an option neither the builder nor the detector's class takes: torchvision hands unknown keywords down
+    to its image transform, which ignores them (``model.min_sise=64`` would be silently dropped)."""
+    import inspect
+
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    inits = [c.__dict__["__init__"] for c in type(model).__mro__ if "__init__" in c.__dict__ and c is not object]
+    allowed = {n for fn in (builder, *inits) for n, p in inspect.signature(fn).parameters.items()
+               if p.kind in kinds and n != "self"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise unknown_name(repr(unknown[0]), sorted(allowed - {"weights", "weights_backbone", "num_classes"}),
+                           where=f"model {name!r}")

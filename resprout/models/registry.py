@@ -21,7 +21,7 @@ from resprout.options import Spec, unknown_name, validate
 from resprout.registry import Registry, first_sentence
 
 Builder = Callable[..., nn.Module]
-_EXTERNAL_PREFIXES = ("tv:", "timm:")
+_EXTERNAL_PREFIXES = ("tv:", "tv-det:", "timm:")
 
 
 class ModelEntry(NamedTuple):
@@ -72,7 +72,7 @@ def available_models() -> list[str]:
 def model_options(name: str) -> dict[str, Any]:
     """The options ``name`` accepts, with their defaults (a copy).
 
-    External ``tv:``/``timm:`` models return ``{}``: their options are passed to the external factory unchecked.
+    External ``tv:``/``tv-det:``/``timm:`` models return ``{}``: their options are passed to the external factory unchecked.
     """
     if isinstance(name, str) and name.startswith(_EXTERNAL_PREFIXES):
         return {}

@@ -33,7 +33,7 @@ import torch
 from resprout.data.detection.dataset import DetectionDataset
 from resprout.data.detection.voc import write_voc
 
-__all__ = ["box_iou", "class_slug", "make_canvases", "write_fashion_canvas_voc"]
+__all__ = ["box_iou", "class_slug", "fashion_canvases", "make_canvases", "write_fashion_canvas_voc"]
 
 _PLACEMENT_TRIES = 50
 
@@ -141,27 +141,37 @@ def _readme(root: Path, counts: dict[str, tuple[int, int]], params: dict) -> str
     return "\n".join(lines)
 
 
+def fashion_canvases(fashion_path: str | os.PathLike | None = None, *, n_train: int = 2000, n_test: int = 500,
+                     canvas_size: int = 128, objects: tuple[int, int] = (2, 5),
+                     scale: tuple[float, float] = (0.75, 2.5), max_iou: float = 0.5,
+                     seed: int = 0) -> dict[str, DetectionDataset]:
+    """The canvas set's ``train`` and ``test`` splits, made from Fashion-MNIST (read with the ``fashion-mnist``
+    source from ``fashion_path`` or where that source looks). The classes are Fashion-MNIST's, as VOC-safe names
+    (:func:`class_slug`) in alphabetical order (the order :func:`~resprout.data.detection.voc.read_voc` reads them
+    back in). The two splits draw from their own streams (seeds 2s and 2s + 1), so n_train does not change the test
+    set."""
+    from resprout.data.sources.idx import fashion_mnist  # the module, not the package: its sources import this one
+
+    fashion = fashion_mnist(fashion_path)
+    slugs = [class_slug(c) for c in fashion.classes]
+    classes = sorted(slugs)
+    remap = torch.tensor([classes.index(s) for s in slugs], dtype=torch.int64)
+    params = dict(canvas_size=canvas_size, objects=tuple(objects), scale=tuple(scale), max_iou=max_iou)
+    return {split: make_canvases(part.images, remap[part.labels], classes, n, id_prefix=f"{split}_",
+                                 seed=seed * 2 + offset, name=f"fashion-canvas/{split}", **params)
+            for split, n, part, offset in (("train", n_train, fashion.train, 0), ("test", n_test, fashion.test, 1))}
+
+
 def write_fashion_canvas_voc(root: str | os.PathLike, *, fashion_path: str | os.PathLike | None = None,
                              n_train: int = 2000, n_test: int = 500, canvas_size: int = 128,
                              objects: tuple[int, int] = (2, 5), scale: tuple[float, float] = (0.75, 2.5),
                              max_iou: float = 0.5, seed: int = 0) -> dict[str, DetectionDataset]:
-    """Make the canvas set from Fashion-MNIST (read with the ``fashion-mnist`` source from ``fashion_path`` or
-    where that source looks) and write it as the VOC folder ``root``, image sets ``train`` and ``test``, with a
-    README.md. The classes are Fashion-MNIST's, as VOC-safe names (:func:`class_slug`) in alphabetical order (the
-    order :func:`~resprout.data.detection.voc.read_voc` reads them back in). Returns the two datasets."""
-    from resprout.data.sources import load_source
-
-    fashion = load_source("fashion-mnist", fashion_path)
-    slugs = [class_slug(c) for c in fashion.classes]
-    classes = sorted(slugs)
-    remap = torch.tensor([classes.index(s) for s in slugs], dtype=torch.int64)
+    """Make the canvas set (:func:`fashion_canvases`) and write it as the VOC folder ``root``, image sets ``train``
+    and ``test``, with a README.md. Returns the two datasets."""
     params = dict(canvas_size=canvas_size, objects=objects, scale=scale, max_iou=max_iou)
-    out = {}
-    # the two image sets draw from their own streams (seeds 2s and 2s + 1), so n_train does not change the test set
-    for split, n, part, offset in (("train", n_train, fashion.train, 0), ("test", n_test, fashion.test, 1)):
-        out[split] = make_canvases(part.images, remap[part.labels], classes, n, id_prefix=f"{split}_",
-                                   seed=seed * 2 + offset, name=f"fashion-canvas/{split}", **params)
-        write_voc(out[split], root, split)
+    out = fashion_canvases(fashion_path, n_train=n_train, n_test=n_test, seed=seed, **params)
+    for split, ds in out.items():
+        write_voc(ds, root, split)
     counts = {split: (len(ds), ds.num_objects) for split, ds in out.items()}
     Path(root, "README.md").write_text(_readme(Path(root), counts, {"n_train": n_train, "n_test": n_test, **params, "seed": seed}),
                                        encoding="utf-8")

@@ -7,11 +7,13 @@ on. Built-in sources (see :func:`available_sources`), one module each in this pa
 python-pickle layouts, :mod:`.cifar`), ``imagefolder`` (class-per-folder trees read with Pillow), the five fine-grained
 sets of the Knowledge Evolution paper in their official layouts (``cub200``, ``flower102``, ``fgvc-aircraft``,
 ``mit67``, ``stanford-dogs``; :mod:`.cub`, :mod:`.flowers`, :mod:`.aircraft`, :mod:`.mit67`, :mod:`.dogs`), the
-re-identification sets ``fashion-reid``, ``market1501`` and ``dukemtmc`` (:mod:`.reid`) and ``synthetic`` (for
-tests). More can be added with :func:`register_source` (:mod:`.registry`). A source of image files may return a
+re-identification sets ``fashion-reid``, ``market1501`` and ``dukemtmc`` (:mod:`.reid`), the detection sets ``voc``,
+``coco`` and ``fashion-canvas`` (:mod:`.detection`) and ``synthetic`` (for tests). More can be added with
+:func:`register_source` (:mod:`.registry`). A source of image files may return a
 :class:`~resprout.data.files.FileDataset` (files and labels): :func:`load_source` decodes it, :func:`open_source`
 keeps it as files. A re-identification source returns a :class:`~resprout.data.reid.ReidDataset` (train, query and
-gallery splits with identities and cameras), which :func:`resprout.data.reid.prepared.prepare_reid` makes a run's.
+gallery splits with identities and cameras), which :func:`resprout.data.reid.prepared.prepare_reid` makes a run's;
+a detection source a :class:`~resprout.data.detection.loaders.DetectionData` (train and test detection splits).
 
 A source's options are the keyword parameters of its function; those it declares with a
 :class:`~resprout.options.Spec` are checked by the shared option validator before the function runs.
@@ -24,6 +26,7 @@ import os
 from typing import Any
 
 from resprout.data.dataset import Dataset, Split, channel_stats
+from resprout.data.detection.loaders import DetectionData
 from resprout.data.files import FileDataset, decode
 from resprout.data.preparation import prepare
 from resprout.data.reid.dataset import ReidDataset
@@ -44,7 +47,8 @@ __all__ = [
 ]
 
 
-def load_source(name: str, path: str | os.PathLike | None = None, **options: Any) -> Dataset | ReidDataset:
+def load_source(name: str, path: str | os.PathLike | None = None,
+                **options: Any) -> Dataset | ReidDataset | DetectionData:
     """The raw, full dataset of source ``name`` (see :func:`available_sources`), in memory.
 
     ``path`` is the data directory for sources read from disk; ``options`` are the source's own options (e.g.
@@ -57,7 +61,7 @@ def load_source(name: str, path: str | os.PathLike | None = None, **options: Any
 
 
 def open_source(name: str, path: str | os.PathLike | None = None,
-                **options: Any) -> Dataset | FileDataset | ReidDataset:
+                **options: Any) -> Dataset | FileDataset | ReidDataset | DetectionData:
     """Like :func:`load_source`, but a source of image files returns its :class:`FileDataset` (files and labels,
     nothing decoded yet)."""
     source = SOURCES.get(name)
@@ -78,13 +82,13 @@ def open_source(name: str, path: str | os.PathLike | None = None,
     if takes_path:
         kwargs["path"] = path
     ds = source.fn(**kwargs)
-    if not isinstance(ds, (Dataset, FileDataset, ReidDataset)):
-        raise TypeError(f"data source {key!r} returned {type(ds).__name__}, expected a Dataset, a FileDataset or a "
-                        f"ReidDataset")
+    if not isinstance(ds, (Dataset, FileDataset, ReidDataset, DetectionData)):
+        raise TypeError(f"data source {key!r} returned {type(ds).__name__}, expected a Dataset, a FileDataset, a "
+                        f"ReidDataset or a DetectionData")
     return ds
 
 
 # The built-in sources register themselves when imported; the IDX constants stay importable from here.
-from resprout.data.sources import (aircraft, cifar, cub, digits, dogs, flowers, idx, imagefolder,  # noqa: E402,F401  isort:skip
-                                   mit67, reid, synthetic)
+from resprout.data.sources import (aircraft, cifar, cub, detection, digits, dogs, flowers, idx,  # noqa: E402,F401  isort:skip
+                                   imagefolder, mit67, reid, synthetic)
 from resprout.data.sources.idx import FASHION_MNIST_CLASSES, IDX_FILES, SYSTEM_DATA_DIRS  # noqa: E402,F401  isort:skip

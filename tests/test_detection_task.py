@@ -270,6 +270,14 @@ def test_the_task_is_detection_map_of_the_models_own_predictions():
     assert got["map"] == pytest.approx(want["map"], abs=1e-6) and got["map_75"] == pytest.approx(want["map_75"],
                                                                                                  abs=1e-6)
     assert sum(len(p["boxes"]) for p in predictions) > 0
+    # under a run's bf16 autocast the evaluation still computes in fp32: the same boxes and scores to the bit
+    loader = DetectionEvalLoader(test, batch_size=3)
+    fp32 = DetectionTask().predictions(model, loader)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = DetectionTask().predictions(model, loader)
+        assert DetectionTask().evaluate(model, loader) == got
+    for a, b in zip(fp32, bf16, strict=True):
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
 
 
 def run_keys(root: Path, **more) -> dict:

@@ -61,12 +61,16 @@ class DetectionTask(Task):
         return {k.removeprefix("loss_"): v for k, v in output.items()}
 
     def predictions(self, model: nn.Module, loader: DetectionEvalLoader) -> list[dict[str, torch.Tensor]]:
-        """The model's detections on every image of the split, in order, in eval mode (its mode restored)."""
+        """The model's detections on every image of the split, in order, in eval mode (its mode restored), in fp32
+        whatever the run's precision: box coordinates decoded in bf16 keep about three significant digits (a pixel or
+        more off on a few hundred), which moves IoUs and so mAP; the weights are fp32 anyway."""
         was_training = model.training
         model.eval()
         out: list[dict[str, torch.Tensor]] = []
+        first = next(model.parameters(), None)
+        device_type = first.device.type if first is not None else "cpu"
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast(device_type=device_type, enabled=False):
                 for images, _ in loader:
                     out.extend({k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
                                 for k, v in d.items()} for d in model(images))

@@ -15,7 +15,7 @@ VISION_VENV  ?= .venv-vision
 VISION_TORCH ?= torch==2.14.1 torchvision==0.29.1 timm==1.0.31
 VBIN         := $(VISION_VENV)/bin
 
-.PHONY: venv demo test bench bench-precision gpu-check reproduce clean
+.PHONY: venv demo test bench bench-precision bench-detection gpu-check reproduce clean
 
 # torch goes in first, pinned: anything that depends on torch would otherwise pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -74,6 +74,11 @@ bench: venv
 # trainer vs hand loop in fp32 / bf16 / channels-last (BENCHMARKS.md "precision"); --parity: bf16 accuracy (hours)
 bench-precision: venv
 	$(BIN)/python -m benchmarks.precision
+
+# detector img/s in training (plain step vs KTAN step) and evaluation, and peak memory (BENCHMARKS.md "detection");
+# needs torchvision, so it runs in the vision venv (not part of `make bench`); --quick is a smoke check
+bench-detection: vision
+	OMP_NUM_THREADS=1 $(VBIN)/python -m benchmarks.detection
 
 # on a CUDA machine: every method in fp32/bf16/fp16, trainer vs hand loop, DDP; without CUDA: what it would run
 gpu-check: venv

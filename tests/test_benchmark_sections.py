@@ -47,3 +47,40 @@ def test_foundation_section_is_written_from_stored_measurements():
                                "end).")
     assert "| cnn-digits | 250 | 241 | **1.0** (0.90–1.10) |" in lines
     assert "| cnn-digits | 4.04 | 247.3 | **2%** (1.0–3.0) |" in lines
+
+
+def detection_results():
+    def r(img_s, peak, growth, precision="fp32"):
+        return {"img_s": img_s, "peak_rss_mb": peak, "growth_mb": growth, "precision": precision}
+
+    return {"ce": [r(4.0, 1000, 100), r(4.4, 1010, 110), r(4.2, 1020, 120)],
+            "ktan": [r(2.0, 1500, 200), r(2.0, 1510, 210), r(2.1, 1520, 220)],
+            "eval": [r(30.0, 800, 0), r(31.0, 800, 0), r(32.0, 800, 0)]}
+
+
+def test_detection_section_states_what_it_measured():
+    from benchmarks import detection
+
+    lines = detection.render(detection_results(), reps=3, steps=10, device="cpu", minutes=12.4,
+                             torch_version="2.14.1", date="2026-12-07", load="load average 3.5 on 2 cores at the end")
+    text = "\n".join(lines)
+    assert lines[2].startswith("`python -m benchmarks.detection --reps 3 --steps 10` with the vision environment "
+                               "(torch 2.14.1, 2026-12-07, 1 thread, device cpu, precision fp32 for training, "
+                               "evaluation always fp32 by design")
+    assert "| training, plain step (`method=ce`) | 4.2 (4.00–4.40) | 1010 | +110 |" in lines
+    assert "| training, KTAN step (`method=ktan`, teacher) | 2.0 (2.00–2.10) | 1510 | +210 |" in lines
+    # the ratio per repetition: 4.0/2.0, 4.4/2.0, 4.2/2.1 -> 2.0, 2.2, 2.0
+    assert "KTAN step time / plain step time (computed per repetition): **2.0x** (2.00–2.20)" in text
+    assert "ru_maxrss" in text and "ktan.regressor_epochs=0" in text and "ktan.mse_epochs=0" in text
+
+
+def test_detection_benchmark_without_torchvision_is_one_line_exit_2(monkeypatch, capsys):
+    import importlib.util
+
+    from benchmarks import detection
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchvision" else real(name, *a))
+    assert detection.main(["--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs torchvision" in err

@@ -236,7 +236,7 @@ def _code_note(t: TableResult) -> list[str]:
         if o.identical:
             lines.append(f"- {o.claim.a.text()} and {o.claim.b.text()} got every test image right or wrong alike "
                          f"at each of the {o.paired.n} seeds (the claim \"{o.claim.claim}\"): the difference between "
-                         f"the two rows changed no prediction here.")
+                         f"the two rows turned no test image from right to wrong or back.")
     return lines
 
 

@@ -61,9 +61,8 @@ Choices where the paper is open (each an option):
 
 from __future__ import annotations
 
-import functools
-
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterable
 
@@ -94,6 +93,22 @@ def feature_mse(regressed_teacher: torch.Tensor, student: torch.Tensor) -> torch
                          f"{tuple(student.shape)} differ")
     return F.mse_loss(student, regressed_teacher.detach())
 
+
+
+@contextlib.contextmanager
+def _trainable(regressor: nn.Module, trainer):
+    """The regressor trainable during Algorithm 1, then frozen again in eval mode, with the taps its steps filled
+    cleared (whatever Algorithm 1 raised)."""
+    for p in regressor.parameters():
+        p.requires_grad_(True)
+    regressor.train()
+    try:
+        yield
+    finally:
+        for p in regressor.parameters():
+            p.requires_grad_(False)
+        regressor.eval()
+        trainer.taps.clear()
 
 class Discriminator(nn.Module):
     """Sec. III-C: two conv layers over a feature map, one real/fake logit per location."""
@@ -296,17 +311,9 @@ class DLN(Method):
                     all_reduce_sum(g, trainer.dist).div_(trainer.dist.world_size)
 
         if self._detector:  # Algorithm 1 through the teacher's own heads (resprout.methods.detectors)
-            for p in regressor.parameters():
-                p.requires_grad_(True)
-            regressor.train()
-            opt = torch.optim.SGD(regressor.parameters(), lr=o.regressor_lr, momentum=0.9, weight_decay=1e-4)
-            try:
+            with _trainable(regressor, trainer):
+                opt = torch.optim.SGD(regressor.parameters(), lr=o.regressor_lr, momentum=0.9, weight_decay=1e-4)
                 losses = pretrain_detector_regressor(teacher, self._t, regressor, batches(), opt, trainer.autocast)
-            finally:
-                for p in regressor.parameters():
-                    p.requires_grad_(False)
-                regressor.eval()
-                trainer.taps.clear()
             trainer.progress.message(f"{self.name}: regressor pre-trained for {steps} steps through the teacher's "
                                      f"heads (Algorithm 1 on a detector), loss {losses[0]:.3f} -> {losses[-1]:.3f}")
             return
@@ -314,18 +321,10 @@ class DLN(Method):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(trainer.config.seed + 7919)
             head = pooled_head(self._s_shape[0], self._classes).to(trainer.device)
-            for p in regressor.parameters():
-                p.requires_grad_(True)
-            regressor.train()
-            params = list(regressor.parameters()) + list(head.parameters())
-            opt = torch.optim.SGD(params, lr=o.regressor_lr, momentum=0.9, weight_decay=1e-4)
-            try:
+            with _trainable(regressor, trainer):
+                params = list(regressor.parameters()) + list(head.parameters())
+                opt = torch.optim.SGD(params, lr=o.regressor_lr, momentum=0.9, weight_decay=1e-4)
                 losses = pretrain_regressor(features, regressor, head, batches(), opt, reduce, trainer.autocast)
-            finally:
-                for p in regressor.parameters():
-                    p.requires_grad_(False)
-                regressor.eval()
-                trainer.taps.clear()
         trainer.progress.message(f"{self.name}: regressor pre-trained for {steps} steps (Algorithm 1), CE "
                                  f"{losses[0]:.3f} -> {losses[-1]:.3f}")
 

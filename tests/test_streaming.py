@@ -6,12 +6,10 @@ command of docs/data.md on a miniature."""
 from __future__ import annotations
 
 import json
-import random
 import re
 import shlex
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -189,35 +187,30 @@ def _start(args: list[str], tmp_path: Path) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_a_streamed_run_killed_mid_epoch_resumes_exactly_in_either_mode(tmp_path):
-    """SIGKILL at random moments of a streamed run (2 DataLoader workers), resumed each time; the last resume in
+def test_a_streamed_run_stopped_mid_epoch_resumes_exactly_in_either_mode(tmp_path):
+    """A streamed run (2 DataLoader workers) stopped at exact points (RESPROUT_FAULT): Ctrl-C inside the first epoch,
+    SIGKILL inside the second (losing the steps since the last checkpoint), Ctrl-C again, and the last resume in
     memory mode. It ends with the weights and metrics of the run never stopped, which streamed throughout."""
     data = tmp_path / "data"
     miniatures.cub200(data, classes=3, train=10, test=2)  # 30 images: 15 steps of 2 per epoch
     keys = [*RUN, f"data_path={data}"]
-    ref = _start(["train", *keys, "data_mode=stream", "data_workers=2", "--out", str(tmp_path / "ref"), "--quiet"],
-                 tmp_path)
+    stream = ["data_mode=stream", "data_workers=2", "--quiet"]
+    ref = _start(["train", *keys, *stream, "--out", str(tmp_path / "ref")], tmp_path)
     assert ref.wait(timeout=300) == 0, ref.stderr.read()
     run = tmp_path / "run"
-    rng = random.Random(1)
-    proc = _start(["train", *keys, "data_mode=stream", "data_workers=2", "--out", str(run), "--quiet"], tmp_path)
+    steps = [("interrupt-after-step:7", 130), ("kill-after-step:12", -signal.SIGKILL),
+             ("interrupt-after-step:20", 130), (None, 0)]
     positions = []
-    for attempt in range(4):
-        t0 = time.monotonic()
-        while not (run / "checkpoint.pt").exists():
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() - t0 < 120
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.05, 0.5))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+    for k, (fault, code) in enumerate(steps):
+        args = ["train", *keys, *stream, "--out", str(run)] if k == 0 else ["resume", str(run), "--quiet"]
+        if fault is None:
+            args += ["data_mode=memory", "data_workers=0"]
+        proc = subprocess.Popen([PYTHON, "-m", "resprout", *args], env=cli_env(tmp_path, fault),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.wait(timeout=300) == code, proc.stderr.read()
         position = load_file(run / "checkpoint.pt")["position"]
         positions.append((position["epoch"], position["step"]))
-        mode = ["data_mode=memory", "data_workers=0"] if attempt == 3 else []
-        proc = _start(["resume", str(run), *mode, "--quiet"], tmp_path)
-    assert proc.wait(timeout=300) == 0, proc.stderr.read()
-    assert any(step > 0 for _, step in positions), f"no kill landed inside an epoch: {positions}"
+    assert positions[0] == (0, 7), positions  # the Ctrl-C checkpoint sits inside the first epoch
     assert load_file(run / "checkpoint.pt")["position"]["finished"]
     assert_same_weights(load_file(tmp_path / "ref" / "checkpoint.pt")["members"],
                         load_file(run / "checkpoint.pt")["members"])

@@ -159,7 +159,6 @@ def bench(args) -> None:
     from benchmarks._report import write_section
     from benchmarks._spread import fmt, machine_note
 
-    size = QUICK if args.quick else FULL
     t_start = time.perf_counter()
     res: dict[str, list[dict]] = {k: [] for k in KINDS}
     for rep in range(args.reps):

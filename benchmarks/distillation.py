@@ -45,7 +45,8 @@ from resprout.engine.checkpoint import load_file  # noqa: E402
 from resprout.engine.store import Store  # noqa: E402
 from resprout.errors import ResproutError  # noqa: E402
 from resprout.methods import get_method  # noqa: E402
-from resprout.run import build_dataset, train  # noqa: E402
+from resprout.inputs import build_dataset  # noqa: E402
+from resprout.run import train  # noqa: E402
 
 RUNS = ROOT / "benchmarks" / "runs" / "distillation"
 STORE = RUNS / "resprout.db"

@@ -113,7 +113,7 @@ def cost_table(results: dict) -> list[str]:
     for workload, variants in results.items():
         r = variants["CE"][0]
         cfg = make_config(**{**COMMON, **WORKLOADS[workload]})
-        from resprout.run import build_dataset
+        from resprout.inputs import build_dataset
 
         ds = build_dataset(cfg)
         dense = profile_model(build_model(cfg.model, in_channels=ds.input_shape[0], num_classes=ds.num_classes),
@@ -255,7 +255,7 @@ def switch_cost() -> list[str]:
 
 def test_set_text() -> str:
     """The sentence that says on how many test images each workload is scored (from the data itself)."""
-    from resprout.run import build_dataset
+    from resprout.inputs import build_dataset
 
     parts = []
     for workload, keys in WORKLOADS.items():

@@ -36,7 +36,8 @@ from benchmarks._spread import NOTE, fmt, fmt_pct  # noqa: E402
 from resprout.config import make_config  # noqa: E402
 from resprout.data import channel_stats  # noqa: E402
 from resprout.models import build_model  # noqa: E402
-from resprout.run import build_dataset, create_trainer  # noqa: E402
+from resprout.inputs import build_dataset  # noqa: E402
+from resprout.run import create_trainer  # noqa: E402
 from resprout.seeding import seed_everything  # noqa: E402
 
 WORKLOADS = {

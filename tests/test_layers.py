@@ -10,7 +10,7 @@ dependency). Imports under ``if TYPE_CHECKING:`` never run: they count for the l
     engine
     methods
     analysis
-    run, compare, describe, cli, __init__, __main__           the top
+    inputs, run, compare, describe, cli, __init__, __main__   the top
 
 Run ``python -m tests.test_layers`` for the full report (every circle and upward import).
 """
@@ -31,7 +31,7 @@ LAYERS: dict[str, int] = {
     "engine": 3,
     "methods": 4,
     "analysis": 5,
-    "run": 6, "compare": 6, "describe": 6, "cli": 6, "__init__": 6, "__main__": 6,
+    "inputs": 6, "run": 6, "compare": 6, "describe": 6, "cli": 6, "__init__": 6, "__main__": 6,
 }
 
 # Circles allowed through TYPE_CHECKING imports only: none (the engine's mixins were made collaborators of the loop;

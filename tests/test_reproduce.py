@@ -187,7 +187,8 @@ def test_bad_rows_are_refused(args, says):
 
 # -- the per-image record ----------------------------------------------------------------------------------------------
 def test_per_image_record_matches_a_re_evaluation(tmp_path):
-    from resprout.run import build_dataset, open_run, train
+    from resprout.inputs import build_dataset
+    from resprout.run import open_run, train
 
     out = tmp_path / "run"
     train(data="digits", per_class=20, model="cnn", width=0.5, epochs=2, generations=2, method="ke",

@@ -130,7 +130,7 @@ def _data_shape(data_keys: str) -> tuple[tuple[int, int, int], int, int | None]:
     re-identification set, the test images of a detection set; else None) of a run's data keys (JSON)."""
     from resprout.config import make_config
     from resprout.data.detection.loaders import DetectionData
-    from resprout.run import build_dataset
+    from resprout.inputs import build_dataset
 
     ds = build_dataset(make_config(json.loads(data_keys)))
     return ds.input_shape, ds.num_classes, len(ds.test) if isinstance(ds, DetectionData) else getattr(ds, "queries",

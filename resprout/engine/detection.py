@@ -22,7 +22,7 @@ methods by mAP; this is what such a run needs from the loop:
 Besides ``ce``, the distillation methods of KTAN's Table II train a detector from a teacher detector
 (:mod:`resprout.methods.detectors`): ``kd`` on the box head's class logits, the teacher scoring the student's own
 proposals; ``fitnet``, ``dln`` and ``ktan`` on FPN levels chosen by module path. Every other method is refused on
-detection data (:func:`resprout.run.create_trainer`, ``Method.detection``).
+detection data (:func:`resprout.inputs.check_detection`, ``Method.detection``).
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ Three kinds today:
   torchreid/OSNet baseline it follows); evaluation ranks the gallery for every query by the distance of the
   network's penultimate features and reports CMC ``rank1``, ``rank5`` and ``map`` with Market-1501's protocol
   (:func:`resprout.metrics.reid.reid_metrics`), with ``top1`` = rank-1. A run on a re-id source (``fashion-reid``,
-  ``market1501``, ``dukemtmc``) gets it from its data (:func:`resprout.run.create_trainer`), which refuses a method
-  that sets another task on a re-id set (``triplet``) and the re-id task on a classification set.
+  ``market1501``, ``dukemtmc``) gets it from its data (:func:`resprout.inputs.data_task`);
+  :func:`resprout.inputs.check_task` refuses a method that sets another task on a re-id set (``triplet``) and the
+  re-id task on a classification set.
 
 The fourth, :class:`resprout.engine.detection.DetectionTask`, lives in its own module: targets are boxes and labels
 per image, the model computes its own losses from them, evaluation is mAP.

@@ -12,7 +12,7 @@ thread, interleaved: for every repetition ce, ktan, eval, then again. In a subpr
 builds it (``create_trainer``), its fit-start and generation-start events run (for KTAN: its setup; Algorithm 1's
 regressor pre-training is set to 0 epochs, a one-off before training, not a per-step cost, and the MSE-only first
 epoch to 0, so that every timed KTAN step is its adversarial one), then one warm-up step and
-``--steps`` timed steps of ``Trainer._train_step`` (the step a run takes) on the same batches for ce and ktan. The
+``--steps`` timed steps of ``Trainer.train_step`` (the step a run takes) on the same batches for ce and ktan. The
 evaluation is ``trainer.evaluate`` of the student over the whole test split (the DetectionTask: predictions in fp32,
 then pycocotools' mAP). ``--quick``: tiny sizes, one repetition, two steps: prints its figures and writes nothing (a smoke check).
 """
@@ -72,7 +72,6 @@ def measure(kind: str, size: dict, steps: int, device: str, precision: str) -> d
     import torch
 
     from resprout.config import make_config
-    from resprout.engine.events import Event
     from resprout.models import build_model
     from resprout.run import create_trainer
 
@@ -102,24 +101,18 @@ def measure(kind: str, size: dict, steps: int, device: str, precision: str) -> d
         seconds = _clock(dev) - t0
         out.update(images=n, seconds=seconds, map_50=metrics["map_50"])
     else:
-        trainer._emit(Event.FIT_START)
-        trainer._emit(Event.GENERATION_START)
-        trainer._build_optimizers()
-        trainer.started = True
-        for m in trainer.members.values():
-            if m.trainable:
-                m.model.train()
+        trainer.start_steps()
         loader = trainer.train_loader
         per_epoch = loader.steps(0, 0)
         x, y = loader.batch(0, 0, 0)
-        trainer._train_step(x, y, 0.0, 1 / per_epoch)  # warm-up
+        trainer.train_step(x, y, 0.0, 1 / per_epoch)  # warm-up
         base, cuda_mem = _rss_mb(), _cuda_reset(dev)
         images = 0
         t0 = _clock(dev)
         for s in range(1, steps + 1):  # the first epoch's batches, cycled (the step counter as a run keeps it)
             trainer.step = s % per_epoch
             x, y = loader.batch(0, 0, trainer.step)
-            trainer._train_step(x, y, trainer.step / per_epoch, 1 / per_epoch)
+            trainer.train_step(x, y, trainer.step / per_epoch, 1 / per_epoch)
             images += len(x)
         seconds = _clock(dev) - t0
         out.update(images=images, seconds=seconds)
@@ -226,7 +219,7 @@ def render(res: dict[str, list[dict]], *, reps: int, steps: int, device: str, mi
         f"evaluation's speed depends on how many boxes a detector emits, so a trained one may differ).",
         "",
         f"What is timed, each measurement in its own subprocess: training, {steps} steps of the trainer's "
-        f"training step (`Trainer._train_step`, the step a run takes: forward, losses, backward, optimizer) after "
+        f"training step (`Trainer.train_step`, the step a run takes: forward, losses, backward, optimizer) after "
         f"the run's fit-start and generation-start events and one warm-up step, the same batches for ce and ktan; "
         f"KTAN's step is its adversarial step (`ktan.mse_epochs=0`: every timed step is one; a run's first "
         f"`mse_epochs` epoch is CE + MSE without the discriminator's update, cheaper): the teacher's forward, the "

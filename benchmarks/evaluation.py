@@ -63,8 +63,7 @@ def timed(fn, *args) -> float:
 def per_epoch(reps: int, big_batch: bool) -> dict[str, list[float]]:
     """Seconds of one training epoch and of three ways to evaluate the test split, ``reps`` interleaved times."""
     trainer = create_trainer(make_config(**WORKLOAD, epochs=1), run_dir=None, run_id=None, store_path=None)
-    trainer._build_optimizers()
-    trainer.started = True
+    trainer.start_steps()
     model, test = trainer.members["model"].model, trainer.eval_loaders["test"]
     big = EvalLoader(test.images, test.labels, batch_size=1024, normalizer=test.normalize, device=test.device)
     out: dict[str, list[float]] = {"train": [], "before": [], "now": []}

@@ -118,12 +118,11 @@ def loader_share(keys: dict, steps: int = 30) -> tuple[float, float]:
     for step in range(n):
         loader.batch(0, 0, step)
     load = (time.perf_counter() - t0) / n
-    trainer._build_optimizers()
-    trainer.started = True
+    trainer.start_steps()
     t0 = time.perf_counter()
     for step in range(n):
         x, y = loader.batch(0, 0, step)
-        trainer._train_step(x, y, step / n, 1 / n)
+        trainer.train_step(x, y, step / n, 1 / n)
     full = (time.perf_counter() - t0) / n
     return load, full
 

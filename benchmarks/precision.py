@@ -75,16 +75,15 @@ def trainer_speed(keys: dict, precision: str, channels_last: bool, steps: int, *
                   device: str = "cpu") -> float:
     """Images per second of the trainer's training steps (one warm-up step first)."""
     trainer = _trainer(keys, precision, channels_last, batch, device)
-    trainer._build_optimizers()
-    trainer.started = True
+    trainer.start_steps()
     loader = trainer.train_loader
     n = loader.steps(0, 0)
     x, y = loader.batch(0, 0, 0)
-    trainer._train_step(x, y, 0.0, 1 / n)
+    trainer.train_step(x, y, 0.0, 1 / n)
     t0 = _clock(trainer.device)
     for s in range(1, steps + 1):
         x, y = loader.batch(0, 0, s % n)
-        trainer._train_step(x, y, s / n, 1 / n)
+        trainer.train_step(x, y, s / n, 1 / n)
     return steps * batch / (_clock(trainer.device) - t0)
 
 

@@ -163,7 +163,7 @@ def test_crash_and_resume_give_the_same_csv_as_an_uninterrupted_run(tmp_path, mo
     ref_rows = without_timing(csv_rows(reference))
     steps = 10
     calls = {"n": 0}
-    original = Trainer._train_step
+    original = Trainer.train_step
 
     def crashing(self, *a, **kw):
         calls["n"] += 1
@@ -173,12 +173,12 @@ def test_crash_and_resume_give_the_same_csv_as_an_uninterrupted_run(tmp_path, mo
 
     run = tmp_path / "run"
     logs = ["csv", "tensorboard"] if _has_tensorboard() else ["csv"]
-    monkeypatch.setattr(Trainer, "_train_step", crashing)
+    monkeypatch.setattr(Trainer, "train_step", crashing)
     with pytest.raises(Crash):
         resprout.train(**keys, out=run, loggers=logs)
     before = csv_rows(run)
     assert max(r[0] for r in before) == 4  # generation 2, epoch 1 was logged, and is past the last checkpoint
-    monkeypatch.setattr(Trainer, "_train_step", original)
+    monkeypatch.setattr(Trainer, "train_step", original)
     resprout.resume(run)
     assert without_timing(csv_rows(run)) == ref_rows  # same rows, same order, no duplicates
     assert sorted(csv_rows(run), key=repr) == sorted(store_rows(run), key=repr)

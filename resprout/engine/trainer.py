@@ -424,9 +424,7 @@ class Trainer:
             self._emit(Event.FIT_START)
             while self.generation < cfg.generations:
                 if not self.started:
-                    self._emit(Event.GENERATION_START)
-                    self._build_optimizers()
-                    self.started = True
+                    self._start_generation()
                 while self.epoch < cfg.epochs:
                     self._run_epoch()
                     self._finish_epoch()
@@ -452,6 +450,21 @@ class Trainer:
             self.progress.close()
             self.loggers.close()
 
+    def _start_generation(self) -> None:
+        self._emit(Event.GENERATION_START)
+        self._build_optimizers()
+        self.started = True
+
+    def start_steps(self) -> None:
+        """What :meth:`fit` does before the first step of a fresh run, for a caller that takes the steps itself
+        (the speed benchmarks time :meth:`train_step`, the step a run takes): ``fit_start`` and
+        ``generation_start`` fired, the generation's optimizers built, the trainable members in training mode."""
+        self._emit(Event.FIT_START)
+        self._start_generation()
+        for m in self.members.values():
+            if m.trainable:
+                m.model.train()
+
     def _run_epoch(self) -> None:
         g, e = self.generation, self.epoch
         steps = self.train_loader.steps(g, e)
@@ -471,7 +484,7 @@ class Trainer:
             for name, stream in self._streams.items():
                 xs, ys = stream.batch(g, e, self.step)
                 self._member_batches[name] = (xs, self.task.targets(ys))
-            self._train_step(x, y, e + self.step / steps, 1.0 / steps)
+            self.train_step(x, y, e + self.step / steps, 1.0 / steps)
             self.step += 1
             self.fault_point("step")
             if self._stop is not None:
@@ -485,7 +498,9 @@ class Trainer:
                 self.save_checkpoint()
         self._epoch_time += time.perf_counter() - t0
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, t: float, dt: float) -> None:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, t: float, dt: float) -> None:
+        """One training step on the batch ``(x, y)`` at ``t`` epochs into the generation (``dt``: one step's share of
+        an epoch): the batch events, every fed member's forward, the losses, backward and the optimizers' updates."""
         self.inputs, self.targets = x, self.task.targets(y)  # the task owns what a batch's labels become
         self.outputs, self._frozen_outputs, self._terms, self.scratch = {}, {}, [], {}
         self._manual_terms = set()

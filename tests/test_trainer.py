@@ -159,6 +159,25 @@ def test_every_generation_gets_a_fresh_optimizer_and_schedule():
     assert lrs[0] == lrs[1] == lrs[2] == pytest.approx(0.05)  # the schedule restarts at its peak
 
 
+def test_start_steps_and_train_step_take_exactly_the_steps_of_fit():
+    """The speed benchmarks time ``train_step`` after ``start_steps``: the same steps as ``fit`` on the same batches
+    give the same weights, bit for bit (one epoch of 8 steps, momentum SGD under the cosine schedule)."""
+    cfg = make_config(**synthetic(epochs=1))
+    fitted = create_trainer(cfg, run_dir=None, run_id=None, store_path=None)
+    fitted.fit()
+    stepped = create_trainer(cfg, run_dir=None, run_id=None, store_path=None)
+    stepped.start_steps()
+    loader = stepped.train_loader
+    n = loader.steps(0, 0)
+    for s in range(n):
+        stepped.step = s
+        x, y = loader.batch(0, 0, s)
+        stepped.train_step(x, y, s / n, 1 / n)
+    a, b = fitted.members["model"].model.state_dict(), stepped.members["model"].model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert stepped.members["model"].model.training  # start_steps put the trainable member in training mode
+
+
 def test_several_members_each_train_with_their_own_optimizer():
     result = train(**synthetic(epochs=4), methods=[Peers], save=False)
     assert set(result["final"]) == {"model", "peer"}  # the frozen member is not evaluated

@@ -456,9 +456,10 @@ class Trainer:
         self.started = True
 
     def start_steps(self) -> None:
-        """What :meth:`fit` does before the first step of a fresh run, for a caller that takes the steps itself
-        (the speed benchmarks time :meth:`train_step`, the step a run takes): ``fit_start`` and
-        ``generation_start`` fired, the generation's optimizers built, the trainable members in training mode."""
+        """The events and state :meth:`fit` sets up before the first step of a fresh run, for a caller that takes
+        the steps itself (the speed benchmarks time :meth:`train_step`, the step a run takes): ``fit_start`` and
+        ``generation_start`` fired, the generation's optimizers built, the trainable members in training mode. No
+        loggers, progress, evaluation or checkpoints: those stay with :meth:`fit`."""
         self._emit(Event.FIT_START)
         self._start_generation()
         for m in self.members.values():

@@ -133,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
             f"row {ns.label!r}, seed {ns.seed}, of {ns.table}, recorded at commit {info['recorded_commit']}, "
             f"trained again at {commit_of_tree()} ({info['generations']} generation(s), {info['test_images']} test "
             f"images, {info['threads']} thread(s), {info['precision']}, {info['minutes']:.1f} min): {verdict}.")
+    if diffs and info["precision"] != "fp32":
+        from resprout.engine.precision import cpu_capability
+
+        line += (f" results/ does not record the CPU that trained a run, and in {info['precision']} another CPU's "
+                 f"kernels can change the last bits (this one: capability {cpu_capability()}): train the row with "
+                 f"the recorded commit on this machine (a git worktree of it) before blaming the code.")
     print(line)
     if not ns.no_write:
         write_section("rerun", ["## A recorded reproduction row, trained again", "", line])

@@ -28,7 +28,7 @@ from resprout.data.sources import open_source
 from resprout.engine.checkpoint import load_file
 from resprout.errors import ConfigError, DataError
 from tests import miniatures
-from tests.conftest import PYTHON, ROOT, cli_env
+from tests.conftest import HANG_GUARD, PYTHON, ROOT, cli_env
 from tests.test_data_sources import raises_one_line
 from tests.test_distributed import torchrun
 from tests.test_trainer import assert_same_weights, metric_rows
@@ -196,7 +196,7 @@ def test_a_streamed_run_stopped_mid_epoch_resumes_exactly_in_either_mode(tmp_pat
     keys = [*RUN, f"data_path={data}"]
     stream = ["data_mode=stream", "data_workers=2", "--quiet"]
     ref = _start(["train", *keys, *stream, "--out", str(tmp_path / "ref")], tmp_path)
-    assert ref.wait(timeout=300) == 0, ref.stderr.read()
+    assert ref.wait(timeout=HANG_GUARD) == 0, ref.stderr.read()
     run = tmp_path / "run"
     steps = [("interrupt-after-step:7", 130), ("kill-after-step:12", -signal.SIGKILL),
              ("interrupt-after-step:20", 130), (None, 0)]
@@ -207,7 +207,7 @@ def test_a_streamed_run_stopped_mid_epoch_resumes_exactly_in_either_mode(tmp_pat
             args += ["data_mode=memory", "data_workers=0"]
         proc = subprocess.Popen([PYTHON, "-m", "resprout", *args], env=cli_env(tmp_path, fault),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert proc.wait(timeout=300) == code, proc.stderr.read()
+        assert proc.wait(timeout=HANG_GUARD) == code, proc.stderr.read()
         position = load_file(run / "checkpoint.pt")["position"]
         positions.append((position["epoch"], position["step"]))
     assert positions[0] == (0, 7), positions  # the Ctrl-C checkpoint sits inside the first epoch

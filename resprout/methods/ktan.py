@@ -94,7 +94,6 @@ def feature_mse(regressed_teacher: torch.Tensor, student: torch.Tensor) -> torch
     return F.mse_loss(student, regressed_teacher.detach())
 
 
-
 @contextlib.contextmanager
 def _trainable(regressor: nn.Module, trainer):
     """The regressor trainable during Algorithm 1, then frozen again in eval mode, with the taps its steps filled
@@ -109,6 +108,7 @@ def _trainable(regressor: nn.Module, trainer):
             p.requires_grad_(False)
         regressor.eval()
         trainer.taps.clear()
+
 
 class Discriminator(nn.Module):
     """Sec. III-C: two conv layers over a feature map, one real/fake logit per location."""

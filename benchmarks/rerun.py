@@ -99,8 +99,21 @@ def rerun(table: str, label: str, seed: int, threads: int | None, work: Path) ->
     new_rows, new_bits = res.export_run(out, label, member=row.member)
     info = {"table": table, "label": label, "seed": seed, "recorded_commit": final["git_commit"],
             "generations": len(old_rows), "test_images": final["test_images"], "minutes": (time.time() - t0) / 60,
-            "threads": threads or final["threads"] or 1, "precision": precision}
+            "threads": threads or final["threads"] or 1, "precision": precision, "recorded_cpu": final.get("cpu")}
     return info, compare_runs(old_rows, old_bits, new_rows, new_bits)
+
+
+def cpu_note(precision: str, recorded: str | None, here: str) -> str:
+    """Why a differing low-precision row need not be the code's fault: which CPU trained it, if results/ knows."""
+    if recorded is None:
+        where = "results/ does not record the CPU that trained this run (it predates the column)"
+    elif recorded == here:
+        return (f"It was recorded on this CPU ({here}), so the difference comes from the code or the libraries, "
+                f"not from the machine.")
+    else:
+        where = f"it was recorded on another CPU ({recorded}; this one: {here})"
+    return (f"In {precision} another CPU's kernels can change the last bits, and {where}: train the row with the "
+            f"recorded commit on this machine (a git worktree of it) before blaming the code.")
 
 
 def commit_of_tree() -> str:
@@ -114,6 +127,8 @@ def commit_of_tree() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from resprout.hardware import cpu_name
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("table", help="a reproduction's name (a file stem under reproductions/)")
     ap.add_argument("label", help="the row's label, as in the file")
@@ -134,11 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             f"trained again at {commit_of_tree()} ({info['generations']} generation(s), {info['test_images']} test "
             f"images, {info['threads']} thread(s), {info['precision']}, {info['minutes']:.1f} min): {verdict}.")
     if diffs and info["precision"] != "fp32":
-        from resprout.engine.precision import cpu_capability
-
-        line += (f" results/ does not record the CPU that trained a run, and in {info['precision']} another CPU's "
-                 f"kernels can change the last bits (this one: capability {cpu_capability()}): train the row with "
-                 f"the recorded commit on this machine (a git worktree of it) before blaming the code.")
+        line += " " + cpu_note(info["precision"], info["recorded_cpu"], cpu_name())
     print(line)
     if not ns.no_write:
         write_section("rerun", ["## A recorded reproduction row, trained again", "", line])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 from typing import Any
 
 import torch
@@ -41,6 +42,19 @@ def cpu_capability() -> str:
         return str(torch.backends.cpu.get_cpu_capability())
     except Exception:  # noqa: BLE001
         return "unknown"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`), or ``unknown``: in bf16 two
+    CPUs' kernels can round differently, so a run records which one trained it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def cpu_native_bf16() -> bool:

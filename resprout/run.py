@@ -48,6 +48,7 @@ from resprout.engine.distributed import (
 )
 from resprout.engine.loggers import parse_logger_names, split_loggers
 from resprout.engine.precision import check_compile, cpu_capability, native_bf16, reading, resolved_keys
+from resprout.hardware import cpu_name
 from resprout.engine.progress import Progress, make_progress
 from resprout.engine.rundir import RUN_FILE, RunLock, SavedRun, read_run_file, write_run_file  # noqa: F401
 from resprout.engine.store import Store, default_store_path
@@ -105,7 +106,7 @@ def environment(device: torch.device, dist: DistInfo) -> dict:
             "torch": torch.__version__, "numpy": np.__version__, "platform": platform.platform(),
             "machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
             "device": str(device), "cuda": torch.version.cuda, "world_size": dist.world_size,
-            "hostname": socket.gethostname(), "cpu_capability": cpu_capability(),
+            "hostname": socket.gethostname(), "cpu": cpu_name(), "cpu_capability": cpu_capability(),
             "native_bf16": native_bf16(device)}
 
 

@@ -22,6 +22,7 @@ from benchmarks.reproduction.spec import load_spec
 from resprout.compare.grid import build_grid
 from resprout.engine.evaluation import pack_bits, unpack_bits
 from resprout.errors import ConfigError
+from resprout.hardware import cpu_name
 
 TINY = Path(__file__).parent / "data" / "tiny-reproduction.toml"
 CROSS = Path(__file__).parent / "data" / "tiny-cross.toml"
@@ -240,12 +241,17 @@ def test_results_hold_the_stores_numbers_and_the_bits_agree(tiny):
         folder = tiny / "work" / (f"{TINY.stem}-depends" if r["role"] == "dependency" else f"{TINY.stem}/runs")
         info = json.loads((folder / r["run"] / "run.json").read_text())
         con = sqlite3.connect(info["store"])
-        (stored,), = con.execute("SELECT value FROM generation_metrics WHERE run_id=? AND member='model' AND "
-                                 "metric='test_top1' AND generation=?", (info["run_id"], int(r["generation"]) - 1))
+        stored = dict(con.execute("SELECT metric, value FROM generation_metrics WHERE run_id=? AND member='model' "
+                                  "AND generation=?", (info["run_id"], int(r["generation"]) - 1)).fetchall())
         con.close()
-        assert float(r["top1"]) == stored
+        assert float(r["top1"]) == stored["test_top1"]
+        # KE's slim network, with the dense network's BN statistics (the paper's way) and with them re-estimated
+        for column in ("slim_top1", "slim_bnfix_top1"):
+            assert (float(r[column]) if r[column] else None) == stored.get(column)
+        assert (r["label"] == "KE") is bool(r["slim_bnfix_top1"])
+        assert r["cpu"] == cpu_name()
         b = bits[(r["label"], r["seed"], r["generation"])]
-        assert unpack_bits(b["bits"], int(b["images"])).mean() == pytest.approx(stored, abs=1e-12)
+        assert unpack_bits(b["bits"], int(b["images"])).mean() == pytest.approx(stored["test_top1"], abs=1e-12)
         assert int(r["test_images"]) == 359  # the whole digits test split
 
 
@@ -289,6 +295,11 @@ def test_the_page_is_rebuilt_from_results_alone_and_follows_them(tiny, tmp_path)
     assert run_main(clone, "--from-results") == 0
     page = (clone / "docs" / "reproduction.md").read_text()
     assert page == (tiny / "docs" / "reproduction.md").read_text()
+    # the slim network with its BN re-estimated (beyond the paper) sits under the paper's slim row
+    fixed = [100 * float(r["slim_bnfix_top1"]) for r in read_csv(clone / "results" / f"{TINY.stem}.csv")
+             if r["label"] == "KE" and r["generation"] == "2"]
+    line = next(x for x in page.splitlines() if x.startswith("| KE slim H_2, BN re-estimated"))
+    assert [c.strip() for c in line.strip("|").split("|")][5] == f"{np.mean(fixed):.2f} ± {np.std(fixed, ddof=1):.2f}"
     # change the stored CE numbers: the rows table and the claims follow, and the per-image records are dropped
     path = clone / "results" / f"{TINY.stem}.csv"
     rows = read_csv(path)

@@ -56,3 +56,16 @@ def test_a_row_trains_again_in_the_precision_it_was_recorded_in(tmp_path, monkey
     with pytest.raises(Stop):
         rerun.rerun("ke-table2", "CE, 2x epochs", 0, None, tmp_path)
     assert seen["precision"] == recorded and seen["threads"] == 1
+
+
+def test_a_differing_low_precision_row_names_the_cpu_that_trained_it():
+    """Which CPU trained a row decides whether a bf16 difference can be the machine's (results/ has a cpu column;
+    rows from before it have none)."""
+    same = rerun.cpu_note("bf16", "Xeon A", "Xeon A")
+    assert same == ("It was recorded on this CPU (Xeon A), so the difference comes from the code or the libraries, "
+                    "not from the machine.")
+    other = rerun.cpu_note("bf16", "Xeon A", "Xeon B")
+    assert "it was recorded on another CPU (Xeon A; this one: Xeon B)" in other
+    assert other.endswith("before blaming the code.")
+    unknown = rerun.cpu_note("bf16", None, "Xeon B")
+    assert "results/ does not record the CPU that trained this run" in unknown

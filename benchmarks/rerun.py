@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     line = (f"`python -m benchmarks.rerun {ns.table} \"{ns.label}\" {ns.seed}` ({time.strftime('%Y-%m-%d')}): "
             f"row {ns.label!r}, seed {ns.seed}, of {ns.table}, recorded at commit {info['recorded_commit']}, "
             f"trained again at {commit_of_tree()} ({info['generations']} generation(s), {info['test_images']} test "
-            f"images, {info['threads']} thread(s), {info['precision']}, {info['minutes']:.1f} min): {verdict}.")
+            f"images, {info['threads']} thread(s), {info['precision']}, {cpu_name()}, {info['minutes']:.1f} min): "
+            f"{verdict}.")
     if diffs and info["precision"] != "fp32":
         line += " " + cpu_note(info["precision"], info["recorded_cpu"], cpu_name())
     print(line)

@@ -205,7 +205,7 @@ def rows_table(t: TableResult) -> str:
                          f"{np.mean(macs) / 1e6:.2f}" if final and macs else "",
                          f"{np.mean([r['train_seconds'] for r in rs]) / 60:.1f}"])
             slim = [r["slim_top1"] for r in rs if r["slim_top1"] is not None]
-            if slim and _referenced(t.spec, label, g, slim=True):
+            if slim and (final or _referenced(t.spec, label, g, slim=True)):  # a KE run's last H_g, always
                 sp = {r["slim_params"] for r in rs if r["slim_params"] is not None}
                 sm = [r["slim_macs"] for r in rs if r["slim_macs"] is not None]
                 cost = ["/".join(f"{p:,}" for p in sorted(sp)), f"{np.mean(sm) / 1e6:.2f}" if sm else "", ""]

@@ -415,3 +415,23 @@ def test_rows_that_answer_every_image_alike_are_told(same):
     t = report.TableResult(load_spec(TINY), rows, [out], [], [], [])
     notes = report._code_note(t)
     assert any("got every test image right or wrong alike at each of the 3 seeds" in n for n in notes) is same
+
+
+def test_a_slim_network_with_re_estimated_bn_is_an_operand_of_its_own():
+    from benchmarks.reproduction.spec import Ref, parse_ref
+
+    ref = parse_ref("KE@2:slim-bn", "claim")
+    assert ref == Ref("KE", 2, slim=True, bnfix=True)
+    assert (ref.column, ref.text()) == ("slim_bnfix_top1", "KE H_2 (BN re-estimated)")
+    assert parse_ref("KE@2:slim", "claim").column == "slim_top1"
+
+
+@pytest.mark.slow
+def test_a_claim_on_the_slim_network_with_re_estimated_bn_reads_its_column(tiny):
+    fixed = [100 * float(r["slim_bnfix_top1"]) for r in read_csv(tiny / "results" / f"{TINY.stem}.csv")
+             if r["label"] == "KE" and r["generation"] == "2"]
+    page = (tiny / "docs" / "reproduction.md").read_text()
+    line = next(x for x in page.splitlines() if x.startswith("| the slim network of KE, its BN re-estimated"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[0].endswith("(A = KE H_2 (BN re-estimated), B = KE N_2; A > B)")
+    assert cells[2] == f"{np.mean(fixed):.2f} ± {np.std(fixed, ddof=1):.2f} (n=2)"

@@ -254,16 +254,17 @@ def figure(t: TableResult, path: Path) -> Path | None:
     if base_ref.table and t.baseline:  # another table's row: shown first
         points.append((t.spec.baseline, t.baseline, True))
     for label in [r.label for r in t.spec.rows] + list(t.spec.depends):
-        named = {(r.generation, r.slim) for c in t.spec.claims for r in (c.a, c.b)
+        named = {(r.generation, r.slim, r.bnfix) for c in t.spec.claims for r in (c.a, c.b)
                  if r.label == label and r.table is None and r.generation and r.filters is None}
-        refs = [Ref(label)] + [Ref(label, g, s) for g, s in sorted(named, key=lambda x: (x[1], x[0]))]
+        refs = [Ref(label)] + [Ref(label, g, s, bnfix=b)
+                               for g, s, b in sorted(named, key=lambda x: (x[1], x[2], x[0]))]
         for ref in refs:
             vals = [_value(r, ref) for r in _select(t.rows, ref).values()]
             vals = [v for v in vals if v is not None]
             if vals:
                 points.append((ref.text() if ref.generation or ref.slim else label, vals, base_ref.table is None
-                               and (label, ref.generation, ref.slim) == (base_ref.label, base_ref.generation,
-                                                                        base_ref.slim)))
+                               and (label, ref.generation, ref.slim, ref.bnfix) == (
+                                   base_ref.label, base_ref.generation, base_ref.slim, base_ref.bnfix)))
     if not points or all(base for *_, base in points):
         return None
     import matplotlib

@@ -28,6 +28,7 @@ anything runs (a bad key or value is one ``ConfigError`` line naming the file, t
     [[claims]]                      # a claim of the paper, tested on the rows
     claim = "KE improves on its first generation"
     a = "KE@10"                     # LABEL (its last generation), LABEL@g (generation g), LABEL@g:slim (KE's H_g),
+                                    # LABEL@g:slim-bn (H_g with its BN statistics re-estimated, beyond the paper),
                                     # LABEL:filters<0.1 (share of the final network's filters with l1 < 0.1),
                                     # LABEL:map (a re-id run's mAP; its top-1 is rank-1);
                                     # OTHER/LABEL...: a row of the reproduction OTHER (its runs, not trained here)
@@ -58,7 +59,7 @@ ROW_KEYS = {"label", "method", "keys", "member"}
 CLAIM_KEYS = {"claim", "a", "b", "direction", "margin", "paper"}
 PAPER_KEYS = {"a", "b", "metric", "where"}
 _REF = re.compile(r"^(?:(?P<table>[A-Za-z0-9_.-]+)/)?(?P<label>[^@:/]+?)(?:@(?P<gen>\d+))?"
-                  r"(?::(?P<what>slim|map|filters<[0-9.e-]+))?$")
+                  r"(?::(?P<what>slim-bn|slim|map|filters<[0-9.e-]+))?$")
 FILTER_THRESHOLDS = (1e-3, 1e-2, 0.1, 1.0)  # as benchmarks.reproduction.results records them
 DEP_PREFIX = "@"
 
@@ -66,7 +67,8 @@ DEP_PREFIX = "@"
 @dataclass
 class Ref:
     """A claim's operand: a row (or dependency), a generation (None: the last) and what is measured: the dense
-    network's top-1 (default; rank-1 of a re-identification run), KE's slim network's top-1 (``slim``), a re-id
+    network's top-1 (default; rank-1 of a re-identification run), KE's slim network's top-1 (``slim``; with
+    ``bnfix``, with its BN statistics re-estimated on training batches instead of the dense network's), a re-id
     run's mAP (``map``), or the share of filters whose l1 norm is below a threshold (``filters<0.1``; of the final
     network)."""
 
@@ -76,19 +78,23 @@ class Ref:
     filters: float | None = None  # the threshold of a filter share
     table: str | None = None  # another reproduction's row (its runs are reused, not trained again)
     map: bool = False  # a re-identification run's mAP instead of its top-1 (rank-1)
+    bnfix: bool = False  # with slim: the slim network with its BN re-estimated (beyond the paper)
 
     def text(self) -> str:
         name = f"{self.table}/{self.label}" if self.table else self.label
         if self.filters is not None:
             return f"{name} filters with l1 < {self.filters:g}"
         return name + (f" N_{self.generation}" if self.generation and not self.slim else "") + \
-            (f" H_{self.generation or 'G'}" if self.slim else "") + (" mAP" if self.map else "")
+            (f" H_{self.generation or 'G'}" if self.slim else "") + (" (BN re-estimated)" if self.bnfix else "") + \
+            (" mAP" if self.map else "")
 
     @property
     def column(self) -> str:
         if self.filters is not None:
             return f"filters_lt_{self.filters:g}"
-        return "slim_top1" if self.slim else "map" if self.map else "top1"
+        if self.slim:
+            return "slim_bnfix_top1" if self.bnfix else "slim_top1"
+        return "map" if self.map else "top1"
 
 
 @dataclass
@@ -176,8 +182,8 @@ def _unknown(raw: dict, allowed: set, where: str) -> None:
 def parse_ref(text: str, where: str) -> Ref:
     m = _REF.match(text.strip()) if isinstance(text, str) else None
     if not m:
-        raise ConfigError(f"{where}: bad row reference {text!r} (LABEL, LABEL@g, LABEL@g:slim, LABEL:map or "
-                          f"LABEL:filters<0.1)")
+        raise ConfigError(f"{where}: bad row reference {text!r} (LABEL, LABEL@g, LABEL@g:slim, LABEL@g:slim-bn, "
+                          f"LABEL:map or LABEL:filters<0.1)")
     gen = int(m["gen"]) if m["gen"] else None
     if gen is not None and gen < 1:
         raise ConfigError(f"{where}: bad row reference {text!r}: generations count from 1")
@@ -191,7 +197,8 @@ def parse_ref(text: str, where: str) -> Ref:
             raise ConfigError(f"{where}: bad row reference {text!r}: filter shares are recorded for the final "
                               f"network at l1 < {', '.join(f'{t:g}' for t in FILTER_THRESHOLDS)}")
         return Ref(m["label"].strip(), None, False, threshold, m["table"])
-    return Ref(m["label"].strip(), gen, what == "slim", None, m["table"], what == "map")
+    return Ref(m["label"].strip(), gen, what in ("slim", "slim-bn"), None, m["table"], what == "map",
+               what == "slim-bn")
 
 
 def _machine_keys(keys: dict, where: str) -> None:

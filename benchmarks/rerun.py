@@ -142,15 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     except ResproutError as e:
         print(f"rerun: error: {e}", file=sys.stderr)
         return 2
+    here = cpu_name()
     verdict = ("**bit-identical**: the same top-1 and the same images right and wrong at every generation"
                if not diffs else "**differs**: " + "; ".join(diffs))
     line = (f"`python -m benchmarks.rerun {ns.table} \"{ns.label}\" {ns.seed}` ({time.strftime('%Y-%m-%d')}): "
             f"row {ns.label!r}, seed {ns.seed}, of {ns.table}, recorded at commit {info['recorded_commit']}, "
             f"trained again at {commit_of_tree()} ({info['generations']} generation(s), {info['test_images']} test "
-            f"images, {info['threads']} thread(s), {info['precision']}, {cpu_name()}, {info['minutes']:.1f} min): "
+            f"images, {info['threads']} thread(s), {info['precision']}, {here}, {info['minutes']:.1f} min): "
             f"{verdict}.")
     if diffs and info["precision"] != "fp32":
-        line += " " + cpu_note(info["precision"], info["recorded_cpu"], cpu_name())
+        line += " " + cpu_note(info["precision"], info["recorded_cpu"], here)
     print(line)
     if not ns.no_write:
         write_section("rerun", ["## A recorded reproduction row, trained again", "", line])

@@ -48,7 +48,6 @@ from resprout.engine.distributed import (
 )
 from resprout.engine.loggers import parse_logger_names, split_loggers
 from resprout.engine.precision import check_compile, cpu_capability, native_bf16, reading, resolved_keys
-from resprout.hardware import cpu_name
 from resprout.engine.progress import Progress, make_progress
 from resprout.engine.rundir import RUN_FILE, RunLock, SavedRun, read_run_file, write_run_file  # noqa: F401
 from resprout.engine.store import Store, default_store_path
@@ -59,6 +58,7 @@ from resprout.errors import (
     ResproutError,
     TrainingDiverged,
 )
+from resprout.hardware import cpu_name
 from resprout.inputs import build_dataset, build_eval_loaders, build_loaders, check_detection, check_task, data_task
 from resprout.methods import build_methods, resolved_options
 from resprout.methods.registry import check_method_objects, method_list, recorded_objects

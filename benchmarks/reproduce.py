@@ -181,7 +181,8 @@ def _finished(out: Path, key: str) -> bool:
 
 def rebuild(specs: list[Spec], work: Path, folder: Path, doc: Path = rep.DOC, readme: Path = rep.README,
             figures: Path = rep.FIGURES) -> list[rep.TableResult]:
-    """Every table, figure, docs/reproduction.md and the README's summary, from results/ alone."""
+    """Every table, figure, docs/reproduction.md, the README's summary and the claims blocks of the pages beside
+    the doc (:func:`benchmarks.reproduction.report.write_claims_blocks`), from results/ alone."""
     data = {spec.name: rep.recorded(spec.name, current_fingerprints(spec, work)[1], folder) for spec in specs}
     tables = []
     for spec in specs:
@@ -191,6 +192,7 @@ def rebuild(specs: list[Spec], work: Path, folder: Path, doc: Path = rep.DOC, re
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(rep.page(tables, doc, figures))
     rep.write_readme(tables, readme)
+    rep.write_claims_blocks(tables, doc)
     return tables
 
 

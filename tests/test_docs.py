@@ -1,4 +1,5 @@
-"""The README and the pages under docs/: every relative link leads to a file that exists, every `resprout` command
+"""The README and the pages under docs/: every relative link leads to a file that exists (and to a heading of it,
+when it names one), every `resprout` command
 in a code block is one the CLI accepts (its keys and method options checked as a run checks them before it
 starts), and the README stays about one screen (the details live in docs/).
 
@@ -55,13 +56,31 @@ def test_the_pages_have_commands_to_check():
     assert {"usage.md", "methods.md", "knowledge-evolution.md", "precision.md", "runs.md"} <= names
 
 
+def anchors(page: Path) -> set[str]:
+    """The fragments GitHub gives the page's headings (outside code blocks): lower case, punctuation dropped,
+    spaces to hyphens, a repeated one numbered -1, -2, ..."""
+    seen: dict[str, int] = {}
+    fence = False
+    for line in page.read_text().splitlines():
+        fence = fence != line.startswith("```")
+        m = None if fence else re.match(r"#{1,6} (.*)", line)
+        if m:
+            a = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            seen[a if a not in seen else f"{a}-{seen[a]}"] = 0
+            seen[a] = seen.get(a, 0) + 1
+    return set(seen)
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_relative_link_leads_to_a_file(page):
     for target in LINK.findall(page.read_text()):
-        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+        if re.match(r"[a-z]+:", target):
             continue
-        path = (page.parent / target.split("#")[0]).resolve()
+        file, _, fragment = target.partition("#")
+        path = (page.parent / file).resolve() if file else page
         assert path.exists(), f"{page.name} links to {target}, which does not exist"
+        if fragment and path.suffix == ".md":  # a link into a page names one of its headings
+            assert fragment in anchors(path), f"{page.name} links to {target}, a heading {path.name} does not have"
 
 
 @pytest.mark.parametrize("page,args", commands(), ids=lambda x: x if isinstance(x, str) and len(x) < 40 else None)

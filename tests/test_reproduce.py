@@ -6,6 +6,7 @@ re-derived when the stored rows change)."""
 import csv
 import json
 import math
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -16,9 +17,10 @@ import pytest
 import torch
 
 from benchmarks import reproduce
+from benchmarks.reproduction import report as rep
 from benchmarks.reproduction import results as res
 from benchmarks.reproduction import stats
-from benchmarks.reproduction.spec import load_spec
+from benchmarks.reproduction.spec import load_all, load_spec
 from resprout.compare.grid import build_grid
 from resprout.engine.evaluation import pack_bits, unpack_bits
 from resprout.errors import ConfigError
@@ -435,3 +437,72 @@ def test_a_claim_on_the_slim_network_with_re_estimated_bn_reads_its_column(tiny)
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[0].endswith("(A = KE H_2 (BN re-estimated), B = KE N_2; A > B)")
     assert cells[2] == f"{np.mean(fixed):.2f} ± {np.std(fixed, ddof=1):.2f} (n=2)"
+
+
+@pytest.mark.slow
+def test_a_method_pages_claims_block_is_written_from_the_results(tiny, tmp_path, capsys):
+    clone = tmp_path / "clone"
+    for part in ("repro", "results"):
+        shutil.copytree(tiny / part, clone / part)
+    (clone / "README.md").write_text("# resprout\n\nFirst paragraph.\n")
+    page = clone / "docs" / "method.md"
+    page.parent.mkdir()
+    page.write_text(f"# A method\n\nIts verdicts:\n\n<!-- reproduction:claims {TINY.stem} -->\nold words, typed\n"
+                    "<!-- reproduction:claims end -->\n\nThe rest.\n")
+    assert run_main(clone, "--from-results") == 0
+    text = page.read_text()
+    assert text.startswith("# A method\n\nIts verdicts:\n\n") and text.endswith("\n\nThe rest.\n")
+    assert "old words" not in text
+    block = text.split(f"<!-- reproduction:claims {TINY.stem} -->\n")[1].split("<!-- reproduction:claims end")[0]
+    lines = block.splitlines()
+    assert len(lines) == len(load_spec(TINY).claims)  # one line per claim of the table, in the file's order
+    # the KE line against the statistics of the stored per-image bits, as the claims table of the page has them
+    _, bits = res.read(TINY.stem, clone / "results")
+    ke = {(b["seed"], b["generation"]): unpack_bits(b["bits"], b["images"]) for b in bits if b["label"] == "KE"}
+    p = stats.paired_from_bits(np.stack([ke[(0, 2)], ke[(1, 2)]]), np.stack([ke[(0, 1)], ke[(1, 1)]]))
+    assert lines[0] == (f"- KE improves on its first generation (A = KE N_2, B = KE N_1; A > B): A - B = "
+                        f"{100 * p.diff:+.2f} ± {100 * p.se:.2f} points over 2 seeds, **{stats.verdict(p)}** "
+                        f"([table](reproduction.md#tiny-ke-kd-and-a-teacher-on-digits))")
+    heading = "### Tiny: KE, KD and a teacher on digits"
+    assert heading in (clone / "docs" / "reproduction.md").read_text()  # the link's anchor is that heading's
+    assert run_main(clone, "--from-results") == 0 and page.read_text() == text  # a second rebuild changes nothing
+    # a block naming no reproduction is refused in one line
+    page.write_text("<!-- reproduction:claims ke-table99 -->\n<!-- reproduction:claims end -->\n")
+    capsys.readouterr()
+    assert run_main(clone, "--from-results") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("reproduce: error: method.md: no reproduction named 'ke-table99' in its claims block")
+    assert "\n" not in err
+
+
+def test_github_anchors_of_the_headings():
+    assert rep.anchor("KTAN, Table I: DLN, KTAN and KD+KTAN") == "ktan-table-i-dln-ktan-and-kdktan"
+    assert rep.anchor("Knowledge Evolution, Tables 2/3: N_g of KE on LS") == \
+        "knowledge-evolution-tables-23-n_g-of-ke-on-ls"
+    assert rep.anchor("Detectors: speed and memory") == "detectors-speed-and-memory"
+
+
+def without_code_notes(page: str) -> str:
+    """The page without its notes on runs from older code: they follow the checkout's history (every later change
+    to resprout/ adds runs to them, a clone without history has none), not the results."""
+    page = re.sub(r"(?m)^- .*(come from code older than this tree|record a code version this checkout cannot "
+                  r"compare).*\n", "", page)
+    return re.sub(r"Notes:\n\n(?!- )", "", page)
+
+
+def test_the_committed_pages_are_what_the_committed_results_give(monkeypatch):
+    """docs/reproduction.md, the README's summary and every method page's claims blocks equal a rebuild from
+    results/ alone: a hand edit of a generated section, or results committed without the rebuild, fails here."""
+    # the files' channels_last=auto as a user's machine resolves it (the suite's portable mode turns it off)
+    monkeypatch.delenv("RESPROUT_PORTABLE")
+    specs = load_all(reproduce.REPRODUCTIONS)
+    data = {s.name: rep.recorded(s.name, reproduce.current_fingerprints(s, reproduce.WORK)[1], res.RESULTS)
+            for s in specs}
+    tables = [rep.build(s, data) for s in specs]
+    assert without_code_notes(rep.page(tables)) == without_code_notes(rep.DOC.read_text())
+    assert rep.readme_block(tables) in rep.README.read_text()
+    by_name = {t.spec.name: t for t in tables}
+    pages = [p for p in sorted(rep.DOC.parent.glob("*.md")) if rep.CLAIMS_BLOCK.search(p.read_text())]
+    assert {p.name for p in pages} >= {"distillation.md", "knowledge-evolution.md", "grafting.md", "rejuvenation.md"}
+    for p in pages:
+        assert rep.fill_claims_blocks(p.read_text(), by_name, p) == p.read_text(), p.name

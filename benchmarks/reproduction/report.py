@@ -3,12 +3,14 @@
 Every sentence with a number is produced here from the stored rows: the claims table (the paper's numbers as typed
 in the reproduction file, ours as mean ± std over seeds, the paired difference ± its standard error, the verdict of
 :func:`benchmarks.reproduction.stats.verdict`), the rows table, the notes on rows that come from older code or from
-another configuration, and the one-line-per-paper summary of the README.
+another configuration, the one-line-per-paper summary of the README, and the claims blocks of the method pages
+(:func:`write_claims_blocks`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from benchmarks.reproduction import stats
 from benchmarks.reproduction.results import code_changed_since, read
 from benchmarks.reproduction.spec import PAPERS, Claim, Ref, Spec, parse_ref
 from resprout.analysis.tables import format_table
+from resprout.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "reproduction.md"
@@ -164,13 +167,18 @@ def _paper_text(c: Claim) -> str:
     return f"{nums} {p.get('metric', '')} ({p['where']})".strip()
 
 
+def claim_name(c: Claim) -> str:
+    """The claim, its operands and the relation it tests."""
+    rel = (f"A - B {c.direction} {c.margin:g}" if c.margin else f"A {c.direction} B")
+    return f"{c.claim} (A = {c.a.text()}, B = {c.b.text()}; {rel})"
+
+
 def claims_table(t: TableResult) -> str:
     headers = ["claim", "paper", "ours: A (mean ± std, n)", "ours: B", "A - B (points, ± SE)", "verdict"]
     body = []
     for o in t.outcomes:
         c = o.claim
-        rel = (f"A - B {c.direction} {c.margin:g}" if c.margin else f"A {c.direction} B")
-        name = f"{c.claim} (A = {c.a.text()}, B = {c.b.text()}; {rel})"
+        name = claim_name(c)
         if o.paired is None:
             body.append([name, _paper_text(c), "-", "-", "-", f"({o.missing})"])
             continue
@@ -383,7 +391,8 @@ def page(tables: list[TableResult], doc: Path = DOC, figures: Path = FIGURES) ->
              "([`stats.py`](../benchmarks/reproduction/stats.py)). The file format (rows with their own keys, seeds, "
              "claims with the paper's numbers, dependencies such as a teacher) is described in "
              "[`spec.py`](../benchmarks/reproduction/spec.py); the stored columns in "
-             "[`results/README.md`](../results/README.md).",
+             "[`results/README.md`](../results/README.md). The method pages quote these verdicts in blocks "
+             "(`<!-- reproduction:claims NAME ... -->`) that the same rebuild writes, never in typed words.",
              "", "## Summary", ""]
     papers = [p for p in PAPERS if any(t.spec.paper == p for t in tables)]
     lines += [summary_line(p, [t for t in tables if t.spec.paper == p]) for p in papers] + [""]
@@ -418,6 +427,58 @@ def write_readme(tables: list[TableResult], readme: Path = README) -> None:
     readme.write_text(text)
 
 
-__all__ = ["Outcome", "Recorded", "TableResult", "build", "claims_table", "figure", "page", "readme_block", "recorded",
-           "rows_table",
-           "section", "summary_line", "judge_claim", "write_readme"]
+# -- verdicts quoted in the method pages -------------------------------------------------------------------------------
+# A method page (docs/*.md) that speaks of a table's verdicts holds them in a block the rebuild writes, never in typed
+# words: "<!-- reproduction:claims NAME [NAME ...] -->" ... "<!-- reproduction:claims end -->".
+CLAIMS_BLOCK = re.compile(r"<!-- reproduction:claims ([^>]*?) -->\n.*?<!-- reproduction:claims end -->", re.S)
+
+
+def anchor(title: str) -> str:
+    """The fragment GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
+def claim_line(o: Outcome, link: str) -> str:
+    what = claim_name(o.claim)
+    if o.paired is None:
+        return f"- {what}: {o.missing} ([table]({link}))"
+    p = o.paired
+    return (f"- {what}: A - B = {100 * p.diff:+.2f} ± {100 * p.se:.2f} points over {p.n} "
+            f"seed{'s' if p.n != 1 else ''}, **{o.verdict}** ([table]({link}))")
+
+
+def claims_block(names: list[str], tables: dict[str, TableResult], page: Path, doc: Path = DOC) -> str:
+    lines = [f"<!-- reproduction:claims {' '.join(names)} -->"]
+    for name in names:
+        if name not in tables:
+            raise ConfigError(f"{page.name}: no reproduction named {name!r} in its claims block "
+                              f"(one of: {', '.join(sorted(tables))})")
+        t = tables[name]
+        link = f"{os.path.relpath(doc, page.parent)}#{anchor(t.spec.title)}"
+        lines += [claim_line(o, link) for o in t.outcomes]
+    return "\n".join(lines + ["<!-- reproduction:claims end -->"])
+
+
+def fill_claims_blocks(text: str, tables: dict[str, TableResult], page: Path, doc: Path = DOC) -> str:
+    """``text`` with every claims block rewritten from the tables' outcomes."""
+    return CLAIMS_BLOCK.sub(lambda m: claims_block(m.group(1).split(), tables, page, doc), text)
+
+
+def write_claims_blocks(tables: list[TableResult], doc: Path = DOC) -> list[Path]:
+    """Rewrite the claims blocks of every page beside ``doc``; returns the pages that hold one."""
+    by_name = {t.spec.name: t for t in tables}
+    pages = []
+    for page in sorted(doc.parent.glob("*.md")):
+        text = page.read_text()
+        if page == doc or not CLAIMS_BLOCK.search(text):
+            continue
+        new = fill_claims_blocks(text, by_name, page, doc)
+        if new != text:
+            page.write_text(new)
+        pages.append(page)
+    return pages
+
+
+__all__ = ["Outcome", "Recorded", "TableResult", "anchor", "build", "claim_line", "claim_name", "claims_block", "claims_table",
+           "fill_claims_blocks", "figure", "judge_claim", "page", "readme_block", "recorded", "rows_table", "section",
+           "summary_line", "write_claims_blocks", "write_readme"]

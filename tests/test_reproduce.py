@@ -379,13 +379,16 @@ def test_code_changes_since_a_commit_are_told(tmp_path):
     git("-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
     git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "one")
     first = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
-    assert res.code_changed_since(first, tmp_path) is False
+    assert res.code_changed_since(first, tmp_path) == ()
     (tmp_path / "README.md").write_text("changed outside the package\n")
     res.code_changed_since.cache_clear()
-    assert res.code_changed_since(first, tmp_path) is False
+    assert res.code_changed_since(first, tmp_path) == ()
     (tmp_path / "resprout" / "a.py").write_text("x = 2\n")
+    (tmp_path / "resprout" / "methods").mkdir()
+    (tmp_path / "resprout" / "methods" / "b.py").write_text("y = 1\n")
+    git("add", "resprout/methods/b.py")  # a new file counts once git knows it
     res.code_changed_since.cache_clear()
-    assert res.code_changed_since(first, tmp_path) is True
+    assert res.code_changed_since(first, tmp_path) == ("a.py", "methods/b.py")
     assert res.code_changed_since("0" * 40, tmp_path) is None
     assert res.code_changed_since(None, tmp_path) is None
 
@@ -486,7 +489,7 @@ def without_code_notes(page: str) -> str:
     """The page without its notes on runs from older code: they follow the checkout's history (every later change
     to resprout/ adds runs to them, a clone without history has none), not the results."""
     page = re.sub(r"(?m)^- .*(come from code older than this tree|record a code version this checkout cannot "
-                  r"compare).*\n", "", page)
+                  r"compare).*\n(  - .*\n)*", "", page)
     return re.sub(r"Notes:\n\n(?!- )", "", page)
 
 
@@ -506,3 +509,18 @@ def test_the_committed_pages_are_what_the_committed_results_give(monkeypatch):
     assert {p.name for p in pages} >= {"distillation.md", "knowledge-evolution.md", "grafting.md", "rejuvenation.md"}
     for p in pages:
         assert rep.fill_claims_blocks(p.read_text(), by_name, p) == p.read_text(), p.name
+
+
+def test_runs_from_older_code_are_named_with_the_files_changed_since():
+    spec = load_spec(TINY)
+    row = lambda label, seed, commit, dirty=0: {"label": label, "seed": seed, "git_commit": commit,  # noqa: E731
+                                                "git_dirty": dirty, "final": 1}
+    stale = [row("CE", 0, "a" * 40), row("KE", 0, "a" * 40), row("CE", 1, "b" * 40, dirty=1), row("KE", 2, "a" * 40)]
+    files = tuple(f"m{i}.py" for i in range(rep.MAX_FILES + 2))
+    t = rep.TableResult(spec, stale + [row("KE", 1, "c" * 40)], [], [], stale, [],
+                        changed={"a" * 40: files, "b" * 40: (), "c" * 40: ()})
+    assert rep._code_note(t) == [
+        "- 4 of 5 runs come from code older than this tree (resprout/ changed since their commit):",
+        f"  - aaaaaaaa: CE (seed 0) and KE (seeds 0, 2); changed since: {', '.join(files[:rep.MAX_FILES])} and 2 more.",
+        "  - bbbbbbbb: CE (seed 1*) (*: with uncommitted changes); changed since: no file (the run had uncommitted "
+        "changes)."]

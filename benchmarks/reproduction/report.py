@@ -27,6 +27,7 @@ DOC = ROOT / "docs" / "reproduction.md"
 FIGURES = ROOT / "docs" / "figures" / "reproduction"
 README = ROOT / "README.md"
 VERDICTS = (stats.HOLDS, stats.REVERSED, stats.UNRESOLVED)
+MAX_FILES = 8  # changed files named per commit in a page's note on older code
 
 
 @dataclass
@@ -71,6 +72,7 @@ class TableResult:
     stale: list[dict]  # current rows from older code
     unknown_code: list[dict]  # current rows whose code version cannot be told
     baseline: list[float] = field(default_factory=list)  # the baseline row's top-1 per seed (maybe another table's)
+    changed: dict = field(default_factory=dict)  # commit -> the files of resprout/ changed since it (None: unknown)
 
 
 def _value(row: dict, ref: Ref) -> float | None:
@@ -147,7 +149,8 @@ def build(spec: Spec, data: dict[str, Recorded]) -> TableResult:
     ref = parse_ref(spec.baseline, "baseline")
     base = _select(data.get(ref.table or spec.name, Recorded([], {}, [])).rows, ref)
     return TableResult(spec, mine.rows, [judge_claim(c, data, spec.name) for c in spec.claims], mine.other_config,
-                       stale, unknown, [r["top1"] for _, r in sorted(base.items()) if r["top1"] is not None])
+                       stale, unknown, [r["top1"] for _, r in sorted(base.items()) if r["top1"] is not None],
+                       changed)
 
 
 # -- text --------------------------------------------------------------------------------------------------------------
@@ -236,10 +239,21 @@ def _referenced(spec: Spec, label: str, g: int, slim: bool = False) -> bool:
 def _code_note(t: TableResult) -> list[str]:
     lines = []
     if t.stale:
-        runs = ", ".join(f"{r['label']} s{r['seed']} ({(r['git_commit'] or '?')[:8]}"
-                         f"{', uncommitted changes' if r.get('git_dirty') else ''})" for r in t.stale)
         lines.append(f"- {len(t.stale)} of {len([r for r in t.rows if r['final'] == 1])} runs come from code older "
-                     f"than this tree (resprout/ changed since their commit): {runs}.")
+                     f"than this tree (resprout/ changed since their commit):")
+        for commit in dict.fromkeys(r["git_commit"] for r in t.stale):
+            rows = [r for r in t.stale if r["git_commit"] == commit]
+            by_label = {label: [r for r in rows if r["label"] == label] for label in dict.fromkeys(r["label"]
+                                                                                                 for r in rows)}
+            runs = " and ".join(f"{label} (seed{'s' if len(rs) > 1 else ''} "
+                                f"{', '.join(str(r['seed']) + ('*' if r.get('git_dirty') else '') for r in rs)})"
+                                for label, rs in by_label.items())
+            if any(r.get("git_dirty") for r in rows):
+                runs += " (*: with uncommitted changes)"
+            files = t.changed.get(commit) or ()
+            shown = ", ".join(files[:MAX_FILES]) + (f" and {len(files) - MAX_FILES} more" if len(files) > MAX_FILES
+                                                    else "")
+            lines.append(f"  - {(commit or '?')[:8]}: {runs}; changed since: {shown or 'no file (the run had uncommitted changes)'}.")
     if t.unknown_code:
         lines.append(f"- {len(t.unknown_code)} runs record a code version this checkout cannot compare "
                      f"(no commit, or a commit it lacks).")

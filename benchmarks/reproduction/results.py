@@ -247,17 +247,18 @@ def _int(v) -> int | None:
 
 # -- the code a result came from -------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=256)
-def code_changed_since(commit: str | None, root: Path = ROOT, package: str = "resprout") -> bool | None:
-    """Whether ``package/`` of the tree at ``root`` (its working tree, uncommitted changes included) differs from
-    ``commit``; None when it cannot be told (no commit recorded, not a git checkout, a commit this clone lacks)."""
+def code_changed_since(commit: str | None, root: Path = ROOT, package: str = "resprout") -> tuple[str, ...] | None:
+    """The files of ``package/`` in the tree at ``root`` (its working tree, uncommitted changes included) that differ
+    from ``commit``, relative to ``package/`` (empty: the same code); None when it cannot be told (no commit
+    recorded, not a git checkout, a commit this clone lacks)."""
     if not commit:
         return None
     try:
-        out = subprocess.run(["git", "diff", "--quiet", commit, "--", package], cwd=root, capture_output=True,
-                             timeout=30)
+        out = subprocess.run(["git", "diff", "--name-only", "--relative=" + package, commit, "--", package], cwd=root,
+                             capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
-    return {0: False, 1: True}.get(out.returncode)
+    return tuple(sorted(out.stdout.split())) if out.returncode == 0 else None
 
 
 __all__ = ["BIT_COLUMNS", "COLUMNS", "FILTER_COLUMNS", "FILTER_THRESHOLDS", "RESULTS", "choose_member",

@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         specs = load_all(Path(ns.dir), ns.names or None)
         for spec in specs:  # every file checked before anything trains
             current_fingerprints(spec, work, ns.jobs)
+        every = load_all(Path(ns.dir))
+        rep.check_claims_blocks({s.name for s in every}, Path(ns.doc))  # and the pages the rebuild will write
         code = 0
         if not ns.from_results:
             for spec in specs:
@@ -225,7 +227,6 @@ def main(argv: list[str] | None = None) -> int:
                 status = run_table(spec, ns.jobs, ns.threads, work, folder)
                 print(f"reproduce {spec.name}: {status} in {(time.monotonic() - t0) / 60:.1f} min", file=sys.stderr)
                 code = code or (0 if status == "finished" else 1)
-        every = load_all(Path(ns.dir))
         tables = rebuild(every, work, folder, Path(ns.doc), Path(ns.readme), Path(ns.figures))
         for t in tables:
             if t.spec in specs or t.spec.name in {s.name for s in specs}:

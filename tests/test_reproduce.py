@@ -469,13 +469,21 @@ def test_a_method_pages_claims_block_is_written_from_the_results(tiny, tmp_path,
     heading = "### Tiny: KE, KD and a teacher on digits"
     assert heading in (clone / "docs" / "reproduction.md").read_text()  # the link's anchor is that heading's
     assert run_main(clone, "--from-results") == 0 and page.read_text() == text  # a second rebuild changes nothing
-    # a block naming no reproduction is refused in one line
-    page.write_text("<!-- reproduction:claims ke-table99 -->\n<!-- reproduction:claims end -->\n")
-    capsys.readouterr()
-    assert run_main(clone, "--from-results") == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("reproduce: error: method.md: no reproduction named 'ke-table99' in its claims block")
-    assert "\n" not in err
+    # a block naming no reproduction, opened and never closed, or naming nothing is refused in one line before
+    # anything is trained or written (here the table is set to train again: it must not start)
+    doc = (clone / "docs" / "reproduction.md").read_text()
+    (clone / "results" / f"{TINY.stem}.csv").rename(clone / "aside.csv")
+    for broken, says in [("<!-- reproduction:claims ke-table99 -->\n<!-- reproduction:claims end -->\n",
+                          "no reproduction named 'ke-table99' in its claims block"),
+                         (f"<!-- reproduction:claims {TINY.stem} -->\ntyped words\n", "a claims block is "),
+                         ("<!-- reproduction:claims  -->\n<!-- reproduction:claims end -->\n", "a claims block is ")]:
+        page.write_text(broken)
+        capsys.readouterr()
+        assert run_main(clone) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"reproduce: error: method.md: {says}") and "\n" not in err
+        assert page.read_text() == broken and (clone / "docs" / "reproduction.md").read_text() == doc
+        assert not (clone / "work").exists()
 
 
 def test_github_anchors_of_the_headings():

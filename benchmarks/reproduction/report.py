@@ -253,7 +253,8 @@ def _code_note(t: TableResult) -> list[str]:
             files = t.changed.get(commit) or ()
             shown = ", ".join(files[:MAX_FILES]) + (f" and {len(files) - MAX_FILES} more" if len(files) > MAX_FILES
                                                     else "")
-            lines.append(f"  - {(commit or '?')[:8]}: {runs}; changed since: {shown or 'no file (the run had uncommitted changes)'}.")
+            shown = shown or "no file (the run had uncommitted changes)"
+            lines.append(f"  - {(commit or '?')[:8]}: {runs}; changed since: {shown}.")
     if t.unknown_code:
         lines.append(f"- {len(t.unknown_code)} runs record a code version this checkout cannot compare "
                      f"(no commit, or a commit it lacks).")
@@ -444,7 +445,9 @@ def write_readme(tables: list[TableResult], readme: Path = README) -> None:
 # -- verdicts quoted in the method pages -------------------------------------------------------------------------------
 # A method page (docs/*.md) that speaks of a table's verdicts holds them in a block the rebuild writes, never in typed
 # words: "<!-- reproduction:claims NAME [NAME ...] -->" ... "<!-- reproduction:claims end -->".
-CLAIMS_BLOCK = re.compile(r"<!-- reproduction:claims ([^>]*?) -->\n.*?<!-- reproduction:claims end -->", re.S)
+CLAIMS_OPEN, CLAIMS_END = "<!-- reproduction:claims ", "<!-- reproduction:claims end -->"
+CLAIMS_BLOCK = re.compile(r"<!-- reproduction:claims (?!end -->)([^>]*?) -->\n.*?<!-- reproduction:claims end -->",
+                          re.S)
 
 
 def anchor(title: str) -> str:
@@ -461,38 +464,59 @@ def claim_line(o: Outcome, link: str) -> str:
             f"seed{'s' if p.n != 1 else ''}, **{o.verdict}** ([table]({link}))")
 
 
+def block_names(text: str, page: Path, known: set[str] | dict) -> list[list[str]]:
+    """The reproductions each claims block of ``text`` names; a block opened and not closed, naming nothing, or
+    naming a reproduction not in ``known`` is refused."""
+    blocks = [names.split() for names in CLAIMS_BLOCK.findall(text)]
+    if text.count(CLAIMS_OPEN) != 2 * len(blocks) or not all(blocks):
+        raise ConfigError(f"{page.name}: a claims block is '{CLAIMS_OPEN}NAME [NAME ...] -->' on its own line, "
+                          f"then '{CLAIMS_END}' (one is missing, or names no reproduction)")
+    for name in [n for names in blocks for n in names if n not in known]:
+        raise ConfigError(f"{page.name}: no reproduction named {name!r} in its claims block "
+                          f"(one of: {', '.join(sorted(known))})")
+    return blocks
+
+
+def block_pages(doc: Path = DOC) -> list[Path]:
+    """The pages beside ``doc`` that hold a claims block (or a broken one)."""
+    return [p for p in sorted(doc.parent.glob("*.md")) if p != doc and CLAIMS_OPEN in p.read_text()]
+
+
+def check_claims_blocks(names: set[str], doc: Path = DOC) -> None:
+    """Refuse a broken claims block in the pages beside ``doc`` before anything trains."""
+    for page in block_pages(doc):
+        block_names(page.read_text(), page, names)
+
+
 def claims_block(names: list[str], tables: dict[str, TableResult], page: Path, doc: Path = DOC) -> str:
-    lines = [f"<!-- reproduction:claims {' '.join(names)} -->"]
+    lines = [f"{CLAIMS_OPEN}{' '.join(names)} -->"]
     for name in names:
-        if name not in tables:
-            raise ConfigError(f"{page.name}: no reproduction named {name!r} in its claims block "
-                              f"(one of: {', '.join(sorted(tables))})")
         t = tables[name]
         link = f"{os.path.relpath(doc, page.parent)}#{anchor(t.spec.title)}"
         lines += [claim_line(o, link) for o in t.outcomes]
-    return "\n".join(lines + ["<!-- reproduction:claims end -->"])
+    return "\n".join(lines + [CLAIMS_END])
 
 
 def fill_claims_blocks(text: str, tables: dict[str, TableResult], page: Path, doc: Path = DOC) -> str:
-    """``text`` with every claims block rewritten from the tables' outcomes."""
+    """``text`` with every claims block rewritten from the tables' outcomes (:func:`block_names` refuses a broken
+    one)."""
+    block_names(text, page, tables)
     return CLAIMS_BLOCK.sub(lambda m: claims_block(m.group(1).split(), tables, page, doc), text)
 
 
 def write_claims_blocks(tables: list[TableResult], doc: Path = DOC) -> list[Path]:
     """Rewrite the claims blocks of every page beside ``doc``; returns the pages that hold one."""
     by_name = {t.spec.name: t for t in tables}
-    pages = []
-    for page in sorted(doc.parent.glob("*.md")):
+    pages = block_pages(doc)
+    for page in pages:
         text = page.read_text()
-        if page == doc or not CLAIMS_BLOCK.search(text):
-            continue
         new = fill_claims_blocks(text, by_name, page, doc)
         if new != text:
             page.write_text(new)
-        pages.append(page)
     return pages
 
 
-__all__ = ["Outcome", "Recorded", "TableResult", "anchor", "build", "claim_line", "claim_name", "claims_block", "claims_table",
-           "fill_claims_blocks", "figure", "judge_claim", "page", "readme_block", "recorded", "rows_table", "section",
-           "summary_line", "write_claims_blocks", "write_readme"]
+__all__ = ["Outcome", "Recorded", "TableResult", "anchor", "block_names", "block_pages", "build",
+           "check_claims_blocks", "claim_line", "claim_name", "claims_block", "claims_table", "fill_claims_blocks",
+           "figure", "judge_claim", "page", "readme_block", "recorded", "rows_table", "section", "summary_line",
+           "write_claims_blocks", "write_readme"]

@@ -6,6 +6,7 @@
     python -m benchmarks.reproduce                     # every table (make reproduce)
     python -m benchmarks.reproduce ke-table2 --jobs 2  # one table, two worker processes
     python -m benchmarks.reproduce --from-results      # rebuild the page from results/ alone, no training
+    python -m benchmarks.reproduce --status            # what results/ holds of each table, what is left to run
 
 For each table (see :mod:`benchmarks.reproduction.spec` for the file format):
 
@@ -196,6 +197,26 @@ def rebuild(specs: list[Spec], work: Path, folder: Path, doc: Path = rep.DOC, re
     return tables
 
 
+def campaign_status(specs: list[Spec], every: list[Spec], work: Path, folder: Path) -> str:
+    """What ``results/`` holds of each of ``specs``, as a table: its runs recorded for the configuration its file now
+    gives (dependencies included), its claims that have runs to test (reading ``every`` table's rows), and the
+    training time of those runs."""
+    from resprout.analysis.tables import format_table
+
+    fps = {s.name: current_fingerprints(s, work)[1] for s in every}
+    data = {name: rep.recorded(name, fp, folder) for name, fp in fps.items()}
+    body = []
+    for spec in specs:
+        finals = [r for r in data[spec.name].rows if r["final"] == 1]
+        tested = sum(o.paired is not None for o in rep.build(spec, data).outcomes)
+        minutes = sum(r["train_seconds"] or 0 for r in finals) / 60
+        body.append([spec.name, f"{len(finals)} of {len(fps[spec.name])}", f"{tested} of {len(spec.claims)}",
+                     f"{minutes:.0f}", "complete" if len(finals) == len(fps[spec.name]) else
+                     f"python -m benchmarks.reproduce {spec.name}"])
+    return format_table(["reproduction", "runs recorded", "claims with runs", "train min (recorded runs)",
+                         "to complete it"], body)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.reproduce", description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="*", help="reproductions to run (file stems under reproductions/; default all)")
@@ -204,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                                                               "one per job)")
     ap.add_argument("--from-results", action="store_true", help="train nothing: rebuild the tables, figures and "
                                                                 "docs/reproduction.md from results/")
+    ap.add_argument("--status", action="store_true", help="train and write nothing: list what results/ holds of "
+                                                          "each table and what is left to run")
     ap.add_argument("--dir", default=str(REPRODUCTIONS), help=argparse.SUPPRESS)
     ap.add_argument("--results", default=str(res.RESULTS), help=argparse.SUPPRESS)
     ap.add_argument("--work", default=str(WORK), help=argparse.SUPPRESS)
@@ -219,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         for spec in specs:  # every file checked before anything trains
             current_fingerprints(spec, work, ns.jobs)
         every = load_all(Path(ns.dir))
+        if ns.status:
+            print(campaign_status(specs, every, work, folder))
+            return 0
         rep.check_claims_blocks({s.name for s in every}, Path(ns.doc))  # and the pages the rebuild will write
         code = 0
         if not ns.from_results:

@@ -532,3 +532,25 @@ def test_runs_from_older_code_are_named_with_the_files_changed_since():
         f"  - aaaaaaaa: CE (seed 0) and KE (seeds 0, 2); changed since: {', '.join(files[:rep.MAX_FILES])} and 2 more.",
         "  - bbbbbbbb: CE (seed 1*) (*: with uncommitted changes); changed since: no file (the run had uncommitted "
         "changes)."]
+
+
+@pytest.mark.slow
+def test_the_status_counts_the_recorded_runs_and_writes_nothing(tiny, tmp_path, capsys):
+    clone = tmp_path / "clone"
+    for part in ("repro", "results"):
+        shutil.copytree(tiny / part, clone / part)
+    (clone / "results" / f"{CROSS.stem}.csv").unlink()  # the second table: nothing recorded
+    (clone / "results" / f"{CROSS.stem}.correct.csv").unlink()
+    before = {p.name: p.read_bytes() for p in (clone / "results").iterdir()}
+    capsys.readouterr()
+    assert run_main(clone, "--status") == 0
+    lines = {cells[0]: cells for cells in ([c.strip() for c in x.strip("|").split("|")]
+                                           for x in capsys.readouterr().out.splitlines()[2:])}
+    finals = [r for r in read_csv(clone / "results" / f"{TINY.stem}.csv") if r["final"] == "1"]
+    assert len(finals) == 9  # two seeds of four rows, and the teacher
+    minutes = sum(float(r["train_seconds"]) for r in finals) / 60
+    assert lines[TINY.stem] == [TINY.stem, f"{len(finals)} of 9", f"{len(load_spec(TINY).claims)} of 6",
+                                f"{minutes:.0f}", "complete"]
+    assert lines[CROSS.stem] == [CROSS.stem, "0 of 2", "0 of 1", "0", f"python -m benchmarks.reproduce {CROSS.stem}"]
+    assert {p.name: p.read_bytes() for p in (clone / "results").iterdir()} == before
+    assert not (clone / "work").exists() and not (clone / "docs").exists() and not (clone / "README.md").exists()

@@ -248,9 +248,10 @@ def test_results_hold_the_stores_numbers_and_the_bits_agree(tiny):
         con.close()
         assert float(r["top1"]) == stored["test_top1"]
         # KE's slim network, with the dense network's BN statistics (the paper's way) and with them re-estimated
-        for column in ("slim_top1", "slim_bnfix_top1"):
+        # and the mean |w| of its fit and reset hypotheses (the paper's Fig. 7)
+        for column in ("slim_top1", "slim_bnfix_top1", "fit_abs", "reset_abs"):
             assert (float(r[column]) if r[column] else None) == stored.get(column)
-        assert (r["label"] == "KE") is bool(r["slim_bnfix_top1"])
+        assert (r["label"] == "KE") is bool(r["slim_bnfix_top1"]) is bool(r["fit_abs"]) is bool(r["reset_abs"])
         assert r["cpu"] == cpu_name()
         b = bits[(r["label"], r["seed"], r["generation"])]
         assert unpack_bits(b["bits"], int(b["images"])).mean() == pytest.approx(stored["test_top1"], abs=1e-12)
@@ -554,3 +555,18 @@ def test_the_status_counts_the_recorded_runs_and_writes_nothing(tiny, tmp_path, 
     assert lines[CROSS.stem] == [CROSS.stem, "0 of 2", "0 of 1", "0", f"python -m benchmarks.reproduce {CROSS.stem}"]
     assert {p.name: p.read_bytes() for p in (clone / "results").iterdir()} == before
     assert not (clone / "work").exists() and not (clone / "docs").exists() and not (clone / "README.md").exists()
+
+
+def test_the_hypotheses_of_a_ke_row_by_generation_are_told_from_its_rows():
+    spec = load_spec(TINY)
+    rows = [{"label": "KE", "seed": seed, "generation": g, "final": int(g == 2), "fit_abs": fit, "reset_abs": reset,
+             "slim_top1": slim, "git_commit": None, "git_dirty": 0}
+            for seed, g, fit, reset, slim in [(0, 1, 0.5, 0.5, 0.10), (1, 1, 0.7, 0.3, 0.12),
+                                              (0, 2, 0.6, 0.2, 0.30), (1, 2, 0.8, 0.4, 0.50)]]
+    rows.append({"label": "CE", "seed": 0, "generation": 1, "final": 1, "fit_abs": None, "reset_abs": None,
+                 "slim_top1": None, "git_commit": None, "git_dirty": 0})
+    t = rep.TableResult(spec, rows, [], [], [], [])
+    assert rep._code_note(t) == [
+        "- KE, at the end of each generation (mean of 2 seeds): the mean |w| inside the fit / the reset hypothesis "
+        "(the paper's Fig. 7), and the slim network's top-1 (BN copied): 1: 0.600 / 0.400, 11.0%; "
+        "2: 0.700 / 0.300, 40.0%."]

@@ -261,11 +261,34 @@ def _code_note(t: TableResult) -> list[str]:
     if t.other_config:
         lines.append(f"- {len(t.other_config)} recorded runs were trained with another configuration than the "
                      f"reproduction file now gives; they are left out.")
+    lines += _hypotheses_note(t)
     for o in t.outcomes:
         if o.identical:
             lines.append(f"- {o.claim.a.text()} and {o.claim.b.text()} got every test image right or wrong alike "
                          f"at each of the {o.paired.n} seeds (the claim \"{o.claim.claim}\"): the difference between "
                          f"the two rows turned no test image from right to wrong or back.")
+    return lines
+
+
+def _hypotheses_note(t: TableResult) -> list[str]:
+    """Per KE row: the fit and reset hypotheses' mean |w| and the slim network's top-1 at the end of each generation,
+    means over the seeds (the paper's Fig. 7 next to its Table 5), from the rows that recorded them."""
+    lines = []
+    for label in [r.label for r in t.spec.rows]:
+        rows = [r for r in t.rows if r["label"] == label and r.get("fit_abs") is not None]
+        if not rows:
+            continue
+        parts = []
+        for g in sorted({r["generation"] for r in rows}):
+            at = [r for r in rows if r["generation"] == g]
+            slim = [r["slim_top1"] for r in at if r.get("slim_top1") is not None]
+            parts.append(f"{g}: {np.mean([r['fit_abs'] for r in at]):.3f} / "
+                         f"{np.mean([r['reset_abs'] for r in at]):.3f}" + (f", {100 * np.mean(slim):.1f}%" if slim
+                                                                             else ""))
+        seeds = len({r["seed"] for r in rows})
+        lines.append(f"- {label}, at the end of each generation (mean of {seeds} seed{'s' if seeds > 1 else ''}): "
+                     f"the mean |w| inside the fit / the reset hypothesis (the paper's Fig. 7), and the slim "
+                     f"network's top-1 (BN copied): " + "; ".join(parts) + ".")
     return lines
 
 

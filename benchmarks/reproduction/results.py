@@ -1,14 +1,15 @@
 """``results/``: every run of the reproductions as CSV rows that outlive the machine and the results store.
 
 ``results/<table>.csv`` holds one row per run and generation (generation 1..G of a run with several; the last has
-``final = 1``): the configuration's fingerprint, seed, row label, the last-epoch and best top-1 on the full test
-set (rank-1 for a re-identification run, whose mAP is ``map`` and whose ``test_images`` are its queries), the slim
+``final = 1``): the configuration's fingerprint, seed, row label, the last-epoch and best top-1 on the full test set
+(rank-1 for a re-identification run, whose mAP is ``map`` and whose ``test_images`` are its queries), the slim
 network's top-1 where KE measured one (with the dense network's BN statistics, the paper's way, and with them
-re-estimated), the cost (epochs, parameters, MACs of the final network), the durations, threads, precision, the CPU
-(in bf16 two CPUs' kernels may round differently), the code version (git commit, and whether the package differed
-from it) and status. ``results/<table>.correct.csv`` holds, for the same runs and generations, the per-image top-1
-correctness on the test set (a packed bitmask in base64, with the test labels' fingerprint), from which the claims get
-the exact variance of a paired difference (:mod:`benchmarks.reproduction.stats`).
+re-estimated) and the mean absolute weight of its fit and reset hypotheses, the cost (epochs, parameters, MACs of the
+final network), the durations, threads, precision, the CPU (in bf16 two CPUs' kernels may round differently), the code
+version (git commit, and whether the package differed from it) and status. ``results/<table>.correct.csv`` holds, for
+the same runs and generations, the per-image top-1 correctness on the test set (a packed bitmask in base64, with the
+test labels' fingerprint), from which the claims get the exact variance of a paired difference
+(:mod:`benchmarks.reproduction.stats`).
 
 The fingerprint is the run's configuration fingerprint made portable: a teacher given as a run directory (a path
 of one machine) is replaced by the name and fingerprint of the dependency that trained it, and the precision (what
@@ -36,15 +37,15 @@ RESULTS = ROOT / "results"
 FILTER_THRESHOLDS = (1e-3, 1e-2, 0.1, 1.0)
 FILTER_COLUMNS = [f"filters_lt_{t:g}" for t in FILTER_THRESHOLDS]
 COLUMNS = ["label", "role", "seed", "generation", "generations", "final", "member", "fingerprint", "method",
-           "top1", "best_top1", "slim_top1", "slim_bnfix_top1", "map", "test_images", "test_labels", "epochs",
-           "total_epochs", "params", "macs", "slim_params", "slim_macs", "filters", *FILTER_COLUMNS, "train_seconds",
-           "wall_seconds", "threads", "precision", "cpu", "resprout", "git_commit", "git_dirty", "status", "finished",
-           "run"]
+           "top1", "best_top1", "slim_top1", "slim_bnfix_top1", "fit_abs", "reset_abs", "map", "test_images",
+           "test_labels", "epochs", "total_epochs", "params", "macs", "slim_params", "slim_macs", "filters",
+           *FILTER_COLUMNS, "train_seconds", "wall_seconds", "threads", "precision", "cpu", "resprout", "git_commit",
+           "git_dirty", "status", "finished", "run"]
 BIT_COLUMNS = ["label", "seed", "generation", "member", "fingerprint", "images", "labels", "bits"]
 _INT = {"seed", "generation", "generations", "final", "test_images", "epochs", "total_epochs", "params", "macs",
         "slim_params", "slim_macs", "threads", "images", "filters"}
-_FLOAT = {"top1", "best_top1", "slim_top1", "slim_bnfix_top1", "map", "train_seconds", "wall_seconds",
-          *FILTER_COLUMNS}
+_FLOAT = {"top1", "best_top1", "slim_top1", "slim_bnfix_top1", "fit_abs", "reset_abs", "map", "train_seconds",
+          "wall_seconds", *FILTER_COLUMNS}
 
 
 def portable_fingerprint(config: dict, teachers: dict[str, str] | None = None) -> str:
@@ -220,7 +221,8 @@ def export_run(run_dir: Path, label: str, *, role: str = "row", member: str | No
         row = {"label": label, "role": role, "seed": cfg["seed"], "generation": g + 1, "generations": G,
                "final": int(g == G - 1), "member": member, "fingerprint": fp, "method": cfg["method"],
                "top1": top1, "best_top1": max(upto) if upto else None, "slim_top1": metrics.get("slim_top1"),
-               "slim_bnfix_top1": metrics.get("slim_bnfix_top1"),
+               "slim_bnfix_top1": metrics.get("slim_bnfix_top1"), "fit_abs": metrics.get("fit_abs"),
+               "reset_abs": metrics.get("reset_abs"),
                "map": last_map[-1] if last_map else None,
                "test_images": correct.get("images", queries), "test_labels": correct.get("labels"),
                "epochs": cfg["epochs"], "total_epochs": cfg["epochs"] * (g + 1),

@@ -1,7 +1,6 @@
 """The README and the pages under docs/: every relative link leads to a file that exists (and to a heading of it,
-when it names one), every `resprout` command
-in a code block is one the CLI accepts (its keys and method options checked as a run checks them before it
-starts), and the README stays about one screen (the details live in docs/).
+when it names one), every `resprout` command in a code block is one the CLI accepts (its keys and method options
+checked as a run checks them before it starts), and the README stays about one screen (the details live in docs/).
 
 Commands are checked, not run: training each would take the suite far past its budget. What is checked is what
 goes stale when code changes: a renamed key, a removed option, a method that no longer exists, a flag the parser
@@ -59,16 +58,16 @@ def test_the_pages_have_commands_to_check():
 def anchors(page: Path) -> set[str]:
     """The fragments GitHub gives the page's headings (outside code blocks): lower case, punctuation dropped,
     spaces to hyphens, a repeated one numbered -1, -2, ..."""
-    seen: dict[str, int] = {}
+    found, times = set(), {}
     fence = False
     for line in page.read_text().splitlines():
         fence = fence != line.startswith("```")
         m = None if fence else re.match(r"#{1,6} (.*)", line)
         if m:
             a = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
-            seen[a if a not in seen else f"{a}-{seen[a]}"] = 0
-            seen[a] = seen.get(a, 0) + 1
-    return set(seen)
+            found.add(f"{a}-{times[a]}" if a in times else a)
+            times[a] = times.get(a, 0) + 1
+    return found
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

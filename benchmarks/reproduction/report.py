@@ -243,8 +243,9 @@ def _code_note(t: TableResult) -> list[str]:
                      f"than this tree (resprout/ changed since their commit):")
         for commit in dict.fromkeys(r["git_commit"] for r in t.stale):
             rows = [r for r in t.stale if r["git_commit"] == commit]
-            by_label = {label: [r for r in rows if r["label"] == label] for label in dict.fromkeys(r["label"]
-                                                                                                 for r in rows)}
+            by_label: dict[str, list[dict]] = {}
+            for r in rows:
+                by_label.setdefault(r["label"], []).append(r)
             runs = " and ".join(f"{label} (seed{'s' if len(rs) > 1 else ''} "
                                 f"{', '.join(str(r['seed']) + ('*' if r.get('git_dirty') else '') for r in rs)})"
                                 for label, rs in by_label.items())
@@ -494,8 +495,9 @@ def block_names(text: str, page: Path, known: set[str] | dict) -> list[list[str]
     if text.count(CLAIMS_OPEN) != 2 * len(blocks) or not all(blocks):
         raise ConfigError(f"{page.name}: a claims block is '{CLAIMS_OPEN}NAME [NAME ...] -->' on its own line, "
                           f"then '{CLAIMS_END}' (one is missing, or names no reproduction)")
-    for name in [n for names in blocks for n in names if n not in known]:
-        raise ConfigError(f"{page.name}: no reproduction named {name!r} in its claims block "
+    unknown = [n for names in blocks for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"{page.name}: no reproduction named {unknown[0]!r} in its claims block "
                           f"(one of: {', '.join(sorted(known))})")
     return blocks
 

@@ -161,3 +161,42 @@ def test_a_two_class_problem_is_refused_at_the_start():
     keys["data_options"] = dict(keys["data_options"], num_classes=2)
     with pytest.raises(ConfigError, match="at least 3 classes"):
         train(**keys, save=False)
+
+
+def test_an_adacos_run_loads_as_a_teacher_with_its_cosine_head_and_scale(tmp_path):
+    """The head is recorded as setup surgery, so a network rebuilt from the run's weights file (a teacher, the
+    reproduction's cost profile) gives the logits of the trainer's own network read back by ``open_run``."""
+    from resprout.engine.rundir import SavedRun
+    from resprout.methods.teachers import load_run_model
+    from resprout.run import open_run
+
+    run_dir = train(**synthetic(method="adacos", epochs=1), out=tmp_path / "run")["run_dir"]
+    assert [(r["op"], r["args"]) for r in SavedRun.open(run_dir).weights()[1]] == [
+        ("cosine_classifier", {"input_shape": [1, 8, 8]})]
+    rebuilt, _ = load_run_model(run_dir, in_channels=1, num_classes=4)
+    trained = open_run(run_dir).members["model"].model
+    assert isinstance(rebuilt.fc, CosineClassifier)
+    assert float(rebuilt.fc.scale) == float(trained.fc.scale) != fixed_scale(4)  # the adapted scale, loaded
+    x = torch.randn(5, 1, 8, 8)
+    torch.testing.assert_close(rebuilt.eval()(x), trained.eval()(x))
+
+
+def test_a_checkpoint_without_the_setup_surgery_is_refused_on_resume(tmp_path):
+    """A checkpoint whose history does not start with the surgery the methods' setup applies (written before the
+    head was recorded) is refused in one line, the run left as it was."""
+    from resprout.errors import CheckpointError
+
+    keys = synthetic(method="adacos+test_crash", epochs=2)
+    CRASH["at"] = (0, 1, 3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(**keys, methods=[Crash], out=tmp_path / "crashed")
+    path = tmp_path / "crashed" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    assert [r["op"] for r in state["surgery"]] == ["cosine_classifier"]
+    state["surgery"] = []
+    torch.save(state, path)
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match=r"does not start with the surgery of this run's setup "
+                                              r"\(model: cosine_classifier\)"):
+        resume(tmp_path / "crashed", methods=[Crash], progress="none")
+    assert path.read_bytes() == before

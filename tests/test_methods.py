@@ -56,3 +56,22 @@ def test_triplet_batches_are_p_classes_by_k():
 
     with pytest.raises(ConfigError, match="multiple of k=5"):
         train(**synthetic(method="triplet", batch_size=32), save=False)
+
+
+def test_a_triplet_run_rebuilds_with_its_embedding_head(tmp_path):
+    """The embedding head is setup surgery in the weights file: the network rebuilt from it embeds like the trainer's
+    own network read back by ``open_run``."""
+    from resprout.engine.rundir import SavedRun
+    from resprout.run import open_run
+
+    run_dir = train(**synthetic(method="triplet", batch_size=20, epochs=1, eval_every=100),
+                    out=tmp_path / "run")["run_dir"]
+    saved = SavedRun.open(run_dir)
+    assert [(r["op"], r["args"]) for r in saved.weights()[1]] == [
+        ("embedding_head", {"dim": 128, "input_shape": [1, 8, 8]})]
+    rebuilt = saved.model(in_channels=1, num_classes=4)
+    trained = open_run(run_dir).members["model"].model
+    x = torch.randn(5, 1, 8, 8)
+    out = rebuilt.eval()(x)
+    assert out.shape == (5, 128)
+    torch.testing.assert_close(out, trained.eval()(x))

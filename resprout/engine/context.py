@@ -8,7 +8,8 @@ reaches a private attribute).
 The events, in the order the loop fires them (see :mod:`resprout.engine.events` for the loop around them)::
 
     setup                 once, when the run is built: add members (add_member, set_model, remove_member), taps,
-                          learning-rate modifiers (rates.modify)
+                          learning-rate modifiers (rates.modify); a new head as apply_surgery, so that a
+                          network rebuilt from the run's weights files has it (no event is sent in setup)
     on_fit_start          once per fit() (also after a resume)
     on_generation_start   then every trainable member gets a fresh optimizer and schedule
     on_epoch_start
@@ -126,7 +127,9 @@ class RunContext:
         self._loop.remove_member(name)
 
     def set_model(self, name: str, model: nn.Module) -> None:
-        """Replace a member's network (in ``setup``); later changes go through :meth:`apply_surgery`."""
+        """Replace a member's network (in ``setup``); later changes go through :meth:`apply_surgery`. A change a
+        network rebuilt from the run's weights needs (a new head) is better made with :meth:`apply_surgery` in
+        ``setup`` too: it is recorded in the weights files, and a resume's setup applies it again."""
         self._loop.set_model(name, model)
 
     @property

@@ -120,6 +120,11 @@ class Checkpointer:
         Inside a generation the member's optimizer is rebuilt for the new parameters, and its state (momentum,
         Adam moments) is carried through the operation's index map: kept channels keep theirs, new ones start at
         zero. The distributed wrapper and feature taps are renewed, and ``on_member_resized`` tells the methods.
+
+        Called from a method's ``setup`` (a new head, say), the operation is recorded like any other, so that a
+        network rebuilt from its weights file (:meth:`~resprout.engine.rundir.SavedRun.model`) has it too; no event
+        is sent (the methods are still being set up), and a resume, whose setup applies it again, does not replay
+        it from the checkpoint.
         """
         loop = self.loop
         member = loop.members[name]
@@ -155,6 +160,10 @@ class Checkpointer:
 
     def _member_resized(self, name: str, *, replay: bool) -> None:
         loop = self.loop
+        if loop.setting_up:  # inside the methods' setup: later methods see the new network when set up
+            if loop.taps.active:
+                loop.taps.attach(name, loop.members[name].model)
+            return
         loop.resized, loop.replaying = name, replay
         try:
             if loop.taps.active:
@@ -236,8 +245,14 @@ class Checkpointer:
         if state["fingerprint"] != loop.config.fingerprint():
             raise CheckpointError(f"{path} was written by a run with another configuration; nothing was changed")
         names = set(state["members"])
-        # replay surgery on the freshly built members so that shapes match, then load weights
-        for rec in state["surgery"]:
+        # the methods' setup applied its surgery again; the checkpoint's history must start with it, and the rest is
+        # replayed on the freshly built members so that shapes match, then weights are loaded
+        setup = [(r["member"], r["op"], r["args"]) for r in loop.surgery]
+        if [(r["member"], r["op"], r["args"]) for r in state["surgery"][:len(setup)]] != setup:
+            ops = ", ".join(f"{m}: {op}" for m, op, _ in setup) or "none"
+            raise CheckpointError(f"{path}: its surgery history does not start with the surgery of this run's setup "
+                                  f"({ops}); it was written by another version of the methods; nothing was changed")
+        for rec in state["surgery"][len(setup):]:
             if rec["member"] not in loop.members:
                 raise CheckpointError(f"{path}: surgery on unknown member {rec['member']!r}")
             self._run_surgery(rec["member"], rec["op"], rec["args"])

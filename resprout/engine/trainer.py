@@ -138,8 +138,10 @@ class Trainer:
         self.checkpointer = Checkpointer(self)
         self.reporter = Reporter(self)
         self.context = RunContext(self)  # what the methods see of the run (resprout.engine.context)
+        self.setting_up = True  # surgery in a method's setup is recorded but announces nothing (see apply_surgery)
         for m in self.methods:
             m.setup(self.context)
+        self.setting_up = False
         self._handlers = {e: handlers(self.methods, e) for e in Event}
         self._step_methods = [m for m in self.methods if type(m).update_steps is not Method.update_steps]
         self._configure_members()

@@ -48,7 +48,7 @@ from resprout.errors import ConfigError
 from resprout.surgery.graph import is_tracing
 
 __all__ = ["AdaCos", "AdaCosOptions", "CosineClassifier", "adaptive_scale", "attach_cosine_classifier",
-           "cosine_logits", "fixed_scale"]
+           "cosine_classifier_op", "cosine_logits", "fixed_scale"]
 
 
 # -- pure functions ----------------------------------------------------------------------------------------------------
@@ -102,16 +102,19 @@ class CosineClassifier(nn.Linear):
         return f"in_features={self.in_features}, classes={self.out_features}, scale={float(self.scale):.4f}"
 
 
-def attach_cosine_classifier(model: nn.Module, example_input: torch.Tensor, scale: float) -> CosineClassifier:
+def attach_cosine_classifier(model: nn.Module, example_input: torch.Tensor,
+                             scale: float | None = None) -> CosineClassifier:
     """Replace the class layer of ``model`` (the ``nn.Linear`` whose output is the model's output) in place by a
-    :class:`CosineClassifier` that starts from its weight; returns the new head. A model whose output does not come
-    from an ``nn.Linear`` (a 1x1-conv head) is refused with one line."""
+    :class:`CosineClassifier` that starts from its weight, at ``scale`` (default: the fixed scale of Eq. 13 for its
+    classes); returns the new head. A model whose output does not come from an ``nn.Linear`` (a 1x1-conv head) is
+    refused with one line."""
     from resprout.methods.metric import _output_linear  # the shared "which Linear is the class layer" probe
 
     linear = _output_linear(model, example_input)
     if linear is None or isinstance(linear, CosineClassifier):
         raise ConfigError(f"method=adacos needs a network whose output comes straight from an nn.Linear class layer; "
                           f"{type(model).__name__} has none (e.g. use vgg head=fc, not head=gap)")
+    scale = fixed_scale(linear.out_features) if scale is None else scale
     head = CosineClassifier(linear.in_features, linear.out_features, scale, device=linear.weight.device,
                             dtype=linear.weight.dtype)
     with torch.no_grad():
@@ -124,6 +127,16 @@ def attach_cosine_classifier(model: nn.Module, example_input: torch.Tensor, scal
         parent, _, child = path.rpartition(".")
         setattr(model.get_submodule(parent), child, head)
     return head
+
+
+def cosine_classifier_op(model: nn.Module, *, input_shape: list[int]) -> nn.Module:
+    """The surgery operation ``cosine_classifier`` (registered in :mod:`resprout.methods.registry`):
+    :func:`attach_cosine_classifier` at the fixed scale, probed with zeros of ``input_shape`` (C, H, W). Recorded at
+    setup, it gives a network rebuilt from a run's weights its cosine head again; the current scale is a buffer,
+    loaded with the weights."""
+    example = torch.zeros((2, *input_shape), device=next(model.parameters()).device)
+    attach_cosine_classifier(model, example)
+    return model
 
 
 # -- the method --------------------------------------------------------------------------------------------------------
@@ -148,14 +161,9 @@ class AdaCos(Method):
         members = [m for m in trainer.members.values() if m.task]
         if not members:
             raise ConfigError("method=adacos: this run has no trainable classifier to give a cosine head")
-        for m in members:
-            example = torch.zeros((2, *trainer.input_shape), device=trainer.device)
-            with torch.no_grad():
-                classes = m.model.eval()(example).shape[1]
-            m.model.train()
-            head = attach_cosine_classifier(m.model, example, fixed_scale(classes))
-            self.heads[m.name] = next(n for n, mod in m.model.named_modules() if mod is head)
-            trainer.set_model(m.name, m.model)
+        for m in members:  # as surgery, so that the head is in the run's weights files (a teacher loads it)
+            model = trainer.apply_surgery(m.name, "cosine_classifier", input_shape=list(trainer.input_shape))
+            self.heads[m.name] = next(n for n, mod in model.named_modules() if isinstance(mod, CosineClassifier))
 
     def on_fit_start(self, trainer) -> None:
         missing = [m.name for m in trainer.members.values() if m.task and m.name not in self.heads]

@@ -41,6 +41,7 @@ from resprout.errors import ConfigError
 __all__ = [
     "EmbeddingHead",
     "attach_embedding_head",
+    "embedding_head_op",
     "embed",
     "nmi",
     "pairwise_distances",
@@ -261,6 +262,13 @@ def attach_embedding_head(model: nn.Module, dim: int = 128, *, example_input: to
     return head
 
 
+def embedding_head_op(model: nn.Module, *, dim: int, input_shape: list[int]) -> nn.Module:
+    """The surgery operation ``embedding_head`` (registered in :mod:`resprout.methods.registry`):
+    :func:`attach_embedding_head`, probed with zeros of ``input_shape`` (C, H, W)."""
+    return attach_embedding_head(model, dim, example_input=torch.zeros((2, *input_shape),
+                                                                      device=next(model.parameters()).device))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The method
 # --------------------------------------------------------------------------------------------------------------
@@ -292,8 +300,8 @@ class TripletMetric(Method):
 
     def setup(self, trainer) -> None:
         for m in trainer.task_members:
-            example = torch.zeros((2, *trainer.input_shape), device=trainer.device)
-            trainer.set_model(m.name, attach_embedding_head(m.model, self.options.dim, example_input=example))
+            # as surgery, so that the head is in the run's weights files (a network rebuilt from them has it)
+            trainer.apply_surgery(m.name, "embedding_head", dim=self.options.dim, input_shape=list(trainer.input_shape))
             m.logits = False
         trainer.task = RetrievalTask()  # Recall@K and NMI (resprout.engine.task)
 

@@ -15,6 +15,7 @@ from resprout.engine.method import Method
 from resprout.errors import ConfigError
 from resprout.options import fill_options
 from resprout.registry import Registry
+from resprout.surgery.registry import SURGERY
 
 METHODS: Registry[type[Method]] = Registry("method", note="combine with '+', e.g. ke+ls")
 _ALIASES = {"ls": ("label_smoothing", "label-smoothing")}
@@ -58,6 +59,13 @@ for _name, _target, _what in [
                                 "(Zhang et al., CVPR 2019)"),
 ]:
     METHODS.add(_name, f"resprout.methods.{_target}", _what, aliases=_ALIASES.get(_name, ()))
+
+# the heads some methods give their networks in setup, as surgery: recorded in the weights, so that a network rebuilt
+# from a run (a teacher, an exported profile) gets its head again
+SURGERY.add("cosine_classifier", "resprout.methods.adacos:cosine_classifier_op",
+            "replace the class layer by AdaCos's cosine classifier (method=adacos)")
+SURGERY.add("embedding_head", "resprout.methods.metric:embedding_head_op",
+            "replace the class layer by a normalized embedding layer (method=triplet)")
 
 
 def register_method(cls: type[Method], *, replace: bool = False) -> type[Method]:

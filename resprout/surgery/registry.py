@@ -13,11 +13,12 @@ carry the optimizer's state (momentum, Adam moments) over to the kept channels; 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Union
-
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Union
 
 from resprout.registry import Registry
+
+if TYPE_CHECKING:  # the registry itself needs no torch: listing methods (resprout --help) imports it
+    from torch import nn
 
 #: new tensor name -> {dim: [old index of each new index along dim, or -1 for a new one]}; a name absent from the
 #: map is unchanged (same shape, same values), a name mapped to {} is unchanged too
@@ -30,7 +31,7 @@ class SurgeryResult:
     index_maps: IndexMaps = field(default_factory=dict)
 
 
-SurgeryOp = Callable[..., Union[nn.Module, SurgeryResult]]
+SurgeryOp = Callable[..., Union["nn.Module", SurgeryResult]]
 SURGERY: Registry[SurgeryOp] = Registry("surgery operation")
 SURGERY.add("resize", "resprout.surgery.resize:resize_op", "keep chosen channels of coupled channel groups and add "
             "new ones (KE's slim network, NR's dead-neuron removal and widening)")

@@ -361,3 +361,30 @@ def test_train_metrics_and_per_member_optimizer_overrides(tmp_path):
         train_rows = {(r[0], r[4]) for r in s.epoch_metrics("r") if r[3] == "train"}
     for member in ("model", "adam_peer"):
         assert {(member, "loss"), (member, "top1"), (member, "lr")} <= train_rows
+
+
+class LrSpy(Method):
+    """Records the rate of each epoch's last step, then puts another rate in the optimizer at the epoch's end, as
+    a surgery's fresh optimizer does (slimming's pruning, a rejuvenation)."""
+
+    name = "test_lr_spy"
+    last: list = []
+
+    def on_after_step(self, t):
+        if len(LrSpy.last) == t.epoch:
+            LrSpy.last.append(None)
+        LrSpy.last[t.epoch] = t.members["model"].optimizer.param_groups[0]["lr"]
+
+    def on_epoch_end(self, t):
+        t.members["model"].optimizer.param_groups[0]["lr"] = 123.0
+
+
+def test_the_logged_rate_is_the_last_steps_even_when_the_epochs_end_changes_the_optimizer(tmp_path):
+    LrSpy.last = []
+    result = train(**synthetic(method="ce+test_lr_spy", epochs=3), methods=[LrSpy], out=tmp_path / "run")
+    logged = [r[-1] for r in metric_rows(Path(result["run_dir"])) if r[4] == "lr"]
+    assert len(LrSpy.last) == 3 and 123.0 not in LrSpy.last
+    assert logged == LrSpy.last
+    lines = (Path(result["run_dir"]) / "train.log").read_text().splitlines()
+    assert [float(line.split("  lr ")[1].split()[0]) for line in lines if "  lr " in line] == pytest.approx(
+        LrSpy.last, rel=1e-3)  # the progress line prints 4 digits

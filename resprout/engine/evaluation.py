@@ -139,6 +139,7 @@ class Reporter:
 
     def __init__(self, loop) -> None:
         self.loop = loop  # the trainer whose epochs this collaborator evaluates and reports
+        self._epoch_lrs: dict[str, float] = {}  # member -> the rate of its last step in the epoch being reported
 
     def evaluate(self, model: nn.Module, split: str = "test", correct: list | None = None, *,
                  autocast: bool = True) -> dict[str, float]:
@@ -251,7 +252,8 @@ class Reporter:
                 if correct:
                     self._save_correct(name, torch.cat(correct))
             loop._eval_time += time.perf_counter() - t0
-            extra = {"lr": member.optimizer.param_groups[0]["lr"], "seconds": loop._epoch_time,
+            lr = self._epoch_lrs.get(name, member.optimizer.param_groups[0]["lr"] if member.trainable else 0.0)
+            extra = {"lr": lr, "seconds": loop._epoch_time,
                      "images_per_second": images / max(loop._epoch_time, 1e-9)} if member.trainable else {}
             if member.trainable and loop.scaler is not None:  # steps fp16's gradient scaler skipped (overflow)
                 extra["skipped_steps"] = float(loop._accum.get(SKIPPED, 0))
@@ -289,10 +291,12 @@ class Reporter:
 
     def _finish_epoch(self) -> None:
         loop = self.loop
+        # the rate of each member's last step, read before on_epoch_end: a surgery there gives a fresh optimizer
+        self._epoch_lrs = {m.name: m.optimizer.param_groups[0]["lr"] for m in loop.trainable
+                           if m.local and m.optimizer is not None}
         loop._emit(Event.EPOCH_END)
         g, e = loop.generation, loop.epoch
-        local = [m for m in loop.trainable if m.local]
-        lr = local[0].optimizer.param_groups[0]["lr"] if local else 0.0
+        lr = next(iter(self._epoch_lrs.values()), 0.0)
         images = loop.train_loader.steps(g, e) * loop.train_loader.batch_size
         every = self.eval_interval
         evaluate_now = (e + 1) % every == 0 or e + 1 == loop.config.epochs

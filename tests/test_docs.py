@@ -1,6 +1,7 @@
 """The README and the pages under docs/: every relative link leads to a file that exists (and to a heading of it,
 when it names one), every `resprout` command in a code block is one the CLI accepts (its keys and method options
-checked as a run checks them before it starts), and the README stays about one screen (the details live in docs/).
+checked as a run checks them before it starts), every `resprout.x.y` or `Trainer.x` a page quotes exists (BENCHMARKS.md
+and the other top-level pages too), and the README stays about one screen (the details live in docs/).
 
 Commands are checked, not run: training each would take the suite far past its budget. What is checked is what
 goes stale when code changes: a renamed key, a removed option, a method that no longer exists, a flag the parser
@@ -101,6 +102,42 @@ def test_every_documented_command_is_accepted(page, args, monkeypatch):
         from resprout.config import parse_overrides
 
         parse_overrides(keys)
+
+
+CODE_NAME = re.compile(r"`((?:resprout\.|Trainer\.)[A-Za-z_][\w.]*\w)`")
+CODE_PAGES = [*PAGES, *(ROOT / name for name in ("BENCHMARKS.md", "ARCHITECTURE.md", "RELIABILITY.md"))]
+
+
+def resolve(name: str) -> object:
+    """The object a dotted name in a page stands for: the longest importable module, then attributes;
+    ``Trainer.x`` is an attribute of :class:`resprout.engine.trainer.Trainer`."""
+    import importlib
+
+    if name.startswith("Trainer."):
+        name = "resprout.engine.trainer." + name
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ModuleNotFoundError(name)
+
+
+@pytest.mark.parametrize("page", CODE_PAGES, ids=lambda p: p.name)
+def test_every_code_name_a_page_quotes_exists(page):
+    """`resprout.x.y` and `Trainer.x` in a page (generated sections too: a benchmark's text names what it times)
+    name a module, class, function or attribute that exists, so that a rename cannot leave a page behind."""
+    for name in sorted(set(CODE_NAME.findall(page.read_text()))):
+        if name in ("resprout.db",):  # the store's file name, not a module
+            continue
+        try:
+            resolve(name)
+        except (ImportError, AttributeError):
+            pytest.fail(f"{page.name} names `{name}`, which does not exist")
 
 
 def test_the_readme_starts_short():

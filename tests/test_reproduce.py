@@ -499,7 +499,7 @@ def without_code_notes(page: str) -> str:
     to resprout/ adds runs to them, a clone without history has none), not the results."""
     page = re.sub(r"(?m)^- .*(come from code older than this tree|record a code version this checkout cannot "
                   r"compare).*\n(  - .*\n)*", "", page)
-    return re.sub(r"Notes:\n\n(?!- )", "", page)
+    return re.sub(r"\nNotes:\n\n(?=\n|$)", "", page)  # a Notes block left empty goes too
 
 
 def test_the_committed_pages_are_what_the_committed_results_give(monkeypatch):
@@ -570,3 +570,33 @@ def test_the_hypotheses_of_a_ke_row_by_generation_are_told_from_its_rows():
         "- KE, at the end of each generation (mean of 2 seeds): the mean |w| inside the fit / the reset hypothesis "
         "(the paper's Fig. 7), and the slim network's top-1 (BN copied): 1: 0.600 / 0.400, 11.0%; "
         "2: 0.700 / 0.300, 40.0%."]
+
+
+def test_the_channel_record_of_slimming_and_nr_is_read_from_their_results():
+    """live_share: the channels alive over the channels judged (the judged groups only), from the first pruning or
+    rejuvenation; paper_params: NR's count after its last rejuvenation."""
+    slimming = {"slimming": {"live_before": {"a": 2, "b": 1}, "widths_before": {"a": 4, "b": 8, "c": 100}}}
+    assert res.channel_record(slimming) == {"live_share": 3 / 12}
+    nr = {"rejuvenation": {"rejuvenations": [
+        {"live_before": {"a": 3, "b": 3}, "widths_before": {"a": 4, "b": 8}, "counts_after": {"paper_params": 50}},
+        {"live_before": {"a": 1, "b": 1}, "widths_before": {"a": 6, "b": 9}, "counts_after": {"paper_params": 70}}]}}
+    assert res.channel_record(nr) == {"live_share": 6 / 12, "paper_params": 70}
+    assert res.channel_record({"rejuvenation": {"rejuvenations": []}, "slimming": {"note": "no pruning"}}) == {}
+    assert res.channel_record({}) == {}
+
+
+def test_the_channels_of_slimming_and_nr_rows_are_told_from_their_rows():
+    spec = load_spec(TINY)
+    base = {"generation": 1, "final": 1, "git_commit": None, "git_dirty": 0}
+    rows = [{**base, "label": "KE", "seed": 0, "live_share": 0.25, "paper_params": 100, "params": 180},
+            {**base, "label": "KE", "seed": 1, "live_share": 0.35, "paper_params": 110, "params": 200},
+            {**base, "label": "KD", "seed": 0, "live_share": 0.1, "paper_params": None, "params": 90},
+            {**base, "label": "CE", "seed": 0, "live_share": None, "paper_params": None, "params": 90},
+            {**base, "label": "KD", "seed": 1, "final": 0, "live_share": 0.9}]  # not a run's last generation
+    t = rep.TableResult(spec, rows, [], [], [], [])
+    assert rep._code_note(t) == [
+        "- Channels alive (BN scale above the liveness threshold) just before the first pruning (Network Slimming) "
+        "or rejuvenation (NR), as a share of the channels the method judges, mean over seeds: KE: 30.0% (2 seeds); "
+        "KD: 10.0% (1 seed).",
+        "- NR's own count of its rebuilt network's parameters (the count its target holds) beside the real weights "
+        "of the params column, mean over seeds: KE: 105 counted, 190 real (2 seeds)."]

@@ -262,7 +262,7 @@ def _code_note(t: TableResult) -> list[str]:
     if t.other_config:
         lines.append(f"- {len(t.other_config)} recorded runs were trained with another configuration than the "
                      f"reproduction file now gives; they are left out.")
-    lines += _hypotheses_note(t)
+    lines += _hypotheses_note(t) + _channels_note(t)
     for o in t.outcomes:
         if o.identical:
             lines.append(f"- {o.claim.a.text()} and {o.claim.b.text()} got every test image right or wrong alike "
@@ -287,10 +287,38 @@ def _hypotheses_note(t: TableResult) -> list[str]:
                          f"{np.mean([r['reset_abs'] for r in at]):.3f}" + (f", {100 * np.mean(slim):.1f}%" if slim
                                                                              else ""))
         seeds = len({r["seed"] for r in rows})
-        lines.append(f"- {label}, at the end of each generation (mean of {seeds} seed{'s' if seeds > 1 else ''}): "
+        lines.append(f"- {label}, at the end of each generation (mean of {_seeds(seeds)}): "
                      f"the mean |w| inside the fit / the reset hypothesis (the paper's Fig. 7), and the slim "
                      f"network's top-1 (BN copied): " + "; ".join(parts) + ".")
     return lines
+
+
+def _channels_note(t: TableResult) -> list[str]:
+    """Per Network Slimming or NR row, means over its seeds' final rows: the share of channels alive just before
+    the first pruning or rejuvenation, and NR's own count of its rebuilt network's parameters beside the real ones."""
+    live, counted = [], []
+    for label in [r.label for r in t.spec.rows]:
+        rows = [r for r in t.rows if r["label"] == label and r["final"] == 1]
+        shares = [r["live_share"] for r in rows if r.get("live_share") is not None]
+        if shares:
+            live.append(f"{label}: {100 * np.mean(shares):.1f}% ({_seeds(len(shares))})")
+        both = [r for r in rows if r.get("paper_params") is not None and r.get("params") is not None]
+        if both:
+            counted.append(f"{label}: {np.mean([r['paper_params'] for r in both]):,.0f} counted, "
+                           f"{np.mean([r['params'] for r in both]):,.0f} real ({_seeds(len(both))})")
+    lines = []
+    if live:
+        lines.append("- Channels alive (BN scale above the liveness threshold) just before the first pruning "
+                     "(Network Slimming) or rejuvenation (NR), as a share of the channels the method judges, mean "
+                     "over seeds: " + "; ".join(live) + ".")
+    if counted:
+        lines.append("- NR's own count of its rebuilt network's parameters (the count its target holds) beside the "
+                     "real weights of the params column, mean over seeds: " + "; ".join(counted) + ".")
+    return lines
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n > 1 else ''}"
 
 
 def figure(t: TableResult, path: Path) -> Path | None:

@@ -38,14 +38,15 @@ FILTER_THRESHOLDS = (1e-3, 1e-2, 0.1, 1.0)
 FILTER_COLUMNS = [f"filters_lt_{t:g}" for t in FILTER_THRESHOLDS]
 COLUMNS = ["label", "role", "seed", "generation", "generations", "final", "member", "fingerprint", "method",
            "top1", "best_top1", "slim_top1", "slim_bnfix_top1", "fit_abs", "reset_abs", "map", "test_images",
-           "test_labels", "epochs", "total_epochs", "params", "macs", "slim_params", "slim_macs", "filters",
+           "test_labels", "epochs", "total_epochs", "params", "macs", "paper_params", "slim_params", "slim_macs",
+           "live_share", "filters",
            *FILTER_COLUMNS, "train_seconds", "wall_seconds", "threads", "precision", "cpu", "resprout", "git_commit",
            "git_dirty", "status", "finished", "run"]
 BIT_COLUMNS = ["label", "seed", "generation", "member", "fingerprint", "images", "labels", "bits"]
 _INT = {"seed", "generation", "generations", "final", "test_images", "epochs", "total_epochs", "params", "macs",
-        "slim_params", "slim_macs", "threads", "images", "filters"}
-_FLOAT = {"top1", "best_top1", "slim_top1", "slim_bnfix_top1", "fit_abs", "reset_abs", "map", "train_seconds",
-          "wall_seconds", *FILTER_COLUMNS}
+        "paper_params", "slim_params", "slim_macs", "threads", "images", "filters"}
+_FLOAT = {"top1", "best_top1", "slim_top1", "slim_bnfix_top1", "fit_abs", "reset_abs", "map", "live_share",
+          "train_seconds", "wall_seconds", *FILTER_COLUMNS}
 
 
 def portable_fingerprint(config: dict, teachers: dict[str, str] | None = None) -> str:
@@ -178,6 +179,32 @@ def _final_network(run_dir: Path, config: dict, member: str) -> dict:
     return {"params": prof.params, "macs": prof.macs, **filter_shares(model)}
 
 
+def channel_record(results: dict) -> dict:
+    """From a run's results (its checkpoint's): ``live_share``, of the channels Network Slimming judges or Neural
+    Rejuvenation monitors, the share alive (BN scale above the liveness threshold) just before the first pruning or
+    rejuvenation; ``paper_params``, NR's own count of its last rebuilt network's parameters (the count its target
+    holds; the real weights are ``params``). Nothing for a run that pruned or rejuvenated nothing."""
+    nr = (results.get("rejuvenation") or {}).get("rejuvenations") or []
+    first = results.get("slimming") if (results.get("slimming") or {}).get("live_before") else (nr[0] if nr else {})
+    out = {}
+    if first.get("live_before"):
+        live = first["live_before"]
+        out["live_share"] = sum(live.values()) / sum(first["widths_before"][k] for k in live)
+    if nr and (nr[-1].get("counts_after") or {}).get("paper_params") is not None:
+        out["paper_params"] = int(nr[-1]["counts_after"]["paper_params"])
+    return out
+
+
+def _run_results(run_dir: Path) -> dict:
+    from resprout.engine.rundir import SavedRun
+    from resprout.errors import ResproutError
+
+    try:
+        return SavedRun.open(run_dir).checkpoint().get("results") or {}
+    except ResproutError:  # no checkpoint (a run kept only its best weights): nothing to read
+        return {}
+
+
 def choose_member(curves: dict, wanted: str | None) -> str:
     """The member a row reports: ``wanted``, else ``model``, else ``peer_1`` (a run whose model became peers: the
     grafting paper records the first network)."""
@@ -209,6 +236,7 @@ def export_run(run_dir: Path, label: str, *, role: str = "row", member: str | No
     correct_path = run_dir / CORRECT_FILE.format(member=member)
     correct = json.loads(correct_path.read_text()) if correct_path.is_file() else {}
     network = _final_network(run_dir, cfg, member)
+    channels = channel_record(_run_results(run_dir)) if member == "model" else {}
     env = rec.env
     precision = env.get("precision") or cfg.get("precision") or "fp32"
     rows, bits = [], []
@@ -226,7 +254,7 @@ def export_run(run_dir: Path, label: str, *, role: str = "row", member: str | No
                "map": last_map[-1] if last_map else None,
                "test_images": correct.get("images", queries), "test_labels": correct.get("labels"),
                "epochs": cfg["epochs"], "total_epochs": cfg["epochs"] * (g + 1),
-               **(network if g == G - 1 else {}),
+               **(network if g == G - 1 else {}), **(channels if g == G - 1 else {}),
                "slim_params": _int(metrics.get("slim_params")), "slim_macs": _int(metrics.get("slim_macs")),
                "train_seconds": sum(v for gg, _, v in seconds if gg <= g),
                "wall_seconds": rec.updated - rec.created if g == G - 1 else None,
@@ -263,6 +291,5 @@ def code_changed_since(commit: str | None, root: Path = ROOT, package: str = "re
     return tuple(sorted(out.stdout.split())) if out.returncode == 0 else None
 
 
-__all__ = ["BIT_COLUMNS", "COLUMNS", "FILTER_COLUMNS", "FILTER_THRESHOLDS", "RESULTS", "choose_member",
-           "code_changed_since", "export_run", "filter_shares",
-           "finished_runs", "merge", "paths", "portable_fingerprint", "read", "write"]
+__all__ = ["BIT_COLUMNS", "COLUMNS", "FILTER_COLUMNS", "FILTER_THRESHOLDS", "RESULTS", "channel_record",
+           "choose_member", "code_changed_since", "export_run", "filter_shares", "finished_runs", "merge", "paths", "portable_fingerprint", "read", "write"]

@@ -12,7 +12,10 @@ For each table (see :mod:`benchmarks.reproduction.spec` for the file format):
 
 1. The grid is built from the file as ``resprout compare`` builds it (every key checked before anything runs).
 2. A run already recorded in ``results/<table>.csv`` with the same label, seed and configuration fingerprint is
-   reused, never trained again, even in a fresh clone without the store.
+   reused, never trained again, even in a fresh clone without the store. So is a run that another table trained
+   with the same configuration (without teachers: a teacher is trained per table), from that table's rows in
+   ``results/`` or its finished run in the work folder; it is recorded under this table's label, its ``run`` column
+   naming where it came from (``<table>/<run>``), and the page says which rows are shared.
 3. The other runs train in a git-ignored work folder, ``runs/reproduce/<table>/`` (a compare directory: finished
    runs in its store are reused, interrupted ones continue from their checkpoints), after the file's dependencies
    (``[depends.<name>]``, e.g. a teacher) in ``runs/reproduce/<table>-depends/``.
@@ -118,6 +121,57 @@ def train_dependencies(spec: Spec, work: Path, done: dict, current: dict, stream
     return exported
 
 
+def _wanted_member(spec: Spec, label: str) -> str | None:
+    row = spec.row(label)
+    return row.member if row else None
+
+
+def trained_elsewhere(spec: Spec, cells: list, current: dict, work: Path, folder: Path
+                      ) -> dict[str, tuple[list[dict], list[dict]]]:
+    """Cell key -> (rows, bit rows), relabelled for this table, of each of ``cells`` that another table already
+    trained with the same configuration: its rows in ``results/``, else its finished run in the work folder. Only
+    runs without teachers (a teacher is trained per table, so a student depends on which table trained it) and
+    reporting the member the row asks for."""
+    from resprout.engine.rundir import SavedRun
+
+    wanted = {(c.label, c.seed): c for c in cells if not c.config.teacher}
+    by_fp: dict[str, list] = {}
+    for key, c in wanted.items():
+        by_fp.setdefault(current[key], []).append(c)
+    found: dict[str, tuple[list[dict], list[dict]]] = {}
+
+    def member_fits(c, member: str) -> bool:
+        want = _wanted_member(spec, c.label)
+        return member == want if want else member in ("model", "peer_1")
+
+    def take(c, rows: list[dict], bits: list[dict], origin: str) -> None:
+        found[c.key] = ([{**r, "label": c.label, "role": "row", "run": f"{origin}/{r['run']}"} for r in rows],
+                        [{**b, "label": c.label} for b in bits])
+
+    for path in sorted(folder.glob("*.csv")):
+        name = path.stem
+        if name == spec.name or name.endswith(".correct"):
+            continue
+        rows, bits = res.read(name, folder)
+        for r in rows:
+            for c in by_fp.get(r["fingerprint"], []):
+                if (c.key not in found and r["final"] == 1 and r["status"] == "finished" and r["role"] == "row"
+                        and r["seed"] == c.seed and member_fits(c, r["member"])):
+                    same = [x for x in rows if (x["label"], x["seed"]) == (r["label"], r["seed"])]
+                    take(c, same, [b for b in bits if (b["label"], b["seed"]) == (r["label"], r["seed"])], name)
+    for d in sorted(work.glob("*/runs/*")):
+        table = d.parent.parent.name
+        if table == spec.name or not SavedRun.exists(d) or not _finished(d.parent.parent, d.name):
+            continue
+        cfg = SavedRun.open(d).config
+        for c in by_fp.get(res.portable_fingerprint(cfg), []):
+            if c.key not in found and not cfg.teacher and cfg.seed == c.seed:
+                rows, bits = res.export_run(d, c.label, member=_wanted_member(spec, c.label))
+                if member_fits(c, rows[0]["member"]):
+                    take(c, rows, bits, table)
+    return found
+
+
 def run_table(spec: Spec, jobs: int, threads: int | None, work: Path, folder: Path, stream=sys.stderr) -> str:
     """Train what results/ lacks for one table and record it; returns the comparison's status."""
     from resprout.compare import compare
@@ -126,9 +180,12 @@ def run_table(spec: Spec, jobs: int, threads: int | None, work: Path, folder: Pa
     recorded, _ = res.read(spec.name, folder)
     done = res.finished_runs(recorded)
     reused = {c.key for c in grid.cells if done.get((c.label, c.seed)) == current[(c.label, c.seed)]}
-    todo = [c for c in grid.cells if c.key not in reused]
+    elsewhere = trained_elsewhere(spec, [c for c in grid.cells if c.key not in reused], current, work, folder)
+    if elsewhere:
+        _record(spec, list(elsewhere.values()), folder)
+    todo = [c for c in grid.cells if c.key not in reused and c.key not in elsewhere]
     stream.write(f"reproduce {spec.name}: {len(grid.cells)} runs, {len(reused)} recorded in results/ (reused), "
-                 f"{len(todo)} to run or continue\n")
+                 f"{len(elsewhere)} trained by another table (reused), {len(todo)} to run or continue\n")
     if not todo:
         return "finished"
     needed = {spec.uses_dependency(spec.row(c.label)) for c in todo if spec.row(c.label)} - {None}
@@ -140,15 +197,15 @@ def run_table(spec: Spec, jobs: int, threads: int | None, work: Path, folder: Pa
     set_aside(todo, out / "runs", stream)
     status = "finished"
     try:
-        result = compare(compare_args(spec, jobs, threads), out, rows=spec.row_specs(paths), skip=reused,
-                         shared=spec.keys, stream=stream)
+        result = compare(compare_args(spec, jobs, threads), out, rows=spec.row_specs(paths),
+                         skip=reused | set(elsewhere), shared=spec.keys, stream=stream)
         status = result["status"]
     except Interrupted:
         status = "interrupted"
         raise
     finally:  # whatever finished is recorded, also when the comparison was stopped
-        _record(spec, [res.export_run(out / "runs" / c.key, c.label, member=spec.row(c.label).member
-                                      if spec.row(c.label) else None, teachers=refs)
+        _record(spec, [res.export_run(out / "runs" / c.key, c.label, member=_wanted_member(spec, c.label),
+                                      teachers=refs)
                        for c in todo if _finished(out, c.key)], folder)
     return status
 

@@ -600,3 +600,89 @@ def test_the_channels_of_slimming_and_nr_rows_are_told_from_their_rows():
         "KD: 10.0% (1 seed).",
         "- NR's own count of its rebuilt network's parameters (the count its target holds) beside the real weights "
         "of the params column, mean over seeds: KE: 105 counted, 190 real (2 seeds)."]
+
+
+SHARED = """title = "Tiny: the runs of another table's configuration"
+paper = "ke"
+tables = "Table 2 (a test of runs shared between tables)"
+analog = "sklearn digits, as tiny-reproduction."
+seeds = [0, 1]
+baseline = "plain CE"
+
+[keys]
+data = "digits"
+per_class = 50
+model = "cnn"
+width = 0.5
+epochs = 2
+batch_size = 32
+lr = 0.1
+eval_every = 1000
+
+[[rows]]
+label = "plain CE"
+method = "ce"
+
+[[claims]]
+claim = "CE against itself"
+a = "plain CE"
+b = "plain CE"
+"""
+# the same with a KD row: its teacher is its own (trained per table), so KD is never shared
+SHARED_KD = SHARED.replace("[[rows]]", """[depends.teacher]
+seed = 0
+epochs = 4
+
+[[rows]]
+label = "KD again"
+method = "kd"
+keys = { teacher = "@teacher" }
+
+[[rows]]""", 1)
+
+
+@pytest.mark.slow
+def test_a_run_another_table_trained_with_the_same_configuration_is_shared_not_trained(tiny, tmp_path):
+    """tiny-shared's "plain CE" is tiny-reproduction's CE: read from its rows in results/, or from its finished run in
+    the work folder when results/ lacks them, relabelled, nothing trained; its KD has a teacher of its own (trained
+    per table), so it is never shared."""
+    clone = tmp_path / "clone"
+    for part in ("repro", "results", "work"):
+        shutil.copytree(tiny / part, clone / part)
+    (clone / "repro" / "tiny-shared.toml").write_text(SHARED_KD)
+    (clone / "README.md").write_text("# resprout\n\nFirst paragraph.\n")
+    spec = load_spec(clone / "repro" / "tiny-shared.toml")
+    grid, current, _ = reproduce.current_fingerprints(spec, clone / "work")
+    theirs = [r for r in read_csv(clone / "results" / f"{TINY.stem}.csv") if r["label"] == "CE"]
+    their_bits = [b for b in read_csv(clone / "results" / f"{TINY.stem}.correct.csv") if b["label"] == "CE"]
+
+    def check(found: dict) -> None:
+        assert sorted(found) == sorted(c.key for c in grid.cells if c.label == "plain CE")  # not KD again
+        rows = [r for rows, _ in found.values() for r in rows]
+        assert sorted((r["seed"], r["top1"], r["fingerprint"]) for r in rows) == \
+            sorted((int(r["seed"]), float(r["top1"]), r["fingerprint"]) for r in theirs)
+        assert {r["label"] for r in rows} == {"plain CE"}
+        assert all(r["run"].startswith(f"{TINY.stem}/") for r in rows)
+        assert sorted(b["bits"] for _, bits in found.values() for b in bits) == sorted(b["bits"] for b in their_bits)
+
+    cells = grid.cells
+    check(reproduce.trained_elsewhere(spec, cells, current, clone / "work", clone / "results"))
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for p in res.paths(TINY.stem, clone / "results"):
+        p.rename(aside / p.name)
+    check(reproduce.trained_elsewhere(spec, cells, current, clone / "work", clone / "results"))  # from its run
+    for p in aside.iterdir():
+        p.rename(clone / "results" / p.name)
+
+    # the whole command: "plain CE" recorded from tiny-reproduction's rows, nothing of it trained
+    (clone / "repro" / "tiny-shared.toml").write_text(SHARED)
+    assert reproduce.main(["tiny-shared", "--jobs", "1", "--dir", str(clone / "repro"), "--results",
+                           str(clone / "results"), "--work", str(clone / "work"), "--doc",
+                           str(clone / "docs" / "reproduction.md"), "--readme", str(clone / "README.md"),
+                           "--figures", str(clone / "docs" / "figures")]) == 0
+    assert not (clone / "work" / "tiny-shared" / "runs").exists()
+    ours = read_csv(clone / "results" / "tiny-shared.csv")
+    assert sorted((r["seed"], r["top1"]) for r in ours) == sorted((r["seed"], r["top1"]) for r in theirs)
+    assert "- plain CE (seeds 0, 1): the runs of tiny-reproduction with the same configuration, shared rather than " \
+           "trained again." in (clone / "docs" / "reproduction.md").read_text()

@@ -262,13 +262,24 @@ def _code_note(t: TableResult) -> list[str]:
     if t.other_config:
         lines.append(f"- {len(t.other_config)} recorded runs were trained with another configuration than the "
                      f"reproduction file now gives; they are left out.")
-    lines += _hypotheses_note(t) + _channels_note(t)
+    lines += _shared_note(t) + _hypotheses_note(t) + _channels_note(t)
     for o in t.outcomes:
         if o.identical:
             lines.append(f"- {o.claim.a.text()} and {o.claim.b.text()} got every test image right or wrong alike "
                          f"at each of the {o.paired.n} seeds (the claim \"{o.claim.claim}\"): the difference between "
                          f"the two rows turned no test image from right to wrong or back.")
     return lines
+
+
+def _shared_note(t: TableResult) -> list[str]:
+    """The rows whose runs another table trained with the same configuration (their ``run`` names the table)."""
+    shared: dict[tuple[str, str], list[int]] = {}
+    for r in t.rows:
+        if r["final"] == 1 and "/" in (r.get("run") or ""):
+            shared.setdefault((r["label"], r["run"].split("/")[0]), []).append(r["seed"])
+    return [f"- {label} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))}): the runs of "
+            f"{table} with the same configuration, shared rather than trained again."
+            for (label, table), seeds in shared.items()]
 
 
 def _hypotheses_note(t: TableResult) -> list[str]:

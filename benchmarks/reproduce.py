@@ -145,7 +145,9 @@ def trained_elsewhere(spec: Spec, cells: list, current: dict, work: Path, folder
         return member == want if want else member in ("model", "peer_1")
 
     def take(c, rows: list[dict], bits: list[dict], origin: str) -> None:
-        found[c.key] = ([{**r, "label": c.label, "role": "row", "run": f"{origin}/{r['run']}"} for r in rows],
+        # ``run`` names the table that trained it (already so when that table had it from another)
+        found[c.key] = ([{**r, "label": c.label, "role": "row",
+                          "run": r["run"] if "/" in (r["run"] or "") else f"{origin}/{r['run']}"} for r in rows],
                         [{**b, "label": c.label} for b in bits])
 
     for path in sorted(folder.glob("*.csv")):

@@ -292,4 +292,5 @@ def code_changed_since(commit: str | None, root: Path = ROOT, package: str = "re
 
 
 __all__ = ["BIT_COLUMNS", "COLUMNS", "FILTER_COLUMNS", "FILTER_THRESHOLDS", "RESULTS", "channel_record",
-           "choose_member", "code_changed_since", "export_run", "filter_shares", "finished_runs", "merge", "paths", "portable_fingerprint", "read", "write"]
+           "choose_member", "code_changed_since", "export_run", "filter_shares", "finished_runs", "merge", "paths",
+           "portable_fingerprint", "read", "write"]

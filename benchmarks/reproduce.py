@@ -12,10 +12,11 @@ For each table (see :mod:`benchmarks.reproduction.spec` for the file format):
 
 1. The grid is built from the file as ``resprout compare`` builds it (every key checked before anything runs).
 2. A run already recorded in ``results/<table>.csv`` with the same label, seed and configuration fingerprint is
-   reused, never trained again, even in a fresh clone without the store. So is a run that another table trained
-   with the same configuration (without teachers: a teacher is trained per table), from that table's rows in
-   ``results/`` or its finished run in the work folder; it is recorded under this table's label, its ``run`` column
-   naming where it came from (``<table>/<run>``), and the page says which rows are shared.
+   reused, never trained again, even in a fresh clone without the store. So is a run that another table (or this
+   table under another label) trained with the same configuration (without teachers: a teacher is trained per
+   table), from that table's rows in ``results/`` or its finished run in the work folder; it is recorded under this
+   row's label, its ``run`` column naming where it came from (``<table>/<run>``), and the page says which rows are
+   shared.
 3. The other runs train in a git-ignored work folder, ``runs/reproduce/<table>/`` (a compare directory: finished
    runs in its store are reused, interrupted ones continue from their checkpoints), after the file's dependencies
    (``[depends.<name>]``, e.g. a teacher) in ``runs/reproduce/<table>-depends/``.
@@ -128,10 +129,10 @@ def _wanted_member(spec: Spec, label: str) -> str | None:
 
 def trained_elsewhere(spec: Spec, cells: list, current: dict, work: Path, folder: Path
                       ) -> dict[str, tuple[list[dict], list[dict]]]:
-    """Cell key -> (rows, bit rows), relabelled for this table, of each of ``cells`` that another table already
-    trained with the same configuration: its rows in ``results/``, else its finished run in the work folder. Only
-    runs without teachers (a teacher is trained per table, so a student depends on which table trained it) and
-    reporting the member the row asks for."""
+    """Cell key -> (rows, bit rows), relabelled for this table, of each of ``cells`` that another table, or this
+    table under another label, already trained with the same configuration: its rows in ``results/``, else its
+    finished run in the work folder. Only runs without teachers (a teacher is trained per table, so a student
+    depends on which table trained it) and reporting the member the row asks for."""
     from resprout.engine.rundir import SavedRun
 
     wanted = {(c.label, c.seed): c for c in cells if not c.config.teacher}
@@ -152,22 +153,23 @@ def trained_elsewhere(spec: Spec, cells: list, current: dict, work: Path, folder
 
     for path in sorted(folder.glob("*.csv")):
         name = path.stem
-        if name == spec.name or name.endswith(".correct"):
+        if name.endswith(".correct"):
             continue
         rows, bits = res.read(name, folder)
         for r in rows:
             for c in by_fp.get(r["fingerprint"], []):
                 if (c.key not in found and r["final"] == 1 and r["status"] == "finished" and r["role"] == "row"
-                        and r["seed"] == c.seed and member_fits(c, r["member"])):
+                        and r["seed"] == c.seed and member_fits(c, r["member"])
+                        and (name, r["label"]) != (spec.name, c.label)):
                     same = [x for x in rows if (x["label"], x["seed"]) == (r["label"], r["seed"])]
                     take(c, same, [b for b in bits if (b["label"], b["seed"]) == (r["label"], r["seed"])], name)
     for d in sorted(work.glob("*/runs/*")):
         table = d.parent.parent.name
-        if table == spec.name or not SavedRun.exists(d) or not _finished(d.parent.parent, d.name):
+        if not SavedRun.exists(d) or not _finished(d.parent.parent, d.name):
             continue
         cfg = SavedRun.open(d).config
         for c in by_fp.get(res.portable_fingerprint(cfg), []):
-            if c.key not in found and not cfg.teacher and cfg.seed == c.seed:
+            if c.key not in found and not cfg.teacher and cfg.seed == c.seed and (table, d.name) != (spec.name, c.key):
                 rows, bits = res.export_run(d, c.label, member=_wanted_member(spec, c.label))
                 if member_fits(c, rows[0]["member"]):
                     take(c, rows, bits, table)

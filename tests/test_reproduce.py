@@ -686,3 +686,20 @@ def test_a_run_another_table_trained_with_the_same_configuration_is_shared_not_t
     assert sorted((r["seed"], r["top1"]) for r in ours) == sorted((r["seed"], r["top1"]) for r in theirs)
     assert "- plain CE (seeds 0, 1): the runs of tiny-reproduction with the same configuration, shared rather than " \
            "trained again." in (clone / "docs" / "reproduction.md").read_text()
+
+    # a row renamed in its file: its runs are this table's, recorded under the old label; nothing is trained
+    tiny_text = (clone / "repro" / TINY.name).read_text()
+    (clone / "repro" / TINY.name).write_text(tiny_text.replace('"CE"', '"CE renamed"').replace('"CE:', '"CE renamed:'))
+    (clone / "repro" / CROSS.name).unlink()  # its claim names tiny-reproduction/CE
+    runs = sorted(p.name for p in (clone / "work" / TINY.stem / "runs").iterdir())
+    assert reproduce.main([TINY.stem, "--jobs", "1", "--dir", str(clone / "repro"), "--results",
+                           str(clone / "results"), "--work", str(clone / "work"), "--doc",
+                           str(clone / "docs" / "reproduction.md"), "--readme", str(clone / "README.md"),
+                           "--figures", str(clone / "docs" / "figures")]) == 0
+    assert sorted(p.name for p in (clone / "work" / TINY.stem / "runs").iterdir()) == runs  # nothing trained
+    renamed = [r for r in read_csv(clone / "results" / f"{TINY.stem}.csv") if r["label"] == "CE renamed"]
+    assert sorted((r["seed"], r["top1"]) for r in renamed) == sorted((r["seed"], r["top1"]) for r in theirs)
+    assert "- CE renamed (seeds 0, 1): the runs first recorded in this table under another label with the same " \
+           "configuration, shared rather than trained again." in (clone / "docs" / "reproduction.md").read_text()
+    assert "- 2 recorded runs are of a configuration the reproduction file no longer gives (rows it no longer has: " \
+           "CE); they are left out." in (clone / "docs" / "reproduction.md").read_text()

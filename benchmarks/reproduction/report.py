@@ -260,8 +260,10 @@ def _code_note(t: TableResult) -> list[str]:
         lines.append(f"- {len(t.unknown_code)} runs record a code version this checkout cannot compare "
                      f"(no commit, or a commit it lacks).")
     if t.other_config:
-        lines.append(f"- {len(t.other_config)} recorded runs were trained with another configuration than the "
-                     f"reproduction file now gives; they are left out.")
+        gone = sorted({r["label"] for r in t.other_config} - {r.label for r in t.spec.rows} - set(t.spec.depends))
+        lines.append(f"- {len(t.other_config)} recorded runs are of a configuration the reproduction file no longer "
+                     f"gives" + (f" (rows it no longer has: {', '.join(gone)})" if gone else "") + "; they are "
+                     f"left out.")
     lines += _shared_note(t) + _hypotheses_note(t) + _channels_note(t)
     for o in t.outcomes:
         if o.identical:
@@ -272,13 +274,15 @@ def _code_note(t: TableResult) -> list[str]:
 
 
 def _shared_note(t: TableResult) -> list[str]:
-    """The rows whose runs another table trained with the same configuration (their ``run`` names the table)."""
+    """The rows whose runs another table, or this one under another label, trained with the same configuration
+    (their ``run`` names the table)."""
     shared: dict[tuple[str, str], list[int]] = {}
     for r in t.rows:
         if r["final"] == 1 and "/" in (r.get("run") or ""):
             shared.setdefault((r["label"], r["run"].split("/")[0]), []).append(r["seed"])
-    return [f"- {label} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))}): the runs of "
-            f"{table} with the same configuration, shared rather than trained again."
+    return [f"- {label} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))}): the runs "
+            + ("first recorded in this table under another label" if table == t.spec.name else f"of {table}")
+            + " with the same configuration, shared rather than trained again."
             for (label, table), seeds in shared.items()]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -152,17 +153,20 @@ def test_filter_grafting_equals_a_hand_loop_of_two_peers():
 
 
 # -- Network Slimming --------------------------------------------------------------------------------------------------
-def test_network_slimmings_sparsity_training_equals_a_hand_loop():
+@pytest.mark.parametrize("unit", [None, "epoch"])
+def test_network_slimmings_sparsity_training_equals_a_hand_loop(unit):
     """Liu et al. Eq. 1 by its subgradient: after every backward, lambda * sign(gamma) is added to the gradient of
     every BN scale; the weights at the end of epoch 1 (before the pruning that follows it) equal the hand loop's.
-    ``slimming.lam`` is given per epoch (the default unit): each iteration applies lam / (iterations per epoch)."""
-    lam_per_epoch = 0.08
+    ``slimming.lam`` is applied as given at each iteration (the default unit), or, with ``slimming.lam_unit=epoch``,
+    as lam / (iterations per epoch)."""
+    given = 0.08 if unit == "epoch" else 0.005
+    options = {"lam": given, "prune_at": 0.5, **({"lam_unit": unit} if unit else {})}
     trainer = trainer_for([Snapshot], method="test_snapshot+slimming", epochs=2,
-                          method_options={"slimming": {"lam": lam_per_epoch, "prune_at": 0.5}})
+                          method_options={"slimming": options})
     model = copy.deepcopy(trainer.members["model"].model)
     trainer.fit()
     bns = [model.bn1, model.bn2, model.bn3]
-    lam = lam_per_epoch / trainer.train_loader.steps(0, 0)
+    lam = given / trainer.train_loader.steps(0, 0) if unit == "epoch" else given
 
     def l1_subgradient():
         with torch.no_grad():

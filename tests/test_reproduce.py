@@ -699,7 +699,7 @@ def test_a_run_another_table_trained_with_the_same_configuration_is_shared_not_t
     assert sorted(p.name for p in (clone / "work" / TINY.stem / "runs").iterdir()) == runs  # nothing trained
     renamed = [r for r in read_csv(clone / "results" / f"{TINY.stem}.csv") if r["label"] == "CE renamed"]
     assert sorted((r["seed"], r["top1"]) for r in renamed) == sorted((r["seed"], r["top1"]) for r in theirs)
-    assert "- CE renamed (seeds 0, 1): the runs first recorded in this table under another label with the same " \
+    assert "- CE renamed (seeds 0, 1): the runs this table trained under another label with the same " \
            "configuration, shared rather than trained again." in (clone / "docs" / "reproduction.md").read_text()
     assert "- 2 recorded runs are of a configuration the reproduction file no longer gives (rows it no longer has: " \
            "CE); they are left out." in (clone / "docs" / "reproduction.md").read_text()

@@ -3,9 +3,12 @@ Slimming", ICCV 2017), the pruning method Neural Rejuvenation's Table 4 compares
 
 1. Train with L1 on the BN scales (Liu et al. Eq. 1: ``sum l(f(x), y) + lambda * sum |gamma|``; lambda fixed,
    1e-4 per iteration in their CIFAR VGG runs at batch 64, 782 iterations per epoch) for the first
-   ``slimming.prune_at`` of the epochs. As for Neural Rejuvenation, lambda is stated per epoch by default
-   (``slimming.lam_unit``, :func:`~resprout.methods.rejuvenation.sparsity.per_iteration`): 1e-4 * 782, applied as
-   that over the run's iterations per epoch, so its effect per epoch does not depend on the dataset's size.
+   ``slimming.prune_at`` of the epochs. Lambda is the paper's, per iteration (``slimming.lam_unit=iteration``):
+   the pruning comes at a fixed epoch and to a cost target whatever the scales did, so the L1 term need not reach
+   a sparsity by a deadline (unlike Neural Rejuvenation's, stated per epoch). ``slimming.lam_unit=epoch`` states it
+   per epoch (:func:`~resprout.methods.rejuvenation.sparsity.per_iteration`), the default until the reproduction of
+   NR's Table 4 showed it pulling the scales of a small dataset's few iterations per epoch so hard that most
+   channels were dead before the pruning (docs/rejuvenation.md).
 2. Prune channels globally by ``|gamma|`` (one threshold over all layers, Sec. 4.3), the smallest first, until the
    cost (parameters or FLOPs, counted like Neural Rejuvenation's monitor: conv and linear weights) is at most
    ``slimming.target`` of the original: :func:`prune_split`. Every layer keeps at least one channel. Residual
@@ -27,7 +30,7 @@ from resprout.errors import ConfigError
 from resprout.methods.rejuvenation.cost import model_counts
 from resprout.methods.rejuvenation.monitor import Topology, group_liveness, layer_costs, topology, widths
 from resprout.methods.rejuvenation.rebuild import counts_of, gamma_score
-from resprout.methods.rejuvenation.sparsity import CIFAR_ITERATIONS, UNITS, add_l1_subgradient, per_iteration
+from resprout.methods.rejuvenation.sparsity import UNITS, add_l1_subgradient, per_iteration
 
 
 def prune_split(model, topo: Topology, target: float, *, judged: list[str], resource: str = "params") -> dict:
@@ -61,11 +64,11 @@ def prune_split(model, topo: Topology, target: float, *, judged: list[str], reso
 class SlimmingOptions:
     target: float = option(0.5, "cost after pruning, as a fraction of the original cost", min=0.0, max=1.0,
                            min_exclusive=True)
-    lam: float = option(round(1e-4 * CIFAR_ITERATIONS, 12), "lambda of the L1 penalty on BN scales, per "
-                        "slimming.lam_unit (Liu et al.: 1e-4 per iteration for VGG at 782 iterations per epoch)",
-                        min=0.0)
-    lam_unit: str = option("epoch", "unit of slimming.lam: epoch (lambda times the iterations of an epoch, applied "
-                           "as value / iterations) or iteration (applied as given)", choices=UNITS)
+    lam: float = option(1e-4, "lambda of the L1 penalty on BN scales, per slimming.lam_unit (Liu et al.: 1e-4 per "
+                        "iteration for VGG)", min=0.0)
+    lam_unit: str = option("iteration", "unit of slimming.lam: iteration (applied as given, the paper's number) or "
+                           "epoch (lambda times the iterations of an epoch, applied as value / iterations; NR's "
+                           "unit)", choices=UNITS)
     prune_at: float = option(0.5, "share of the epochs trained with the penalty before pruning; the rest "
                              "fine-tunes", min=0.0, max=1.0, min_exclusive=True)
     resource: str = option("params", "what the cost target counts", choices=("params", "flops"))

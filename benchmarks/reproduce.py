@@ -184,7 +184,8 @@ def run_table(spec: Spec, jobs: int, threads: int | None, work: Path, folder: Pa
     recorded, _ = res.read(spec.name, folder)
     done = res.finished_runs(recorded)
     reused = {c.key for c in grid.cells if done.get((c.label, c.seed)) == current[(c.label, c.seed)]}
-    elsewhere = trained_elsewhere(spec, [c for c in grid.cells if c.key not in reused], current, work, folder)
+    own = {c.key for c in grid.cells if c.key not in reused and _finished_here(work / spec.name, c, current)}
+    elsewhere = trained_elsewhere(spec, [c for c in grid.cells if c.key not in reused | own], current, work, folder)
     if elsewhere:
         _record(spec, list(elsewhere.values()), folder)
     todo = [c for c in grid.cells if c.key not in reused and c.key not in elsewhere]
@@ -227,6 +228,16 @@ def set_aside(cells: list, runs_dir: Path, stream) -> None:
         if old != c.config.fingerprint():
             d.rename(d.with_name(f"{d.name}.old-{old}"))
             stream.write(f"reproduce: {d} held a run of another configuration; moved to {d.name}.old-{old}\n")
+
+
+def _finished_here(out: Path, cell, current: dict) -> bool:
+    """Whether the table's own work folder holds the cell's run, finished, of the configuration the file now gives
+    (the comparison reuses it: nothing is shared in its place)."""
+    from resprout.engine.rundir import SavedRun
+
+    d = out / "runs" / cell.key
+    return (_finished(out, cell.key) and not SavedRun.open(d).config.teacher
+            and res.portable_fingerprint(SavedRun.open(d).config) == current[(cell.label, cell.seed)])
 
 
 def _finished(out: Path, key: str) -> bool:

@@ -684,8 +684,22 @@ def test_a_run_another_table_trained_with_the_same_configuration_is_shared_not_t
     assert not (clone / "work" / "tiny-shared" / "runs").exists()
     ours = read_csv(clone / "results" / "tiny-shared.csv")
     assert sorted((r["seed"], r["top1"]) for r in ours) == sorted((r["seed"], r["top1"]) for r in theirs)
-    assert "- plain CE (seeds 0, 1): the runs of tiny-reproduction with the same configuration, shared rather than " \
-           "trained again." in (clone / "docs" / "reproduction.md").read_text()
+    assert "- plain CE (seeds 0, 1): the runs tiny-reproduction trained with the same configuration, shared rather " \
+           "than trained again." in (clone / "docs" / "reproduction.md").read_text()
+
+    # tiny-reproduction's CE rows lost from results/: they come back from its own work folder, not from
+    # tiny-shared's copies of them
+    rows, bits = res.read(TINY.stem, clone / "results")
+    res.write(TINY.stem, [r for r in rows if r["label"] != "CE"], [b for b in bits if b["label"] != "CE"],
+              clone / "results")
+    assert reproduce.main([TINY.stem, "--jobs", "1", "--dir", str(clone / "repro"), "--results",
+                           str(clone / "results"), "--work", str(clone / "work"), "--doc",
+                           str(clone / "docs" / "reproduction.md"), "--readme", str(clone / "README.md"),
+                           "--figures", str(clone / "docs" / "figures")]) == 0
+    back = [r for r in read_csv(clone / "results" / f"{TINY.stem}.csv") if r["label"] == "CE"]
+    assert sorted((r["seed"], r["top1"], r["run"]) for r in back) == sorted((r["seed"], r["top1"], r["run"])
+                                                                           for r in theirs)
+    assert "/" not in "".join(r["run"] for r in back)
 
     # a row renamed in its file: its runs are this table's, recorded under the old label; nothing is trained
     tiny_text = (clone / "repro" / TINY.name).read_text()
@@ -699,7 +713,7 @@ def test_a_run_another_table_trained_with_the_same_configuration_is_shared_not_t
     assert sorted(p.name for p in (clone / "work" / TINY.stem / "runs").iterdir()) == runs  # nothing trained
     renamed = [r for r in read_csv(clone / "results" / f"{TINY.stem}.csv") if r["label"] == "CE renamed"]
     assert sorted((r["seed"], r["top1"]) for r in renamed) == sorted((r["seed"], r["top1"]) for r in theirs)
-    assert "- CE renamed (seeds 0, 1): the runs this table trained under another label with the same " \
+    assert "- CE renamed (seeds 0, 1): the runs this table trained with the same " \
            "configuration, shared rather than trained again." in (clone / "docs" / "reproduction.md").read_text()
     assert "- 2 recorded runs are of a configuration the reproduction file no longer gives (rows it no longer has: " \
            "CE); they are left out." in (clone / "docs" / "reproduction.md").read_text()

@@ -281,7 +281,7 @@ def _shared_note(t: TableResult) -> list[str]:
         if r["final"] == 1 and "/" in (r.get("run") or ""):
             shared.setdefault((r["label"], r["run"].split("/")[0]), []).append(r["seed"])
     return [f"- {label} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))}): the runs "
-            + ("this table trained under another label" if table == t.spec.name else f"of {table}")
+            + ("this table trained" if table == t.spec.name else f"{table} trained")
             + " with the same configuration, shared rather than trained again."
             for (label, table), seeds in shared.items()]
 

@@ -578,18 +578,22 @@ def test_the_channel_record_of_slimming_and_nr_is_read_from_their_results():
     slimming = {"slimming": {"live_before": {"a": 2, "b": 1}, "widths_before": {"a": 4, "b": 8, "c": 100}}}
     assert res.channel_record(slimming) == {"live_share": 3 / 12}
     nr = {"rejuvenation": {"rejuvenations": [
-        {"live_before": {"a": 3, "b": 3}, "widths_before": {"a": 4, "b": 8}, "counts_after": {"paper_params": 50}},
-        {"live_before": {"a": 1, "b": 1}, "widths_before": {"a": 6, "b": 9}, "counts_after": {"paper_params": 70}}]}}
-    assert res.channel_record(nr) == {"live_share": 6 / 12, "paper_params": 70}
+        {"epoch": 5.5, "live_before": {"a": 3, "b": 3}, "widths_before": {"a": 4, "b": 8},
+         "counts_after": {"paper_params": 50}},
+        {"epoch": 12.0, "live_before": {"a": 1, "b": 1}, "widths_before": {"a": 6, "b": 9},
+         "counts_after": {"paper_params": 70}}]}}
+    assert res.channel_record(nr) == {"live_share": 6 / 12, "paper_params": 70, "rejuvenated_at": "5.5;12"}
     assert res.channel_record({"rejuvenation": {"rejuvenations": []}, "slimming": {"note": "no pruning"}}) == {}
     assert res.channel_record({}) == {}
 
 
 def test_the_channels_of_slimming_and_nr_rows_are_told_from_their_rows():
     spec = load_spec(TINY)
-    base = {"generation": 1, "final": 1, "git_commit": None, "git_dirty": 0}
-    rows = [{**base, "label": "KE", "seed": 0, "live_share": 0.25, "paper_params": 100, "params": 180},
-            {**base, "label": "KE", "seed": 1, "live_share": 0.35, "paper_params": 110, "params": 200},
+    base = {"generation": 1, "final": 1, "git_commit": None, "git_dirty": 0, "epochs": 40}
+    rows = [{**base, "label": "KE", "seed": 0, "live_share": 0.25, "paper_params": 100, "params": 180,
+             "rejuvenated_at": "5;12"},
+            {**base, "label": "KE", "seed": 1, "live_share": 0.35, "paper_params": 110, "params": 200,
+             "rejuvenated_at": "6"},
             {**base, "label": "KD", "seed": 0, "live_share": 0.1, "paper_params": None, "params": 90},
             {**base, "label": "CE", "seed": 0, "live_share": None, "paper_params": None, "params": 90},
             {**base, "label": "KD", "seed": 1, "final": 0, "live_share": 0.9}]  # not a run's last generation
@@ -598,6 +602,8 @@ def test_the_channels_of_slimming_and_nr_rows_are_told_from_their_rows():
         "- Channels alive (BN scale above the liveness threshold) just before the first pruning (Network Slimming) "
         "or rejuvenation (NR), as a share of the channels the method judges, mean over seeds: KE: 30.0% (2 seeds); "
         "KD: 10.0% (1 seed).",
+        "- The epochs at which NR rejuvenated (its first, second, ... rejuvenation; mean over the seeds that had it): "
+        "KE: 5.5, 12.0 of 40 (2 seeds).",
         "- NR's own count of its rebuilt network's parameters (the count its target holds) beside the real weights "
         "of the params column, mean over seeds: KE: 105 counted, 190 real (2 seeds)."]
 

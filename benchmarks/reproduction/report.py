@@ -311,9 +311,14 @@ def _hypotheses_note(t: TableResult) -> list[str]:
 def _channels_note(t: TableResult) -> list[str]:
     """Per Network Slimming or NR row, means over its seeds' final rows: the share of channels alive just before
     the first pruning or rejuvenation, and NR's own count of its rebuilt network's parameters beside the real ones."""
-    live, counted = [], []
+    live, counted, when = [], [], []
     for label in [r.label for r in t.spec.rows]:
         rows = [r for r in t.rows if r["label"] == label and r["final"] == 1]
+        epochs = [[float(e) for e in r["rejuvenated_at"].split(";")] for r in rows if r.get("rejuvenated_at")]
+        if epochs:
+            firsts = [np.mean([e[i] for e in epochs if len(e) > i]) for i in range(max(map(len, epochs)))]
+            when.append(f"{label}: " + ", ".join(f"{e:.1f}" for e in firsts) + f" of {rows[0]['epochs']} "
+                        f"({_seeds(len(epochs))})")
         shares = [r["live_share"] for r in rows if r.get("live_share") is not None]
         if shares:
             live.append(f"{label}: {100 * np.mean(shares):.1f}% ({_seeds(len(shares))})")
@@ -326,6 +331,9 @@ def _channels_note(t: TableResult) -> list[str]:
         lines.append("- Channels alive (BN scale above the liveness threshold) just before the first pruning "
                      "(Network Slimming) or rejuvenation (NR), as a share of the channels the method judges, mean "
                      "over seeds: " + "; ".join(live) + ".")
+    if when:
+        lines.append("- The epochs at which NR rejuvenated (its first, second, ... rejuvenation; mean over the seeds "
+                     "that had it): " + "; ".join(when) + ".")
     if counted:
         lines.append("- NR's own count of its rebuilt network's parameters (the count its target holds) beside the "
                      "real weights of the params column, mean over seeds: " + "; ".join(counted) + ".")

@@ -39,7 +39,7 @@ FILTER_COLUMNS = [f"filters_lt_{t:g}" for t in FILTER_THRESHOLDS]
 COLUMNS = ["label", "role", "seed", "generation", "generations", "final", "member", "fingerprint", "method",
            "top1", "best_top1", "slim_top1", "slim_bnfix_top1", "fit_abs", "reset_abs", "map", "test_images",
            "test_labels", "epochs", "total_epochs", "params", "macs", "paper_params", "slim_params", "slim_macs",
-           "live_share", "filters",
+           "live_share", "rejuvenated_at", "filters",
            *FILTER_COLUMNS, "train_seconds", "wall_seconds", "threads", "precision", "cpu", "resprout", "git_commit",
            "git_dirty", "status", "finished", "run"]
 BIT_COLUMNS = ["label", "seed", "generation", "member", "fingerprint", "images", "labels", "bits"]
@@ -183,13 +183,16 @@ def channel_record(results: dict) -> dict:
     """From a run's results (its checkpoint's): ``live_share``, of the channels Network Slimming judges or Neural
     Rejuvenation monitors, the share alive (BN scale above the liveness threshold) just before the first pruning or
     rejuvenation; ``paper_params``, NR's own count of its last rebuilt network's parameters (the count its target
-    holds; the real weights are ``params``). Nothing for a run that pruned or rejuvenated nothing."""
+    holds; the real weights are ``params``); ``rejuvenated_at``, the epochs of NR's rejuvenations, joined by ``;``.
+    Nothing for a run that pruned or rejuvenated nothing."""
     nr = (results.get("rejuvenation") or {}).get("rejuvenations") or []
     first = results.get("slimming") if (results.get("slimming") or {}).get("live_before") else (nr[0] if nr else {})
     out = {}
     if first.get("live_before"):
         live = first["live_before"]
         out["live_share"] = sum(live.values()) / sum(first["widths_before"][k] for k in live)
+    if nr:
+        out["rejuvenated_at"] = ";".join(f"{x['epoch']:g}" for x in nr)
     if nr and (nr[-1].get("counts_after") or {}).get("paper_params") is not None:
         out["paper_params"] = int(nr[-1]["counts_after"]["paper_params"])
     return out

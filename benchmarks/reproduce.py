@@ -140,6 +140,8 @@ def trained_elsewhere(spec: Spec, cells: list, current: dict, work: Path, folder
     for key, c in wanted.items():
         by_fp.setdefault(current[key], []).append(c)
     found: dict[str, tuple[list[dict], list[dict]]] = {}
+    if not by_fp:
+        return found
 
     def member_fits(c, member: str) -> bool:
         want = _wanted_member(spec, c.label)
@@ -190,7 +192,7 @@ def run_table(spec: Spec, jobs: int, threads: int | None, work: Path, folder: Pa
         _record(spec, list(elsewhere.values()), folder)
     todo = [c for c in grid.cells if c.key not in reused and c.key not in elsewhere]
     stream.write(f"reproduce {spec.name}: {len(grid.cells)} runs, {len(reused)} recorded in results/ (reused), "
-                 f"{len(elsewhere)} trained by another table (reused), {len(todo)} to run or continue\n")
+                 f"{len(elsewhere)} trained by another table or row (reused), {len(todo)} to run or continue\n")
     if not todo:
         return "finished"
     needed = {spec.uses_dependency(spec.row(c.label)) for c in todo if spec.row(c.label)} - {None}
@@ -235,9 +237,10 @@ def _finished_here(out: Path, cell, current: dict) -> bool:
     (the comparison reuses it: nothing is shared in its place)."""
     from resprout.engine.rundir import SavedRun
 
-    d = out / "runs" / cell.key
-    return (_finished(out, cell.key) and not SavedRun.open(d).config.teacher
-            and res.portable_fingerprint(SavedRun.open(d).config) == current[(cell.label, cell.seed)])
+    if not _finished(out, cell.key):
+        return False
+    cfg = SavedRun.open(out / "runs" / cell.key).config
+    return not cfg.teacher and res.portable_fingerprint(cfg) == current[(cell.label, cell.seed)]
 
 
 def _finished(out: Path, key: str) -> bool:

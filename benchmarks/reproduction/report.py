@@ -262,8 +262,8 @@ def _code_note(t: TableResult) -> list[str]:
     if t.other_config:
         gone = sorted({r["label"] for r in t.other_config} - {r.label for r in t.spec.rows} - set(t.spec.depends))
         lines.append(f"- {len(t.other_config)} recorded runs are of a configuration the reproduction file no longer "
-                     f"gives" + (f" (rows it no longer has: {', '.join(gone)})" if gone else "") + "; they are "
-                     f"left out.")
+                     "gives" + (f" (rows it no longer has: {', '.join(gone)})" if gone else "") + "; they are left "
+                     "out.")
     lines += _shared_note(t) + _hypotheses_note(t) + _channels_note(t)
     for o in t.outcomes:
         if o.identical:

@@ -135,6 +135,7 @@ def trained_elsewhere(spec: Spec, cells: list, current: dict, work: Path, folder
     depends on which table trained it) and reporting the member the row asks for."""
     from resprout.engine.rundir import SavedRun
 
+    # the fingerprint holds the seed and the teachers (as a path here, never equal to a teacherless cell's)
     wanted = {(c.label, c.seed): c for c in cells if not c.config.teacher}
     by_fp: dict[str, list] = {}
     for key, c in wanted.items():
@@ -161,8 +162,7 @@ def trained_elsewhere(spec: Spec, cells: list, current: dict, work: Path, folder
         for r in rows:
             for c in by_fp.get(r["fingerprint"], []):
                 if (c.key not in found and r["final"] == 1 and r["status"] == "finished" and r["role"] == "row"
-                        and r["seed"] == c.seed and member_fits(c, r["member"])
-                        and (name, r["label"]) != (spec.name, c.label)):
+                        and member_fits(c, r["member"]) and (name, r["label"]) != (spec.name, c.label)):
                     same = [x for x in rows if (x["label"], x["seed"]) == (r["label"], r["seed"])]
                     take(c, same, [b for b in bits if (b["label"], b["seed"]) == (r["label"], r["seed"])], name)
     for d in sorted(work.glob("*/runs/*")):
@@ -171,7 +171,7 @@ def trained_elsewhere(spec: Spec, cells: list, current: dict, work: Path, folder
             continue
         cfg = SavedRun.open(d).config
         for c in by_fp.get(res.portable_fingerprint(cfg), []):
-            if c.key not in found and not cfg.teacher and cfg.seed == c.seed and (table, d.name) != (spec.name, c.key):
+            if c.key not in found and (table, d.name) != (spec.name, c.key):
                 rows, bits = res.export_run(d, c.label, member=_wanted_member(spec, c.label))
                 if member_fits(c, rows[0]["member"]):
                     take(c, rows, bits, table)
@@ -239,8 +239,7 @@ def _finished_here(out: Path, cell, current: dict) -> bool:
 
     if not _finished(out, cell.key):
         return False
-    cfg = SavedRun.open(out / "runs" / cell.key).config
-    return not cfg.teacher and res.portable_fingerprint(cfg) == current[(cell.label, cell.seed)]
+    return res.portable_fingerprint(SavedRun.open(out / "runs" / cell.key).config) == current[(cell.label, cell.seed)]
 
 
 def _finished(out: Path, key: str) -> bool:

@@ -246,9 +246,9 @@ def _code_note(t: TableResult) -> list[str]:
             by_label: dict[str, list[dict]] = {}
             for r in rows:
                 by_label.setdefault(r["label"], []).append(r)
-            runs = " and ".join(f"{label} (seed{'s' if len(rs) > 1 else ''} "
-                                f"{', '.join(str(r['seed']) + ('*' if r.get('git_dirty') else '') for r in rs)})"
-                                for label, rs in by_label.items())
+            marked = {label: [str(r["seed"]) + ("*" if r.get("git_dirty") else "") for r in rs]
+                      for label, rs in by_label.items()}
+            runs = " and ".join(f"{label} ({_seed_list(seeds)})" for label, seeds in marked.items())
             if any(r.get("git_dirty") for r in rows):
                 runs += " (*: with uncommitted changes)"
             files = t.changed.get(commit) or ()
@@ -280,7 +280,7 @@ def _shared_note(t: TableResult) -> list[str]:
     for r in t.rows:
         if r["final"] == 1 and "/" in (r.get("run") or ""):
             shared.setdefault((r["label"], r["run"].split("/")[0]), []).append(r["seed"])
-    return [f"- {label} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))}): the runs "
+    return [f"- {label} ({_seed_list([str(s) for s in sorted(seeds)])}): the runs "
             + ("this table trained" if table == t.spec.name else f"{table} trained")
             + " with the same configuration, shared rather than trained again."
             for (label, table), seeds in shared.items()]
@@ -342,6 +342,10 @@ def _channels_note(t: TableResult) -> list[str]:
 
 def _seeds(n: int) -> str:
     return f"{n} seed{'s' if n > 1 else ''}"
+
+
+def _seed_list(seeds: list[str]) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}"
 
 
 def figure(t: TableResult, path: Path) -> Path | None:
